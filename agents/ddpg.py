@@ -1,0 +1,479 @@
+"""AMC's DDPG search agent, built on stable-baselines3's :class:`~stable_baselines3.DDPG`.
+
+The networks (actor, critic and their targets), the Adam optimizers, the Polyak update and the
+replay buffer are SB3's. SB3's ``learn()`` loop is never used: AMC needs a different episode-level
+protocol, which :class:`AMCDDPG` adds on top (following mit-han-lab/amc ``lib/agent.py`` and the
+``train()`` loop of ``amc_search.py``):
+
+* separate actor / critic learning rates (SB3 has one ``learning_rate`` for both);
+* ``warmup_episodes`` episodes of uniform random actions, without gradient steps;
+* truncated-normal exploration around the actor's action, truncated to the action bounds, whose
+  sigma decays multiplicatively once per episode after warm-up;
+* credit assignment: the reward only arrives at the end of an episode, so every transition of an
+  episode is stored with the episode's final reward, and the critic regresses onto
+  ``reward - baseline`` where the baseline is an exponential moving average of sampled batch means;
+* ``updates_per_transition`` gradient steps per stored transition at each episode end.
+
+Randomness: network initialisation uses the torch RNG seeded from ``seed`` inside
+``torch.random.fork_rng`` (the global torch RNG is left untouched); actions and replay sampling
+use the agent's own ``numpy.random.Generator``. Same seed, same calls -> same actions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import truncnorm
+from stable_baselines3 import DDPG
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.utils import polyak_update
+
+from amc.errors import ConfigError
+
+__all__ = ["AMCDDPG", "DDPGConfig"]
+
+_MODEL_FILE = "model.zip"
+_BUFFER_FILE = "replay_buffer.pkl"
+_STATE_FILE = "agent_state.json"
+_STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DDPGConfig:
+    """Hyper-parameters of the AMC DDPG agent; defaults are AMC's (``amc_search.py`` arguments).
+
+    Attributes:
+        hidden: Hidden layer widths of both the actor and the critic (AMC ``--hidden1/--hidden2``
+            300, 300).
+        actor_lr: Adam learning rate of the actor (AMC ``--lr_a`` 1e-4).
+        critic_lr: Adam learning rate of the critic (AMC ``--lr_c`` 1e-3).
+        warmup_episodes: Episodes of uniform random actions before the actor acts and learns
+            (AMC ``--warmup`` 100).
+        noise_sigma: Initial sigma of the truncated-normal exploration noise, in the action space
+            [-1, 1]. AMC uses ``--init_delta`` 0.5 on preserve ratios in [0, 1]; our actions span
+            an interval twice as wide, so the equivalent sigma is 2 * 0.5 = 1.0.
+        noise_decay: Factor applied to sigma after every episode past warm-up (AMC
+            ``--delta_decay`` 0.95).
+        tau: Polyak coefficient of the target networks (AMC ``--tau`` 0.01).
+        batch_size: Transitions per gradient step (AMC ``--bsize`` 64).
+        buffer_size: Replay buffer capacity in transitions. AMC keeps ``--rmsize`` 100 episodes
+            (100 x number of prunable layers); 2000 is 100 episodes of a 20-layer network. Set it
+            to 100 x your layer count to match AMC exactly.
+        gamma: Discount of the bootstrapped target; AMC's ``--discount`` is 1 (episodic, fixed
+            length). Only used when ``bootstrap`` is true.
+        bootstrap: When false, the critic regresses directly onto ``reward - baseline`` (the
+            relabelled reward already is the Monte-Carlo return). When true, the target is
+            ``reward - baseline + gamma * (1 - done) * Q'(s', pi'(s'))`` as in AMC's code.
+        baseline_alpha: Rate of the moving-average reward baseline, updated on each sampled
+            batch's mean reward: ``b += alpha * (mean - b)`` (AMC ``moving_alpha`` 0.5).
+        updates_per_transition: Gradient steps per transition of a finished episode (AMC runs one
+            ``update_policy()`` per stored transition).
+    """
+
+    hidden: tuple[int, ...] = (300, 300)
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    warmup_episodes: int = 100
+    noise_sigma: float = 1.0
+    noise_decay: float = 0.95
+    tau: float = 0.01
+    batch_size: int = 64
+    buffer_size: int = 2000
+    gamma: float = 1.0
+    bootstrap: bool = False
+    baseline_alpha: float = 0.5
+    updates_per_transition: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden must be a non-empty list of positive layer widths, got {self.hidden!r}")
+        _check_range("actor_lr", self.actor_lr, 0.0, math.inf, low_open=True)
+        _check_range("critic_lr", self.critic_lr, 0.0, math.inf, low_open=True)
+        _check_range("noise_sigma", self.noise_sigma, 0.0, math.inf)
+        _check_range("noise_decay", self.noise_decay, 0.0, 1.0, low_open=True)
+        _check_range("tau", self.tau, 0.0, 1.0, low_open=True)
+        _check_range("gamma", self.gamma, 0.0, 1.0)
+        _check_range("baseline_alpha", self.baseline_alpha, 0.0, 1.0, low_open=True)
+        _check_int("warmup_episodes", self.warmup_episodes, 0)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("buffer_size", self.buffer_size, 1)
+        _check_int("updates_per_transition", self.updates_per_transition, 0)
+        if not isinstance(self.bootstrap, bool):
+            raise ConfigError(f"bootstrap must be true or false, got {self.bootstrap!r}")
+
+
+def _check_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    """Raises a ConfigError unless ``low <= value <= high`` (``low < value`` when ``low_open``)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = "(" if low_open else "["
+        upper = "inf)" if math.isinf(high) else f"{high:g}]"
+        raise ConfigError(f"{name} must be a number in {bound}{low:g}, {upper}, got {value!r}")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    """Raises a ConfigError unless ``value`` is an int of at least ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class _SpacesEnv(gymnasium.Env):
+    """Holds the two spaces SB3 needs at construction; it is never stepped."""
+
+    def __init__(self, observation_space: gymnasium.spaces.Box, action_space: gymnasium.spaces.Box) -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        raise RuntimeError("the AMC DDPG agent is driven episode by episode; its SB3 env is never reset")
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        raise RuntimeError("the AMC DDPG agent is driven episode by episode; its SB3 env is never stepped")
+
+
+def _check_spaces(observation_space: gymnasium.spaces.Space, action_space: gymnasium.spaces.Space) -> None:
+    """Raises a ConfigError unless both spaces are Boxes and the actions span exactly [-1, 1]."""
+    if not isinstance(observation_space, gymnasium.spaces.Box):
+        raise ConfigError(f"the observation space must be a gymnasium Box, got {observation_space!r}")
+    if not isinstance(action_space, gymnasium.spaces.Box):
+        raise ConfigError(f"the action space must be a gymnasium Box, got {action_space!r}")
+    if not (np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)):
+        raise ConfigError(
+            f"the action space must be Box(-1, 1), got {action_space!r}; "
+            "map the [-1, 1] action to your range inside the environment"
+        )
+
+
+def _build_model(
+    observation_space: gymnasium.spaces.Box,
+    action_space: gymnasium.spaces.Box,
+    config: DDPGConfig,
+    seed: int,
+    device: str,
+) -> DDPG:
+    """Builds SB3's DDPG with AMC's sizes; networks are seeded without touching global RNGs."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DDPG(
+            "MlpPolicy",
+            _SpacesEnv(observation_space, action_space),
+            learning_rate=config.critic_lr,  # the actor's lr is set afterwards, see _apply_learning_rates
+            buffer_size=config.buffer_size,
+            learning_starts=0,
+            batch_size=config.batch_size,
+            tau=config.tau,
+            gamma=config.gamma,
+            policy_kwargs={"net_arch": list(config.hidden)},
+            seed=None,  # SB3 would reseed the global python / numpy / torch RNGs
+            device=device,
+        )
+    return model
+
+
+class AMCDDPG:
+    """DDPG agent with AMC's warm-up, truncated-normal exploration and final-reward credit assignment.
+
+    Drive it one episode at a time: call :meth:`act` for every step, then :meth:`end_episode` with
+    the episode's observations, actions and final reward.
+
+    Args:
+        observation_space: Box of the environment's observations.
+        action_space: Box of the actions; must be exactly [-1, 1] in every dimension.
+        config: Hyper-parameters.
+        seed: Seed of the network initialisation and of the agent's own numpy Generator.
+        device: Torch device of the networks.
+
+    Attributes:
+        config: The hyper-parameters.
+        seed: The seed given at construction.
+        episode: Episodes completed so far.
+    """
+
+    def __init__(
+        self,
+        observation_space: gymnasium.spaces.Box,
+        action_space: gymnasium.spaces.Box,
+        config: DDPGConfig = DDPGConfig(),
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        _check_spaces(observation_space, action_space)
+        self.config = config
+        self.seed = seed
+        self.episode = 0
+        self._model = _build_model(observation_space, action_space, config, seed, device)
+        self._apply_learning_rates()
+        self._rng = np.random.default_rng(seed)
+        self._sigma = config.noise_sigma
+        self._baseline: float | None = None
+
+    # ----------------------------------------------------------------- state
+    @property
+    def sigma(self) -> float:
+        """Current sigma of the exploration noise (the initial one until warm-up ends)."""
+        return self._sigma
+
+    @property
+    def in_warmup(self) -> bool:
+        """Whether the next episode is a warm-up episode (random actions, no learning)."""
+        return self.episode < self.config.warmup_episodes
+
+    @property
+    def baseline(self) -> float | None:
+        """Moving-average reward baseline; None before the first gradient step."""
+        return self._baseline
+
+    @property
+    def model(self) -> DDPG:
+        """The underlying SB3 DDPG model (networks, optimizers, replay buffer)."""
+        return self._model
+
+    @property
+    def replay_buffer(self) -> ReplayBuffer:
+        """SB3's replay buffer holding the relabelled transitions."""
+        assert self._model.replay_buffer is not None
+        return self._model.replay_buffer
+
+    def _apply_learning_rates(self) -> None:
+        """Gives the actor and the critic optimizers their own learning rates.
+
+        SB3 builds both Adam optimizers with ``lr_schedule(1)``; it would overwrite them again in
+        ``_update_learning_rate``, which only its own ``train()`` calls and this class never does.
+        """
+        for optimizer, lr in ((self._model.actor.optimizer, self.config.actor_lr),
+                              (self._model.critic.optimizer, self.config.critic_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    # --------------------------------------------------------------- acting
+    def _actor_output(self, obs: np.ndarray) -> np.ndarray:
+        """Runs the actor on one observation; returns its action in [-1, 1] as float64."""
+        shape = self._model.observation_space.shape
+        tensor = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape((1, *shape)), device=self._model.device)
+        self._model.policy.set_training_mode(False)
+        with torch.no_grad():
+            action = self._model.actor(tensor)
+        return action.cpu().numpy().reshape(self._model.action_space.shape).astype(np.float64)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Exploration action for one observation.
+
+        During warm-up the action is uniform in [-1, 1]; afterwards it is drawn from a normal
+        distribution centred on the actor's action with the current sigma, truncated to [-1, 1].
+
+        Args:
+            obs: One observation.
+
+        Returns:
+            The action, float32, shaped like the action space.
+        """
+        shape = self._model.action_space.shape
+        if self.in_warmup:
+            return self._rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+        mu = self._actor_output(obs)
+        if self._sigma <= 0.0:
+            return np.clip(mu, -1.0, 1.0).astype(np.float32)
+        low, high = (-1.0 - mu) / self._sigma, (1.0 - mu) / self._sigma
+        sample = truncnorm.rvs(low, high, loc=mu, scale=self._sigma, size=shape, random_state=self._rng)
+        return np.clip(sample, -1.0, 1.0).astype(np.float32)
+
+    def act_deterministic(self, obs: np.ndarray) -> np.ndarray:
+        """The actor's action for one observation, without noise (float32, action-space shape)."""
+        return np.clip(self._actor_output(obs), -1.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------- learning
+    def store_episode(
+        self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
+    ) -> int:
+        """Stores an episode in the replay buffer, every transition relabelled with the final reward.
+
+        Transition ``i`` is ``(observations[i], actions[i], final_reward, observations[i + 1], done)``
+        with ``done`` true only for the last one. ``observations`` may hold the observation after
+        the last step (``len(actions) + 1`` entries); if not, the last transition's next
+        observation repeats its own, which only matters with ``bootstrap`` (and then ``done``
+        masks it).
+
+        Args:
+            observations: The episode's observations, ``len(actions)`` or ``len(actions) + 1``.
+            actions: The actions taken, in [-1, 1].
+            final_reward: The reward received at the end of the episode.
+
+        Returns:
+            The number of transitions stored.
+
+        Raises:
+            ValueError: On an empty episode, mismatched lengths or a non-finite reward.
+        """
+        n = len(actions)
+        if n == 0 or len(observations) not in (n, n + 1):
+            raise ValueError(
+                f"an episode needs >= 1 action and len(actions) or len(actions) + 1 observations, "
+                f"got {n} actions and {len(observations)} observations"
+            )
+        if not math.isfinite(final_reward):
+            raise ValueError(f"final_reward must be finite, got {final_reward!r}")
+        buffer = self.replay_buffer
+        obs_shape = (1, *self._model.observation_space.shape)
+        dtype = self._model.observation_space.dtype
+        next_observations = list(observations[1:]) + ([observations[-1]] if len(observations) == n else [])
+        for i in range(n):
+            buffer.add(
+                np.asarray(observations[i], dtype=dtype).reshape(obs_shape),
+                np.asarray(next_observations[i], dtype=dtype).reshape(obs_shape),
+                np.asarray(actions[i], dtype=np.float32).reshape(1, -1),
+                np.array([final_reward], dtype=np.float32),
+                np.array([i == n - 1], dtype=np.float32),
+                [{}],
+            )
+        return n
+
+    def end_episode(
+        self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
+    ) -> dict[str, float]:
+        """Finishes an episode: stores it, advances the counters and learns if past warm-up.
+
+        Args:
+            observations: The episode's observations (see :meth:`store_episode`).
+            actions: The actions taken.
+            final_reward: The reward received at the end of the episode.
+
+        Returns:
+            ``updates`` and ``sigma`` (the one for the next episode), plus the mean ``critic_loss``,
+            ``actor_loss`` and the current ``baseline`` when gradient steps ran.
+        """
+        was_warmup = self.in_warmup
+        n = self.store_episode(observations, actions, final_reward)
+        self.episode += 1
+        if was_warmup:
+            return {"updates": 0.0, "sigma": self._sigma}
+        self._sigma *= self.config.noise_decay
+        stats = self._train(n * self.config.updates_per_transition)
+        return {**stats, "sigma": self._sigma}
+
+    def _sample_indices(self) -> np.ndarray:
+        """Replay indices of one batch, uniform with replacement, drawn from the agent's own RNG."""
+        buffer = self.replay_buffer
+        upper = buffer.buffer_size if buffer.full else buffer.pos
+        return self._rng.integers(0, upper, size=self.config.batch_size)
+
+    def _train(self, steps: int) -> dict[str, float]:
+        """Runs ``steps`` gradient steps; returns the mean losses and the baseline."""
+        if steps == 0:
+            return {"updates": 0.0}
+        self._model.policy.set_training_mode(True)
+        losses = np.array([self._gradient_step() for _ in range(steps)])
+        self._model.policy.set_training_mode(False)
+        self._model._n_updates += steps
+        critic_loss, actor_loss = losses.mean(axis=0)
+        return {
+            "updates": float(steps),
+            "critic_loss": float(critic_loss),
+            "actor_loss": float(actor_loss),
+            "baseline": float(self._baseline if self._baseline is not None else math.nan),
+        }
+
+    def _gradient_step(self) -> tuple[float, float]:
+        """One AMC update: baseline, critic regression, actor ascent, Polyak update of the targets."""
+        model, cfg = self._model, self.config
+        # SB3's own sample() draws from the global numpy RNG; index with the agent's RNG instead.
+        data = self.replay_buffer._get_samples(self._sample_indices())
+        batch_mean = float(data.rewards.mean())
+        if self._baseline is None:
+            self._baseline = batch_mean
+        else:
+            self._baseline += cfg.baseline_alpha * (batch_mean - self._baseline)
+        target = data.rewards - self._baseline
+        if cfg.bootstrap:
+            with torch.no_grad():
+                next_q = model.critic_target(data.next_observations, model.actor_target(data.next_observations))[0]
+                target = target + cfg.gamma * (1.0 - data.dones) * next_q
+        critic_loss = F.mse_loss(model.critic(data.observations, data.actions)[0], target)
+        model.critic.optimizer.zero_grad()
+        critic_loss.backward()
+        model.critic.optimizer.step()
+        actor_loss = -model.critic.q1_forward(data.observations, model.actor(data.observations)).mean()
+        model.actor.optimizer.zero_grad()
+        actor_loss.backward()
+        model.actor.optimizer.step()
+        polyak_update(model.critic.parameters(), model.critic_target.parameters(), cfg.tau)
+        polyak_update(model.actor.parameters(), model.actor_target.parameters(), cfg.tau)
+        return critic_loss.item(), actor_loss.item()
+
+    # ------------------------------------------------------- actor shipping
+    def get_actor_state(self) -> dict[str, torch.Tensor]:
+        """Copy of the actor's weights (on CPU), e.g. to ship to rollout workers."""
+        return {k: v.detach().cpu().clone() for k, v in self._model.actor.state_dict().items()}
+
+    def set_actor_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads actor weights from :meth:`get_actor_state` (the target actor is left as is)."""
+        self._model.actor.load_state_dict(state)
+
+    # ---------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> None:
+        """Saves everything needed to resume exactly.
+
+        Writes SB3's model zip (networks and optimizer states), SB3's pickled replay buffer and a
+        JSON file with the config, the episode counter, sigma, the baseline and the RNG state.
+
+        Args:
+            directory: Folder to write into; created if missing.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._model.save(directory / _MODEL_FILE)
+        self._model.save_replay_buffer(directory / _BUFFER_FILE)
+        state = {
+            "format": _STATE_FORMAT,
+            "config": asdict(self.config),
+            "seed": self.seed,
+            "episode": self.episode,
+            "sigma": self._sigma,
+            "baseline": self._baseline,
+            "rng_state": self._rng.bit_generator.state,
+        }
+        (directory / _STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> AMCDDPG:
+        """Loads an agent written by :meth:`save`; continuing it matches continuing the original.
+
+        Args:
+            directory: Folder written by :meth:`save`.
+            device: Torch device of the networks.
+
+        Returns:
+            The restored agent.
+
+        Raises:
+            ConfigError: If the folder misses a file or holds another format.
+        """
+        directory = Path(directory)
+        missing = [f for f in (_MODEL_FILE, _BUFFER_FILE, _STATE_FILE) if not (directory / f).is_file()]
+        if missing:
+            raise ConfigError(f"{directory} is not a saved DDPG agent: missing {', '.join(missing)}")
+        state = json.loads((directory / _STATE_FILE).read_text())
+        if state.get("format") != _STATE_FORMAT:
+            raise ConfigError(f"{directory / _STATE_FILE} has format {state.get('format')!r}, expected {_STATE_FORMAT}")
+        config = DDPGConfig(**state["config"])
+        with torch.random.fork_rng(devices=[]):  # SB3 builds throwaway networks before loading weights
+            model = DDPG.load(directory / _MODEL_FILE, device=device)
+        model.load_replay_buffer(directory / _BUFFER_FILE)
+        agent = cls(model.observation_space, model.action_space, config, seed=state["seed"], device=device)
+        agent._model = model
+        agent._apply_learning_rates()
+        agent.episode = state["episode"]
+        agent._sigma = state["sigma"]
+        agent._baseline = state["baseline"]
+        agent._rng.bit_generator.state = state["rng_state"]
+        return agent

@@ -1,0 +1,259 @@
+"""The ``amc`` command line: train, prune, sensitivity (and search / sweep / export / ui once installed).
+
+Bad input exits with code 2 and a one-line message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from amc.errors import AmcError, ConfigError
+
+log = logging.getLogger("amc")
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
+
+
+def command(name: str, help_text: str) -> Callable:
+    """Registers a subcommand: the decorated function adds its flags, ``run`` executes it."""
+
+    def deco(add_args: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        def with_run(run: Command) -> Command:
+            _COMMANDS[name] = (add_args, run, help_text)
+            return run
+
+        add_args.run = with_run  # type: ignore[attr-defined]
+        return add_args
+
+    return deco
+
+
+# --------------------------------------------------------------------------- shared flags
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a pruning ratio is the fraction of channels removed, in [0, 1); got {text}")
+    return value
+
+
+def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) -> None:
+    p.add_argument("--model", required=model_required, help="model name: resnet20, resnet56, plain20, vgg_small or torchvision:NAME (default: from --checkpoint)")
+    p.add_argument("--data", default="digits", help="data set: digits (embedded, default), cifar10, imagefolder, synthetic")
+    p.add_argument("--data-dir", default=None, help="directory of a data set on disk (cifar10, imagefolder); nothing is downloaded")
+    p.add_argument("--input-size", type=int, default=0, help="input image side (0: the data set's default)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _data_config(args: argparse.Namespace):
+    from amc.data import DataConfig
+
+    return DataConfig(name=args.data, root=args.data_dir, input_size=args.input_size)
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    if args.model:
+        return args.model
+    ckpt = getattr(args, "checkpoint", None)
+    if ckpt:
+        from amc.checkpoint import load_model
+
+        return load_model(ckpt).spec.name
+    raise ConfigError("say which model to use: --model NAME (e.g. resnet20)")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
+
+
+def _write_report(out: Path, report: dict) -> Path:
+    from amc.policy import write_json_atomic
+
+    return write_json_atomic(out / "report.json", report)
+
+
+# --------------------------------------------------------------------------- train
+@command("train", "train a dense baseline model")
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _add_model_data(p, model_required=True)
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
+    p.add_argument("--lr", type=float, default=0.1, help="initial learning rate, cosine schedule (default: 0.1)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--out", required=True, type=Path, help="output directory (model.pt, report.json)")
+
+
+@_train_args.run
+def _train(args: argparse.Namespace) -> int:
+    from amc.baseline import train_baseline
+    from amc.train import TrainConfig
+
+    _check_device(args.device)
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    report = train_baseline(args.model, _data_config(args), config, args.out, device=args.device)
+    print(f"dense {args.model} on {args.data}: test top-1 {report['top1']:.2%}, {report['flops'] / 1e6:.2f} MFLOPs, "
+          f"{report['params'] / 1e3:.1f}k params -> {args.out / 'model.pt'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- prune
+@command("prune", "apply a per-group pruning policy, fine-tune and report")
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    _add_model_data(p)
+    p.add_argument("--checkpoint", help="dense model file (model.pt from `amc train`); without it the model is random")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--policy", type=Path, help="policy JSON (from `amc search` or written by hand)")
+    which.add_argument("--uniform", type=_ratio, metavar="R", help="prune every group by the same ratio R")
+    p.add_argument("--criterion", default="l1", help="importance criterion for --uniform: l1, l2, bn_scale, taylor")
+    p.add_argument("--granularity", default="channel", choices=("channel", "unstructured", "nm"), help="for --uniform")
+    p.add_argument("--round-to", type=_positive_int, default=1, help="round kept channels to a multiple (for --uniform)")
+    p.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs in total (default: 5)")
+    p.add_argument("--iterative", type=_positive_int, default=1, metavar="K", help="prune in K rounds, fine-tuning after each")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default: 0.01)")
+    p.add_argument("--lr-rewind", action="store_true", help="rewind to the training learning rate (0.1) for fine-tuning")
+    p.add_argument("--bn-batches", type=int, default=8, help="training batches for BN recalibration; 0 turns it off")
+    p.add_argument("--latency-batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
+    p.add_argument("--latency-threads", type=_positive_int, default=1, help="CPU threads for latency (default: 1)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (model.pt, policy.json, report.json)")
+
+
+@_prune_args.run
+def _prune(args: argparse.Namespace) -> int:
+    from amc.cost import LatencyConfig
+    from amc.engine import FinetuneSchedule, build_workspace, cost_report, prune_and_finetune, uniform_policy
+    from amc.policy import load_policy
+
+    _check_device(args.device)
+    policy = load_policy(args.policy) if args.policy else None
+    if not args.checkpoint:
+        warnings.warn("no --checkpoint given: pruning a randomly initialised model", stacklevel=1)
+    ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
+    if policy is None:
+        policy = uniform_policy(ws.graph, ws.identity, args.uniform, args.criterion, args.round_to, args.granularity)
+    schedule = FinetuneSchedule(args.finetune_epochs, args.iterative, args.lr, args.lr_rewind, bn_batches=args.bn_batches, seed=args.seed)
+    result, acc = prune_and_finetune(ws, policy, schedule)
+    from amc.train import evaluate
+
+    report = {"model": ws.spec.name, "data": ws.data.name, "dense_top1": evaluate(ws.model, ws.data.loader("test", 256)), **acc}
+    report.update(cost_report(ws, result.model, LatencyConfig(args.latency_batch, args.latency_threads, args.device)))
+    report.update({"granularity": policy.granularity, "iterative": args.iterative, "finetune_epochs": args.finetune_epochs,
+                   "widths": result.widths})
+    _save_pruned(args.out, ws, policy, result, report)
+    _print_table(report)
+    return 0
+
+
+def _save_pruned(out: Path, ws, policy, result, report: dict) -> None:
+    from dataclasses import replace
+
+    from amc.checkpoint import save_model
+
+    measured = {k: report[k] for k in ("top1", "top1_before_finetune", "flops", "flops_ratio", "params", "params_ratio")}
+    final = replace(policy, measured={**policy.measured, **measured})
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(out / "model.pt", result.model, ws.spec, final, result.history)
+    final.save(out / "policy.json")
+    _write_report(out, report)
+
+
+def _print_table(r: dict) -> None:
+    rows = [("", "dense", "pruned"), ("top-1 (test)", f"{r['dense_top1']:.2%}", f"{r['top1']:.2%}"),
+            ("top-1 before fine-tune", "", f"{r['top1_before_finetune']:.2%}"),
+            ("MFLOPs", f"{r['dense_flops'] / 1e6:.2f}", f"{r['flops'] / 1e6:.2f} ({r['flops_ratio']:.1%})"),
+            ("params", f"{r['dense_params']:,}", f"{r['params']:,} ({r['params_ratio']:.1%})"),
+            ("non-zero params", "", f"{r['nonzero_params']:,}")]
+    if "latency_ms" in r:
+        rows.append(("latency (ms)", f"{r['dense_latency_ms']:.3f}", f"{r['latency_ms']:.3f} ({r['latency_ratio']:.1%})"))
+    width = max(len(a) for a, _, _ in rows)
+    for a, b, c in rows:
+        print(f"{a:<{width}}  {b:>14}  {c:>22}")
+
+
+# --------------------------------------------------------------------------- sensitivity
+@command("sensitivity", "prune each group alone at 10%..90% and plot search-val accuracy")
+def _sens_args(p: argparse.ArgumentParser) -> None:
+    _add_model_data(p)
+    p.add_argument("--checkpoint", required=True, help="dense model file (model.pt from `amc train`)")
+    p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="comma-separated ratios")
+    p.add_argument("--criterion", default="l1", help="importance criterion: l1, l2, bn_scale (default: l1)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (sensitivity.csv, sensitivity.png)")
+
+
+@_sens_args.run
+def _sensitivity(args: argparse.Namespace) -> int:
+    from amc.engine import build_workspace
+    from amc.pruning import CRITERIA
+    from amc.sensitivity import sensitivity, write_sensitivity
+
+    try:
+        ratios = tuple(_ratio(r) for r in args.ratios.split(","))
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"--ratios: {exc}") from None
+    if CRITERIA.get(args.criterion).needs_gradients:
+        raise ConfigError(f"criterion {args.criterion!r} needs gradients; use l1, l2 or bn_scale for sensitivity")
+    ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
+    dense, rows = sensitivity(ws, ratios, args.criterion)
+    csv_path, png_path = write_sensitivity(args.out, dense, rows)
+    print(f"dense search-val top-1 {dense:.2%}; wrote {csv_path} and {png_path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amc", description="AMC-style search for per-layer pruning ratios, and the pruning / fine-tune engine.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _load_optional_commands()
+    for name, (add_args, _, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
+        add_args(p)
+    return parser
+
+
+def _load_optional_commands() -> None:
+    """Commands that live with the search (agents/) register themselves when importable."""
+    import importlib
+
+    for module in ("agents.cli",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (module, module.split(".")[0]):
+                raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"amc: warning: {msg}\n"
+    try:
+        return _COMMANDS[args.command][1](args)
+    except AmcError as exc:
+        print(f"amc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("amc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

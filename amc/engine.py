@@ -1,0 +1,233 @@
+"""The engine's high-level operations: build a workspace, apply policies, prune + fine-tune, report.
+
+Everything here is usable without the search (``envs`` / ``agents``): a user applying an exported
+policy needs only this package.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from amc.cost import LatencyConfig, count_cost, count_nonzero_params, measure_latency
+from amc.data import DataBundle, DataConfig, load_data
+from amc.errors import BudgetError, ConfigError
+from amc.groups import ModelGraph
+from amc.models import ModelSpec, create_model
+from amc.policy import ModelIdentity, Policy, Target
+from amc.pruning import PruneResult, kept_channels, prune_channels, sparsify, widths_for
+from amc.train import calibration_batches, evaluate, finetune, recalibrate_bn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A dense model with its data, traced groups and identity."""
+
+    spec: ModelSpec
+    data: DataBundle
+    model: nn.Module
+    graph: ModelGraph
+    identity: ModelIdentity
+
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
+        return self.spec.example_inputs(batch)
+
+
+def spec_for(model_name: str, data: DataBundle) -> ModelSpec:
+    return ModelSpec(model_name, data.in_channels, data.num_classes, data.input_size)
+
+
+def build_workspace(model_name: str, data_config: DataConfig, checkpoint: str | None = None) -> Workspace:
+    """Builds data and model (loading ``checkpoint`` if given) and traces the dependency groups."""
+    from amc.checkpoint import load_model
+
+    data = load_data(data_config)
+    spec = spec_for(model_name, data)
+    if checkpoint:
+        saved = load_model(checkpoint, spec=spec)
+        if saved.history:
+            raise ConfigError(f"{checkpoint} holds a pruned model; pass the dense checkpoint instead")
+        model = saved.model
+    else:
+        model = create_model(spec)
+    model.eval()
+    graph = ModelGraph(model, spec.example_inputs())
+    return Workspace(spec, data, model, graph, identity_of(spec, model))
+
+
+def identity_of(spec: ModelSpec, model: nn.Module) -> ModelIdentity:
+    return ModelIdentity.of(model, spec.input_shape, spec.num_classes, spec.name)
+
+
+def uniform_policy(
+    graph: ModelGraph, identity: ModelIdentity, ratio: float, criterion: str = "l1", round_to: int = 1,
+    granularity: str = "channel",
+) -> Policy:
+    """The same pruning ratio for every group: the baseline every search is compared against."""
+    return Policy(identity, {g.name: float(ratio) for g in graph}, granularity, criterion, round_to)
+
+
+def cost_ratio(graph: ModelGraph, widths: Mapping[str, int], metric: str) -> float:
+    """FLOPs or params of ``widths`` as a fraction of the dense model."""
+    cost = graph.estimate(widths)
+    if metric == "flops":
+        return cost.flops / graph.dense_cost.flops
+    if metric == "params":
+        return cost.params / graph.dense_cost.params
+    raise ConfigError(f"cost metric {metric!r} has no analytic estimate; use flops or params")
+
+
+def uniform_ratio_for(graph: ModelGraph, target: Target, round_to: int = 1, max_ratio: float = 0.95) -> float:
+    """The smallest uniform ratio whose exact cost meets ``target`` (bisection on the exact count)."""
+    def meets(r: float) -> bool:
+        return cost_ratio(graph, widths_for(graph, {g.name: r for g in graph}, round_to), target.metric) <= target.ratio
+
+    if not meets(max_ratio):
+        raise BudgetError(
+            f"{target.metric} target {target.ratio} is out of reach even at ratio {max_ratio} everywhere; "
+            "raise the target or the maximum ratio"
+        )
+    lo, hi = 0.0, max_ratio
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    return hi
+
+
+def apply_policy(
+    model: nn.Module,
+    policy: Policy,
+    example_inputs: torch.Tensor,
+    calib_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    graph: ModelGraph | None = None,
+) -> nn.Module:
+    """Returns a pruned copy of the dense ``model`` (channels physically removed, or weights zeroed for
+    the sparse granularities). The copy carries ``amc_pruning_history`` for :func:`amc.save_model`.
+
+    Raises:
+        PolicyMismatchError: when the policy was made for another model.
+    """
+    graph = graph or ModelGraph(model, example_inputs)
+    identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), policy.model.num_classes, policy.model.name)
+    policy.check_matches(identity, graph.names)
+    if policy.granularity != "channel":
+        pruned = sparsify(model, graph, policy.ratios, policy.granularity)
+        pruned.amc_pruning_history = []
+        return pruned
+    result = prune_channels(model, graph, widths_for(graph, policy.ratios, policy.round_to), policy.criterion, calib_batch)
+    result.model.amc_pruning_history = result.history
+    return result.model
+
+
+@dataclass(frozen=True)
+class FinetuneSchedule:
+    """How a policy is applied and recovered.
+
+    Attributes:
+        epochs: Fine-tuning epochs in total (split evenly over the rounds when iterative).
+        iterative: Rounds of pruning part of the way, each followed by fine-tuning (1: one-shot).
+        lr: Fine-tuning learning rate.
+        lr_rewind: Rewind to the training learning rate (``train_lr``) instead of ``lr``.
+        train_lr: The dense model's training learning rate, used by ``lr_rewind``.
+        bn_batches: Training batches for BatchNorm recalibration after each pruning step (0: off).
+        seed: Seed of the data order.
+    """
+
+    epochs: int = 5
+    iterative: int = 1
+    lr: float = 0.01
+    lr_rewind: bool = False
+    train_lr: float = 0.1
+    bn_batches: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iterative < 1:
+            raise ConfigError(f"--iterative must be >= 1 (1 is one-shot), got {self.iterative}")
+        if self.epochs < 0:
+            raise ConfigError(f"fine-tune epochs must be >= 0, got {self.epochs}")
+
+
+def _step_widths(graph: ModelGraph, final: Mapping[str, int], step: int, steps: int) -> dict[str, int]:
+    """Widths after ``step`` of ``steps`` rounds: the removed channels grow linearly to ``final``."""
+    return {g.name: g.channels - (g.channels - final[g.name]) * step // steps for g in graph}
+
+
+def prune_and_finetune(ws: Workspace, policy: Policy, schedule: FinetuneSchedule, progress: bool = True) -> tuple[PruneResult, dict[str, float]]:
+    """Applies ``policy`` to the workspace's dense model (one-shot or iterative) and fine-tunes.
+
+    Returns the final pruned model and accuracies: ``top1_before_finetune`` (after the first pruning
+    step and BN recalibration, before any fine-tuning) and ``top1`` (test split, at the end).
+    """
+    policy.check_matches(ws.identity, ws.graph.names)
+    train_loader = ws.data.loader("train", 64, shuffle=True, seed=schedule.seed)
+    calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=schedule.seed + 1), schedule.bn_batches)
+    calib_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=schedule.seed + 2)))
+    test_loader = ws.data.loader("test", 256)
+    lr = schedule.train_lr if schedule.lr_rewind else schedule.lr
+    if policy.granularity != "channel":
+        model = apply_policy(ws.model, policy, ws.example_inputs(), calib_batch, ws.graph)
+        before = evaluate(model, test_loader)
+        finetune_sparse(model, train_loader, schedule.epochs, lr, schedule.seed, progress)
+        return PruneResult(model, ws.graph.dense_widths(), []), {"top1_before_finetune": before, "top1": evaluate(model, test_loader)}
+    final = widths_for(ws.graph, policy.ratios, policy.round_to)
+    model, history, before = ws.model, [], None
+    epochs = [schedule.epochs // schedule.iterative + (1 if i < schedule.epochs % schedule.iterative else 0) for i in range(schedule.iterative)]
+    for step in range(1, schedule.iterative + 1):
+        result = prune_channels(model, ws.graph, _step_widths(ws.graph, final, step, schedule.iterative), policy.criterion, calib_batch)
+        model, history = result.model, history + result.history
+        if schedule.bn_batches:
+            recalibrate_bn(model, calib)
+        if before is None:
+            before = evaluate(model, test_loader)
+        if epochs[step - 1]:
+            finetune(model, train_loader, epochs[step - 1], lr, seed=schedule.seed + step, progress=progress)
+    model.amc_pruning_history = history
+    return PruneResult(model, final, history), {"top1_before_finetune": float(before), "top1": evaluate(model, test_loader)}
+
+
+def finetune_sparse(model: nn.Module, loader, epochs: int, lr: float, seed: int, progress: bool) -> None:
+    """Fine-tunes a sparse model while keeping its zeroed weights at zero."""
+    if not epochs:
+        return
+    masks = [(p, p != 0) for p in model.parameters() if p.dim() > 1]
+    hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in masks]
+    try:
+        finetune(model, loader, epochs, lr, seed=seed, progress=progress)
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        for p, m in masks:
+            p.mul_(m)
+
+
+def cost_report(ws: Workspace, pruned: nn.Module, latency: LatencyConfig | None) -> dict[str, float]:
+    """FLOPs, params (and non-zero params), their ratios to dense, and measured latency."""
+    x = ws.example_inputs()
+    cost = count_cost(pruned, x)
+    dense = ws.graph.dense_cost
+    nonzero = count_nonzero_params(pruned)
+    report: dict[str, float] = {
+        "flops": cost.flops, "flops_ratio": cost.flops / dense.flops,
+        "params": cost.params, "params_ratio": cost.params / dense.params,
+        "nonzero_params": nonzero, "sparsity": 1.0 - nonzero / max(cost.params, 1),
+        "dense_flops": dense.flops, "dense_params": dense.params,
+    }
+    if latency is not None:
+        report["latency_ms"] = measure_latency(pruned, ws.spec.input_shape, latency)
+        report["dense_latency_ms"] = measure_latency(ws.model, ws.spec.input_shape, latency)
+        report["latency_ratio"] = report["latency_ms"] / report["dense_latency_ms"]
+    return report
+
+
+__all__ = [
+    "Workspace", "build_workspace", "apply_policy", "uniform_policy", "uniform_ratio_for", "prune_and_finetune",
+    "cost_report", "FinetuneSchedule", "kept_channels", "cost_ratio", "identity_of", "spec_for",
+]

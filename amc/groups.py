@@ -1,0 +1,314 @@
+"""Dependency groups: the prunable units of a model, traced with Torch-Pruning behind our own adapter.
+
+A group is a set of coupled channels (a conv's outputs plus everything that must shrink with them:
+BatchNorms, the next layers' inputs, residual adds, depthwise convs, concatenations). Each group gets a
+stable, human-readable name: the name of the first conv / linear module (in execution order) whose
+output channels it removes. The classifier's outputs are never pruned.
+
+:class:`ModelGraph` also holds an exact analytic cost table, so the FLOPs and params of any width
+configuration are known without building the pruned model (tests check it against the real count).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from amc.cost import Cost, count_cost
+from amc.errors import ConfigError, TraceError
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass(frozen=True)
+class PrunableGroup:
+    """One prunable dependency group.
+
+    Attributes:
+        name: Stable name (the first conv / linear module whose outputs the group removes).
+        index: Position in execution order.
+        channels: Channel count of the dense group.
+        modules: Conv / linear modules whose output channels the group removes.
+        kind: ``conv``, ``depthwise`` (the group contains a depthwise conv) or ``linear``.
+        in_channels: Input channels of the named module.
+        kernel: Kernel side of the named module (1 for linear).
+        stride: Stride of the named module (1 for linear).
+        spatial: Output height x width of the named module (1 for linear).
+        flops: Dense FLOPs of all layers whose input or output channels the group scales.
+    """
+
+    name: str
+    index: int
+    channels: int
+    modules: tuple[str, ...]
+    kind: str
+    in_channels: int
+    kernel: int
+    stride: int
+    spatial: int
+    flops: int
+
+
+@dataclass
+class _ModuleCost:
+    """Dense cost of one conv / linear / norm module and which groups scale its channels."""
+
+    kind: str  # conv | depthwise | linear | norm
+    flops_unit: int  # FLOPs per (input-channel-per-group x output-channel) pair
+    in_features: int
+    out_features: int
+    conv_groups: int
+    weight_unit: int  # weight elements per (in-per-group x out) pair
+    has_bias: bool
+    norm_params_per_channel: int
+    in_parts: dict[int, int] = field(default_factory=dict)  # group index -> channels of this module's input
+    out_parts: dict[int, int] = field(default_factory=dict)
+
+
+def _scaled(total: int, parts: dict[int, int], keep: Mapping[int, int], dense: Mapping[int, int]) -> int:
+    kept = total
+    for g, n in parts.items():
+        kept += n * keep[g] // dense[g] - n
+    return kept
+
+
+def _module_flops_params(mc: _ModuleCost, keep: Mapping[int, int], dense: Mapping[int, int]) -> tuple[int, int]:
+    out_f = _scaled(mc.out_features, mc.out_parts, keep, dense)
+    if mc.kind == "norm":
+        return 0, mc.norm_params_per_channel * out_f
+    if mc.kind == "depthwise":
+        in_per_group = mc.in_features // mc.conv_groups
+    else:
+        in_per_group = _scaled(mc.in_features, mc.in_parts, keep, dense) // mc.conv_groups
+    flops = mc.flops_unit * in_per_group * out_f
+    params = mc.weight_unit * in_per_group * out_f + (out_f if mc.has_bias else 0)
+    return flops, params
+
+
+def execution_order(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[str], dict[str, torch.Size]]:
+    """Names of leaf modules in the order a forward pass calls them, and their output shapes."""
+    order: list[str] = []
+    shapes: dict[str, torch.Size] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None:
+
+            def hook(mod: nn.Module, inp: object, out: object, name: str = name) -> None:
+                if name not in shapes:
+                    order.append(name)
+                    shapes[name] = out.shape if isinstance(out, torch.Tensor) else torch.Size()
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            model(example_inputs[:1])
+            model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return order, shapes
+
+
+def output_layer(model: nn.Module, order: list[str]) -> str:
+    """The last conv / linear module called in a forward pass: the classifier, never pruned."""
+    modules = dict(model.named_modules())
+    for name in reversed(order):
+        if isinstance(modules[name], PRUNABLE_TYPES):
+            return name
+    raise TraceError("the model has no conv or linear layer, so it has nothing to prune")
+
+
+def _failing_location(exc: BaseException, model: nn.Module) -> str:
+    """Best effort: the module or op Torch-Pruning was handling when it failed."""
+    names = {id(m): n for n, m in model.named_modules()}
+    where = "an unknown module"
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        for key in ("module", "layer", "node", "dep"):
+            obj = frame.f_locals.get(key)
+            target = getattr(obj, "module", obj)
+            target = getattr(target, "module", target)
+            if isinstance(target, nn.Module) and id(target) in names:
+                where = f"module {names[id(target)]!r} ({type(target).__name__})"
+            elif obj is not None and hasattr(obj, "grad_fn") and obj.grad_fn is not None:
+                where = f"op {type(obj.grad_fn).__name__}"
+    return where
+
+
+class ModelGraph:
+    """The traced dependency groups of a model plus an exact analytic cost table.
+
+    Args:
+        model: The dense model (not modified).
+        example_inputs: A batch of example inputs (the first image is used).
+
+    Raises:
+        TraceError: when Torch-Pruning cannot trace the model; the message names the failing module/op.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+        self.example_inputs = example_inputs[:1].detach().clone()
+        _reject_grouped_convs(model)
+        order, shapes = execution_order(model, self.example_inputs)
+        self.classifier = output_layer(model, order)
+        self._order = {name: i for i, name in enumerate(order)}
+        self._names = {id(m): n for n, m in model.named_modules()}
+        raw_groups = self._trace(model)
+        self.groups = self._describe(model, raw_groups, shapes)
+        self.dense_cost = count_cost(model, self.example_inputs)
+        self._costs = self._cost_table(model, raw_groups, shapes)
+        modelled = self._estimate_raw({g.index: g.channels for g in self.groups})
+        self._other = Cost(self.dense_cost.flops - modelled.flops, self.dense_cost.params - modelled.params)
+        self._fill_group_flops()
+
+    # ------------------------------------------------------------------ tracing
+    def _trace(self, model: nn.Module) -> list[list[tuple[nn.Module, str, int]]]:
+        classifier = model.get_submodule(self.classifier)
+        try:
+            graph = tp.DependencyGraph().build_dependency(model, self.example_inputs, verbose=False)
+            found = graph.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES)
+            groups = [[(dep.target.module, dep.handler.__name__, len(idxs)) for dep, idxs in g.items] for g in found]
+        except Exception as exc:  # Torch-Pruning raises anything; name the place instead
+            raise TraceError(
+                f"cannot trace the dependency groups of {type(model).__name__}: "
+                f"{type(exc).__name__}: {exc} while handling {_failing_location(exc, model)}"
+            ) from exc
+        keyed = []
+        for items in groups:
+            outs = [self._names[id(m)] for m, h, _ in items if h == "prune_out_channels" and isinstance(m, PRUNABLE_TYPES)]
+            if outs:
+                keyed.append((min(self._order.get(n, 10**9) for n in outs), items))
+        keyed.sort(key=lambda pair: pair[0])
+        if not keyed:
+            raise TraceError(f"{type(model).__name__} has no prunable channel group besides its classifier")
+        return [items for _, items in keyed]
+
+    def _describe(self, model: nn.Module, raw: list, shapes: dict[str, torch.Size]) -> list[PrunableGroup]:
+        described = []
+        for index, items in enumerate(raw):
+            outs = [
+                self._names[id(m)] for m, h, _ in items if h == "prune_out_channels" and isinstance(m, PRUNABLE_TYPES)
+            ]
+            outs = sorted(set(outs), key=lambda n: self._order.get(n, 10**9))
+            root = model.get_submodule(outs[0])
+            depthwise = any(_is_depthwise(m) for m, _, _ in items)
+            kind = "depthwise" if depthwise else ("linear" if isinstance(root, nn.Linear) else "conv")
+            shape = shapes.get(outs[0], torch.Size())
+            described.append(
+                PrunableGroup(
+                    name=outs[0], index=index, channels=items[0][2], modules=tuple(outs), kind=kind,
+                    in_channels=int(getattr(root, "in_channels", getattr(root, "in_features", 0))),
+                    kernel=int(getattr(root, "kernel_size", (1,))[0]), stride=int(getattr(root, "stride", (1,))[0]),
+                    spatial=int(torch.Size(shape[2:]).numel()) if len(shape) > 2 else 1, flops=0,
+                )
+            )
+        return described
+
+    # ------------------------------------------------------------------ costs
+    def _cost_table(self, model: nn.Module, raw: list, shapes: dict[str, torch.Size]) -> dict[str, _ModuleCost]:
+        table: dict[str, _ModuleCost] = {}
+        for name, module in model.named_modules():
+            mc = _module_cost(module, shapes.get(name))
+            if mc is not None:
+                table[name] = mc
+        for index, items in enumerate(raw):
+            for module, handler, n in items:
+                name = self._names.get(id(module))
+                if name not in table:
+                    continue
+                mc = table[name]
+                is_out = handler == "prune_out_channels" or mc.kind == "norm"
+                (mc.out_parts if is_out else mc.in_parts)[index] = n
+        return table
+
+    def _estimate_raw(self, keep: Mapping[int, int]) -> Cost:
+        dense = {g.index: g.channels for g in self.groups}
+        flops = params = 0
+        for mc in self._costs.values():
+            f, p = _module_flops_params(mc, keep, dense)
+            flops, params = flops + f, params + p
+        return Cost(flops, params)
+
+    def _fill_group_flops(self) -> None:
+        full = {g.index: g.channels for g in self.groups}
+        dense = {g.index: g.channels for g in self.groups}
+        filled = []
+        for g in self.groups:
+            touched = [mc for mc in self._costs.values() if g.index in mc.in_parts or g.index in mc.out_parts]
+            flops = sum(_module_flops_params(mc, full, dense)[0] for mc in touched)
+            filled.append(PrunableGroup(**{**g.__dict__, "flops": flops}))
+        self.groups = filled
+
+    # ------------------------------------------------------------------ public API
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self) -> Iterator[PrunableGroup]:
+        return iter(self.groups)
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def group(self, name: str) -> PrunableGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise ConfigError(f"no prunable group named {name!r}; groups: {', '.join(self.names)}")
+
+    def estimate(self, widths: Mapping[str, int]) -> Cost:
+        """Exact FLOPs and params of the model with each group cut to ``widths[name]`` channels.
+
+        Groups missing from ``widths`` stay dense.
+        """
+        keep = {g.index: int(widths.get(g.name, g.channels)) for g in self.groups}
+        modelled = self._estimate_raw(keep)
+        return Cost(modelled.flops + self._other.flops, modelled.params + self._other.params)
+
+    def dense_widths(self) -> dict[str, int]:
+        return {g.name: g.channels for g in self.groups}
+
+
+def _reject_grouped_convs(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and 1 < module.groups != module.in_channels:
+            raise TraceError(
+                f"module {name!r} is a grouped convolution (groups={module.groups}); grouped (non-depthwise) "
+                "convolutions are not supported yet: choose a model without them (e.g. not ResNeXt / RegNet)"
+            )
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def _module_cost(module: nn.Module, shape: torch.Size | None) -> _ModuleCost | None:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        spatial = int(torch.Size(shape[2:]).numel()) if shape is not None else 0
+        kernel = int(torch.Size(module.kernel_size).numel())
+        kind = "depthwise" if _is_depthwise(module) else "conv"
+        return _ModuleCost(
+            kind, 2 * spatial * kernel, module.in_channels, module.out_channels, module.groups, kernel,
+            module.bias is not None, 0,
+        )
+    if isinstance(module, nn.Linear):
+        tokens = int(shape[1:-1].numel()) if shape is not None and len(shape) > 2 else 1
+        if shape is None:
+            tokens = 0
+        return _ModuleCost(
+            "linear", 2 * tokens, module.in_features, module.out_features, 1, 1, module.bias is not None, 0
+        )
+    if isinstance(module, NORM_TYPES):
+        n = sum(1 for p in module.parameters(recurse=False))
+        channels = getattr(module, "num_features", None) or getattr(module, "num_channels", None)
+        if channels is None:
+            channels = int(torch.Size(module.normalized_shape).numel())
+        return _ModuleCost("norm", 0, channels, channels, 1, 0, False, n) if n else None
+    return None

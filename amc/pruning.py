@@ -1,0 +1,183 @@
+"""Pruning: apply per-group ratios to a model and get a physically smaller copy (or a sparse one).
+
+Channel pruning removes whole channels of each dependency group (Torch-Pruning does the surgery);
+which channels go is decided by an importance criterion from :data:`CRITERIA`. Two other
+granularities exist for size targets: ``unstructured`` (fine-grained magnitude) and ``nm`` (2:4); they
+zero weights in place, so they change the non-zero parameter count but make no latency claim.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from amc.errors import ConfigError
+from amc.groups import PRUNABLE_TYPES, ModelGraph
+from amc.registry import Registry
+
+GRANULARITIES = ("channel", "unstructured", "nm")
+History = list[tuple[str, bool, list[int]]]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """An importance criterion: ranks the channels of a group, lowest first to go.
+
+    Attributes:
+        name: Registry name.
+        factory: Builds the Torch-Pruning importance object.
+        needs_gradients: Whether the criterion reads gradients (a calibration batch is then required).
+    """
+
+    name: str
+    factory: Callable[[], tp.importance.Importance]
+    needs_gradients: bool = False
+
+
+CRITERIA: Registry[Criterion] = Registry("importance criterion")
+CRITERIA.register("l1", Criterion("l1", lambda: tp.importance.GroupMagnitudeImportance(p=1)))
+CRITERIA.register("l2", Criterion("l2", lambda: tp.importance.GroupMagnitudeImportance(p=2)))
+CRITERIA.register("bn_scale", Criterion("bn_scale", lambda: tp.importance.BNScaleImportance()))
+CRITERIA.register("taylor", Criterion("taylor", lambda: tp.importance.GroupTaylorImportance(), True))
+
+
+def kept_channels(channels: int, ratio: float, round_to: int = 1) -> int:
+    """Channels kept when ``ratio`` of ``channels`` is removed (at least one, a multiple of ``round_to``).
+
+    The rule is monotone in ``ratio`` and shared by the analytic cost model, the search's budget
+    wall and the pruning itself, so all three agree exactly.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"pruning ratio {ratio} is outside [0, 1); it is the fraction of channels removed")
+    keep = max(1, int(math.floor((1.0 - ratio) * channels + 0.5)))
+    if round_to > 1:
+        keep = max(round_to, int(math.floor(keep / round_to + 0.5)) * round_to)
+    return min(keep, channels)
+
+
+def widths_for(graph: ModelGraph, ratios: Mapping[str, float], round_to: int = 1) -> dict[str, int]:
+    """Kept channels per group for per-group pruning ratios (missing groups stay dense)."""
+    return {g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to) for g in graph}
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """A pruned copy of a model, the widths it has and the Torch-Pruning history that reproduces it."""
+
+    model: nn.Module
+    widths: dict[str, int]
+    history: History
+
+
+def _group_name(items: list, names: dict[int, str], order: Mapping[str, int]) -> str | None:
+    outs = [
+        names[id(dep.target.module)]
+        for dep, _ in items
+        if dep.handler.__name__ == "prune_out_channels" and isinstance(dep.target.module, PRUNABLE_TYPES)
+    ]
+    return min(outs, key=lambda n: order.get(n, 10**9)) if outs else None
+
+
+def _accumulate_gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model.zero_grad()
+    inputs, targets = batch
+    nn.functional.cross_entropy(model(inputs), targets).backward()
+
+
+def prune_channels(
+    model: nn.Module,
+    graph: ModelGraph,
+    widths: Mapping[str, int],
+    criterion: str = "l1",
+    calib_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> PruneResult:
+    """Returns a copy of ``model`` with every group cut to ``widths[name]`` channels.
+
+    Args:
+        model: Dense or already pruned model (left unchanged); its module names must match ``graph``.
+        graph: The traced groups of the dense architecture (names, execution order, classifier).
+        widths: Target channel count per group name; groups not named keep their channels.
+        criterion: Importance criterion name from :data:`CRITERIA`.
+        calib_batch: (inputs, targets) used by gradient-based criteria.
+    """
+    crit = CRITERIA.get(criterion)
+    pruned = copy.deepcopy(model)
+    pruned.eval()
+    if crit.needs_gradients:
+        if calib_batch is None:
+            raise ConfigError(f"criterion {criterion!r} needs a calibration batch of (inputs, targets)")
+        _accumulate_gradients(pruned, calib_batch)
+    importance = crit.factory()
+    names = {id(m): n for n, m in pruned.named_modules()}
+    dg = tp.DependencyGraph().build_dependency(pruned, graph.example_inputs, verbose=False)
+    classifier = pruned.get_submodule(graph.classifier)
+    for group in dg.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES):
+        name = _group_name(group.items, names, graph._order)
+        current = len(group.items[0].idxs)
+        target = int(widths.get(name, current)) if name is not None else current
+        if target >= current:
+            continue
+        scores = importance(group)
+        if scores is None:  # e.g. bn_scale on a group without BatchNorm: fall back to L1
+            scores = tp.importance.GroupMagnitudeImportance(p=1)(group)
+        idxs = sorted(torch.argsort(scores)[: current - target].tolist())
+        dep = group.items[0].dep
+        dg.get_pruning_group(dep.target.module, dep.handler, idxs).prune()
+    pruned.zero_grad(set_to_none=True)
+    history = [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in dg.pruning_history()]
+    return PruneResult(pruned, {g.name: int(widths.get(g.name, g.channels)) for g in graph}, history)
+
+
+def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: History) -> nn.Module:
+    """Applies a recorded pruning history to a dense model in place (reproduces the pruned shapes)."""
+    if history:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs[:1], verbose=False)
+        dg.load_pruning_history([[n, o, list(idx)] for n, o, idx in history])
+    return model
+
+
+def _prunable_weights(model: nn.Module, graph: ModelGraph, ratios: Mapping[str, float]) -> list[tuple[torch.Tensor, float]]:
+    weights = []
+    for g in graph:
+        ratio = float(ratios.get(g.name, 0.0))
+        for name in g.modules:
+            weights.append((model.get_submodule(name).weight, ratio))
+    return weights
+
+
+@torch.no_grad()
+def sparsify(model: nn.Module, graph: ModelGraph, ratios: Mapping[str, float], granularity: str) -> nn.Module:
+    """Returns a copy with weights zeroed: ``unstructured`` removes ``ratio`` of each layer's smallest
+    weights; ``nm`` applies 2:4 sparsity to every layer of a group with a non-zero ratio."""
+    if granularity not in ("unstructured", "nm"):
+        raise ConfigError(f"granularity {granularity!r} is not a sparsity granularity; use unstructured or nm")
+    sparse = copy.deepcopy(model)
+    for weight, ratio in _prunable_weights(sparse, graph, ratios):
+        if ratio <= 0:
+            continue
+        if granularity == "unstructured":
+            k = int(round(ratio * weight.numel()))
+            if k:
+                threshold = weight.abs().flatten().kthvalue(k).values
+                weight[weight.abs() <= threshold] = 0.0
+        else:
+            weight.copy_(_two_of_four(weight))
+    return sparse
+
+
+def _two_of_four(weight: torch.Tensor) -> torch.Tensor:
+    """Keeps the 2 largest-magnitude weights of every 4 consecutive inputs of each output."""
+    flat = weight.reshape(weight.shape[0], -1)
+    cols = flat.shape[1]
+    pad = (-cols) % 4
+    padded = nn.functional.pad(flat, (0, pad))
+    blocks = padded.reshape(flat.shape[0], -1, 4)
+    top = blocks.abs().topk(2, dim=-1).indices
+    mask = torch.zeros_like(blocks, dtype=torch.bool).scatter_(-1, top, True)
+    return (blocks * mask).reshape(flat.shape[0], -1)[:, :cols].reshape(weight.shape)
