@@ -260,7 +260,8 @@ class AMCDDPG:
     def _actor_output(self, obs: np.ndarray) -> np.ndarray:
         """Runs the actor on one observation; returns its action in [-1, 1] as float64."""
         shape = self._model.observation_space.shape
-        tensor = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape((1, *shape)), device=self._model.device)
+        batch = np.asarray(obs, dtype=np.float32).reshape((1, *shape))
+        tensor = torch.as_tensor(batch, device=self._model.device)
         self._model.policy.set_training_mode(False)
         with torch.no_grad():
             action = self._model.actor(tensor)
@@ -396,7 +397,8 @@ class AMCDDPG:
         target = data.rewards - self._baseline
         if cfg.bootstrap:
             with torch.no_grad():
-                next_q = model.critic_target(data.next_observations, model.actor_target(data.next_observations))[0]
+                next_obs = data.next_observations
+                next_q = model.critic_target(next_obs, model.actor_target(next_obs))[0]
                 target = target + cfg.gamma * (1.0 - data.dones) * next_q
         critic_loss = F.mse_loss(model.critic(data.observations, data.actions)[0], target)
         model.critic.optimizer.zero_grad()
@@ -464,7 +466,10 @@ class AMCDDPG:
             raise ConfigError(f"{directory} is not a saved DDPG agent: missing {', '.join(missing)}")
         state = json.loads((directory / _STATE_FILE).read_text())
         if state.get("format") != _STATE_FORMAT:
-            raise ConfigError(f"{directory / _STATE_FILE} has format {state.get('format')!r}, expected {_STATE_FORMAT}")
+            raise ConfigError(
+                f"{directory / _STATE_FILE} has format {state.get('format')!r}, expected {_STATE_FORMAT}; "
+                "save the agent again with this version"
+            )
         config = DDPGConfig(**state["config"])
         with torch.random.fork_rng(devices=[]):  # SB3 builds throwaway networks before loading weights
             model = DDPG.load(directory / _MODEL_FILE, device=device)
