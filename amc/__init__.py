@@ -17,7 +17,7 @@ import torch
 
 from amc.checkpoint import SavedModel, load_model, save_model
 from amc.cost import Cost, count_cost, measure_latency
-from amc.engine import apply_policy, uniform_policy
+from amc.engine import apply_policy, make_policy, uniform_policy
 from amc.errors import AmcError
 from amc.groups import ModelGraph, PrunableGroup
 from amc.policy import ModelIdentity, Policy, Target, load_policy
@@ -33,6 +33,6 @@ def prunable_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Prun
 
 __all__ = [
     "AmcError", "Cost", "ModelGraph", "ModelIdentity", "Policy", "PrunableGroup", "SavedModel", "Target",
-    "apply_policy", "count_cost", "evaluate", "finetune", "load_model", "load_policy", "measure_latency",
+    "apply_policy", "count_cost", "evaluate", "finetune", "load_model", "load_policy", "make_policy", "measure_latency",
     "prunable_groups", "recalibrate_bn", "save_model", "uniform_policy",
 ]

@@ -188,7 +188,7 @@ def _print_table(r: dict) -> None:
 
 
 # --------------------------------------------------------------------------- sensitivity
-@command("sensitivity", "prune each group alone at 10%..90% and plot search-val accuracy")
+@command("sensitivity", "prune each group alone at ratios 0.1 to 0.9 and plot search-val accuracy")
 def _sens_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p)
     p.add_argument("--checkpoint", required=True, help="dense model file (model.pt from `amc train`)")

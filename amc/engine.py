@@ -73,6 +73,29 @@ def uniform_policy(
     return Policy(identity, {g.name: float(ratio) for g in graph}, granularity, criterion, round_to)
 
 
+def make_policy(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    ratios: Mapping[str, float] | float,
+    name: str | None = None,
+    criterion: str = "l1",
+    round_to: int = 1,
+) -> Policy:
+    """A policy for your own dense ``model``: per-group ratios (by group name) or one ratio for all."""
+    graph = ModelGraph(model, example_inputs)
+    with torch.no_grad():
+        was_training = model.training
+        num_classes = int(model.eval()(example_inputs[:1]).shape[-1])
+        model.train(was_training)
+    identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), num_classes, name)
+    if isinstance(ratios, (int, float)):
+        ratios = {g.name: float(ratios) for g in graph}
+    unknown = sorted(set(ratios) - set(graph.names))
+    if unknown:
+        raise ConfigError(f"unknown group names {unknown[:3]}; the model's groups are: {', '.join(graph.names)}")
+    return Policy(identity, dict(ratios), "channel", criterion, round_to)
+
+
 def cost_ratio(graph: ModelGraph, widths: Mapping[str, int], metric: str) -> float:
     """FLOPs or params of ``widths`` as a fraction of the dense model."""
     cost = graph.estimate(widths)
@@ -228,6 +251,6 @@ def cost_report(ws: Workspace, pruned: nn.Module, latency: LatencyConfig | None)
 
 
 __all__ = [
-    "Workspace", "build_workspace", "apply_policy", "uniform_policy", "uniform_ratio_for", "prune_and_finetune",
+    "Workspace", "build_workspace", "make_policy", "apply_policy", "uniform_policy", "uniform_ratio_for", "prune_and_finetune",
     "cost_report", "FinetuneSchedule", "kept_channels", "cost_ratio", "identity_of", "spec_for",
 ]

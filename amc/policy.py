@@ -68,7 +68,7 @@ def package_versions() -> dict[str, str]:
     """Versions of the packages that produce and apply policies."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"torch": torch.__version__}
+    out = {"torch": str(torch.__version__)}
     for dist in ("amc-search", "torch-pruning", "torchvision"):
         try:
             out[dist] = version(dist)

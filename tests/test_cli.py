@@ -1,0 +1,123 @@
+"""CLI smoke tests for each engine command, and bad-input tests (one-line message, exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from amc.checkpoint import load_model
+from amc.cli import main
+from amc.cost import count_cost
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "amc.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_commands() -> None:
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for name in ("train", "prune", "sensitivity"):
+        assert name in out.stdout
+    for name in ("train", "prune", "sensitivity"):
+        assert "--out" in run_cli(name, "--help").stdout
+
+
+def test_train_command(tmp_path: Path) -> None:
+    assert main(["train", "--model", "vgg_small", "--data", "digits", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {"top1", "flops", "params"} <= set(report)
+    assert report["top1"] > 0.2  # one epoch is well above chance (0.1) on digits
+    assert load_model(tmp_path / "model.pt").spec.name == "vgg_small"
+
+
+def test_prune_uniform_report_matches_saved_model(trained_resnet20: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", "resnet20", "--data", "digits", "--checkpoint", str(trained_resnet20 / "model.pt"),
+                 "--uniform", "0.5", "--finetune-epochs", "1", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("top1_before_finetune", "top1", "flops", "flops_ratio", "params", "params_ratio", "latency_ms", "dense_latency_ms"):
+        assert key in report
+    saved = load_model(out / "model.pt")
+    recount = count_cost(saved.model, saved.spec.example_inputs())
+    assert recount.flops == report["flops"]
+    assert report["flops_ratio"] == pytest.approx(recount.flops / report["dense_flops"])
+    assert report["params"] == recount.params
+    assert report["top1"] >= 0.9
+    # the written policy applies again through --policy
+    again = tmp_path / "again"
+    assert main(["prune", "--checkpoint", str(trained_resnet20 / "model.pt"), "--policy", str(out / "policy.json"),
+                 "--finetune-epochs", "0", "--out", str(again)]) == 0
+    assert json.loads((again / "report.json").read_text())["flops"] == report["flops"]
+
+
+def test_prune_without_checkpoint_warns(tmp_path: Path) -> None:
+    out = run_cli("prune", "--model", "plain20", "--uniform", "0.3", "--finetune-epochs", "0", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "randomly initialised" in out.stderr
+
+
+def test_sensitivity_command(trained_resnet20: Path, tmp_path: Path) -> None:
+    code = main(["sensitivity", "--checkpoint", str(trained_resnet20 / "model.pt"), "--ratios", "0.2,0.8", "--out", str(tmp_path)])
+    assert code == 0
+    lines = (tmp_path / "sensitivity.csv").read_text().strip().splitlines()
+    assert lines[0] == "group,ratio,top1" and len(lines) == 1 + 12 * 2
+    assert (tmp_path / "sensitivity.png").stat().st_size > 10_000
+    by = {(r.split(",")[0], r.split(",")[1]): float(r.split(",")[2]) for r in lines[1:]}
+    assert by[("conv1", "0.20")] >= by[("conv1", "0.80")] - 0.05  # pruning more rarely helps
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--model", "resnet21", "--out", "X"], "unknown model 'resnet21'"),
+        (["train", "--model", "resnet20", "--data", "mnist", "--out", "X"], "unknown data set 'mnist'"),
+        (["train", "--model", "resnet20", "--data", "cifar10", "--out", "X"], "needs a directory: pass --data-dir"),
+        (["train", "--model", "resnet20", "--data", "cifar10", "--data-dir", "/nonexistent", "--out", "X"], "is not a directory"),
+        (["train", "--model", "resnet20", "--epochs", "-1", "--out", "X"], "epochs must be >= 0"),
+        (["train", "--model", "resnet20", "--device", "cuda", "--out", "X"], None),
+        (["prune", "--model", "resnet20", "--uniform", "1.5", "--out", "X"], "fraction of channels removed"),
+        (["prune", "--model", "resnet20", "--policy", "missing.json", "--out", "X"], "does not exist"),
+        (["prune", "--model", "resnet20", "--checkpoint", "missing.pt", "--uniform", "0.5", "--out", "X"], "does not exist"),
+        (["prune", "--model", "resnet20", "--out", "X"], "one of the arguments --policy --uniform is required"),
+        (["prune", "--model", "resnet20", "--uniform", "0.5", "--criterion", "magic", "--out", "X"], "criterion 'magic' is unknown"),
+        (["sensitivity", "--checkpoint", "missing.pt", "--out", "X"], "does not exist"),
+        (["sensitivity", "--model", "resnet20", "--checkpoint", "x.pt", "--ratios", "0.5,2", "--out", "X"], "--ratios"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    args: list[str], message: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a if a != "X" else str(tmp_path / "out") for a in args]
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so --device cuda is valid")
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    assert code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.strip().splitlines() if "error" in line]
+    assert len(errors) == 1, stderr
+    if message:
+        assert message in errors[0]
+    assert not (tmp_path / "out").exists(), "nothing is written on bad input"
+
+
+def test_bad_input_in_a_real_process() -> None:
+    out = run_cli("train", "--model", "resnet21", "--out", "/tmp/never-written")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "amc train: error: unknown model 'resnet21'; choose one of: plain20, resnet20, resnet56, vgg_small"
+
+
+def test_mismatched_policy_is_rejected_by_cli(trained_resnet20: Path, tmp_path: Path) -> None:
+    assert main(["prune", "--model", "vgg_small", "--uniform", "0.2", "--finetune-epochs", "0", "--out", str(tmp_path / "v")]) == 0
+    out = run_cli("prune", "--checkpoint", str(trained_resnet20 / "model.pt"), "--policy", str(tmp_path / "v" / "policy.json"),
+                  "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "made for model 'vgg_small'" in out.stderr
