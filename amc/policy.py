@@ -178,13 +178,17 @@ def load_policy(path: str | Path) -> Policy:
 
 def write_json_atomic(path: str | Path, data: object) -> Path:
     """Writes JSON to ``path`` via a temporary file and a rename."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` via a temporary file and a rename (never a half-written file)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

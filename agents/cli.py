@@ -1,0 +1,60 @@
+"""``amc search`` (registered into the ``amc`` command line when this package is importable)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from amc.cli import command
+from amc.errors import ConfigError
+
+
+@command("search", "search per-group pruning ratios with DDPG (or a random / uniform baseline)")
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="experiment YAML (e.g. experiments/configs/digits-resnet20-flops50.yaml)")
+    p.add_argument("--agent", choices=("ddpg", "random", "uniform"), help="override the config's agent")
+    p.add_argument("--episodes", type=int, help="override the config's episode budget")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--target", type=float, help="override the config's target ratio (fraction of the dense cost kept)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--out", type=Path, help="search directory (default: runs/<config>-<agent>-s<seed>)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted search in DIR")
+
+
+@_search_args.run
+def _search(args: argparse.Namespace) -> int:
+    from agents.search import SearchConfig, run_search
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--resume continues with the search's own config; drop --config")
+        stored = SearchConfig.from_yaml(args.resume / "config.yaml") if (args.resume / "config.yaml").is_file() else None
+        config = stored.replace(episodes=args.episodes) if stored is not None and args.episodes else stored
+        result = run_search(config, args.resume, resume=True, tracking_uri=args.tracking_uri, track=not args.no_tracking)
+    else:
+        if args.config is None:
+            raise ConfigError("pass --config FILE.yaml (see experiments/configs/) or --resume DIR")
+        config = _with_overrides(SearchConfig.from_yaml(args.config), args)
+        out = args.out or Path("runs") / f"{args.config.stem}-{config.agent}-s{config.seed}"
+        result = run_search(config, out, tracking_uri=args.tracking_uri, track=not args.no_tracking)
+    _print_summary(result)
+    return 0
+
+
+def _with_overrides(config, args: argparse.Namespace):
+    changes = {k: getattr(args, k) for k in ("agent", "episodes", "seed") if getattr(args, k) is not None}
+    if args.target is not None:
+        changes["env"] = config.env.replace(target_ratio=args.target)
+    return config.replace(**changes) if changes else config
+
+
+def _print_summary(result) -> None:
+    b, u = result.best, result.uniform
+    print(f"\nsearch finished after {result.episodes} episodes -> {result.out}")
+    print(f"{'':<10}{'val top-1':>10}{'test top-1':>12}{'FLOPs':>8}{'params':>8}")
+    print(f"{'uniform':<10}{u['top1']:>10.2%}{u['test_top1']:>12.2%}{u['flops_ratio']:>8.1%}{u['params_ratio']:>8.1%}")
+    print(f"{'best':<10}{b.top1:>10.2%}{result.best_test_top1:>12.2%}{b.flops_ratio:>8.1%}{b.params_ratio:>8.1%}")
+    print(f"best policy: {result.out / 'best_policy.json'} (apply with: amc prune --checkpoint <dense model.pt> --policy ...)")
+    if result.run_id:
+        print(f"MLflow run: {result.run_id}")

@@ -1,0 +1,53 @@
+"""What a finished search writes: search.json, best_policy.json, plots, and the MLflow artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from amc.plots import policy_bars, search_curves
+from amc.policy import write_json_atomic
+
+if TYPE_CHECKING:
+    from agents.search import Search, SearchResult
+
+
+def write_outputs(search: "Search") -> "SearchResult":
+    from agents.search import SearchResult
+
+    env, state, config, out = search.env, search.state, search.config, search.out
+    best = state.best
+    test = env.evaluate_ratios(best.ratios, "test")
+    uniform_ratios = env.uniform_ratios()
+    uniform_ratio = next(iter(uniform_ratios.values()))
+    uniform_val = env.evaluate_ratios(uniform_ratios, "val")
+    uniform_test = env.evaluate_ratios(uniform_ratios, "test")
+    uniform = {"ratio": uniform_ratio, "top1": uniform_val["top1"], "test_top1": uniform_test["top1"],
+               "flops_ratio": uniform_val["flops_ratio"], "params_ratio": uniform_val["params_ratio"]}
+    measured = {"top1": best.top1, "test_top1": test["top1"], "flops": test["flops"], "params": test["params"],
+                "flops_ratio": best.flops_ratio, "params_ratio": best.params_ratio}
+    policy = env.to_policy(best.ratios, measured)
+    policy.save(out / "best_policy.json")
+    summary = {
+        "target": {"metric": config.env.target_metric, "ratio": config.env.target_ratio},
+        "agent": config.agent, "seed": config.seed, "model": config.env.model, "data": config.env.data.name,
+        "best": {"episode": best.episode, "reward": best.reward, "policy": best.ratios, "top1": best.top1,
+                 "test_top1": test["top1"], "flops_ratio": best.flops_ratio, "params_ratio": best.params_ratio},
+        "uniform": uniform,
+        "episodes": [dataclasses.asdict(r) for r in state.records],
+        "mlflow_run_id": state.run_id,
+    }
+    write_json_atomic(out / "search.json", summary)
+    bars = policy_bars(out / "best_policy.png", best.ratios, uniform_ratio,
+                       f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {config.env.target_ratio:g}")
+    curves = search_curves(out / "search_curves.png", [r.episode for r in state.records], [r.reward for r in state.records],
+                           [r.top1 for r in state.records], config.ddpg.warmup_episodes if config.agent == "ddpg" else 0)
+    if search.tracker is not None:
+        tracker = search.tracker
+        tracker.log_metrics({"best_test_top1": test["top1"], "uniform_top1": uniform["top1"],
+                             "uniform_test_top1": uniform["test_top1"]}, step=state.episode)
+        for path in (out / "search.json", out / "best_policy.json", out / "config.yaml", bars, curves):
+            tracker.log_artifact(path)
+        tracker.set_tags({"amc.best_top1": f"{best.top1:.4f}", "amc.best_test_top1": f"{test['top1']:.4f}"})
+        tracker.finish()
+    return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode)

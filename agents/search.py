@@ -1,0 +1,300 @@
+"""The search loop: episodes of an agent in the channel-pruning env, checkpoints, MLflow, outputs.
+
+Outputs in the search directory:
+- ``config.yaml``: the full search config (what ``--resume`` continues with);
+- ``search.json``: target, uniform baseline, best policy and one record per episode;
+- ``best_policy.json``: the best policy in the engine's format (``amc prune --policy`` applies it);
+- ``best_policy.png`` / ``search_curves.png``: per-group ratios against uniform, reward and top-1 curves;
+- ``checkpoint/``: agent, replay buffer, counters and records, every ``checkpoint_every`` episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from agents.base import SearchAgent, create_agent
+from agents.ddpg import DDPGConfig
+from amc.config import flatten, load_yaml, save_yaml, to_dict
+from amc.errors import ConfigError
+from amc.policy import write_json_atomic, write_text_atomic
+from amc.train import TrainConfig
+from envs import ChannelPruningEnv, EnvConfig
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search: the environment, the agent and its budget.
+
+    Attributes:
+        env: Model, data, checkpoint, target, ratio bounds, reward and evaluation settings.
+        agent: ``ddpg``, ``random`` or ``uniform``.
+        episodes: Episodes in the search (warm-up included).
+        seed: Seed of the agent.
+        ddpg: DDPG settings (AMC's values by default).
+        baseline: Training settings of the dense baseline, trained and cached when ``env.checkpoint`` is empty.
+        checkpoint_every: Episodes between search checkpoints (and MLflow metric writes).
+        experiment: MLflow experiment name.
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: str = "ddpg"
+    episodes: int = 300
+    seed: int = 0
+    ddpg: DDPGConfig = field(default_factory=DDPGConfig)
+    baseline: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint_every: int = 10
+    experiment: str = "amc-search"
+
+    def __post_init__(self) -> None:
+        from agents.base import AGENTS
+
+        AGENTS.get(self.agent)
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "SearchConfig":
+        return load_yaml(cls, path)
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """What one episode found."""
+
+    episode: int
+    reward: float
+    top1: float
+    flops_ratio: float
+    params_ratio: float
+    ratios: dict[str, float]
+
+
+@dataclass
+class SearchState:
+    """Everything a checkpoint restores besides the agent."""
+
+    episode: int = 0
+    records: list[EpisodeRecord] = field(default_factory=list)
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def best(self) -> EpisodeRecord | None:
+        return max(self.records, key=lambda r: r.reward, default=None)
+
+
+def resolve_checkpoint(config: SearchConfig, cache_dir: Path, progress: bool = True) -> SearchConfig:
+    """Fills ``env.checkpoint`` with a cached dense baseline (trained first when missing)."""
+    if config.env.checkpoint:
+        return config
+    from amc.baseline import cached_baseline
+
+    ckpt = cached_baseline(config.env.model, config.env.data, config.baseline, cache_dir, progress=progress)
+    return config.replace(env=config.env.replace(checkpoint=str(ckpt)))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(out: Path, agent: SearchAgent, state: SearchState) -> None:
+    root = out / CHECKPOINT_DIR
+    target = root / f"ep-{state.episode:06d}"
+    tmp = root / f".tmp-{state.episode:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    agent.save(tmp / "agent")
+    write_json_atomic(tmp / "state.json", {
+        "episode": state.episode, "run_id": state.run_id, "tracking_uri": state.tracking_uri,
+        "records": [dataclasses.asdict(r) for r in state.records],
+    })
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    write_text_atomic(root / "LATEST", target.name + "\n")  # the switch to the new checkpoint is atomic
+    for old in root.glob("ep-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(out: Path, agent: SearchAgent) -> SearchState:
+    root = out / CHECKPOINT_DIR
+    latest = root / "LATEST"
+    if not latest.is_file():
+        return SearchState()
+    where = root / latest.read_text().strip()
+    data = json.loads((where / "state.json").read_text())
+    agent.restore(where / "agent")
+    records = [EpisodeRecord(**r) for r in data["records"]]
+    return SearchState(int(data["episode"]), records, data.get("run_id"), data.get("tracking_uri"))
+
+
+# --------------------------------------------------------------------------- the loop
+def run_episode(env: ChannelPruningEnv, agent: SearchAgent, episode: int) -> tuple[EpisodeRecord, dict[str, float]]:
+    """Runs one episode; the agent learns from it; returns its record and the agent's statistics."""
+    obs, _ = env.reset(seed=episode)
+    observations, actions = [obs], []
+    done, reward, info = False, 0.0, {}
+    while not done:
+        action = agent.act(obs)
+        obs, reward, done, _, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+    stats = agent.end_episode(observations, actions, float(reward))
+    record = EpisodeRecord(episode, float(reward), float(info["top1"]), float(info["flops_ratio"]),
+                           float(info["params_ratio"]), {k: float(v) for k, v in info["ratios"].items()})
+    return record, stats
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Where the outputs are and what was found."""
+
+    out: Path
+    best: EpisodeRecord
+    best_test_top1: float
+    uniform: dict[str, float]
+    run_id: str | None
+    episodes: int
+
+
+Hook = Callable[[EpisodeRecord, dict[str, float]], None]
+
+
+class Search:
+    """Runs (or resumes) one search and writes its outputs.
+
+    Args:
+        config: The search config (the env's checkpoint must be set; see :func:`resolve_checkpoint`).
+        out: Search directory.
+        tracker: An :class:`amc.tracking.RunTracker` or None (no MLflow).
+        progress: Show a progress bar.
+    """
+
+    def __init__(self, config: SearchConfig, out: Path, tracker: Any = None, progress: bool = True) -> None:
+        self.config, self.out, self.tracker, self.progress = config, out, tracker, progress
+        self.env = ChannelPruningEnv.from_config(config.env)
+        self.agent = create_agent(config.agent, self.env, config.ddpg, config.seed)
+        self.state = _load_checkpoint(out, self.agent)
+        self.total = 1 if self.agent.single_episode else config.episodes
+
+    def run(self, on_episode: Hook | None = None) -> SearchResult:
+        """Runs the remaining episodes, then writes search.json, best_policy.json and the plots."""
+        bar = tqdm(total=self.total, initial=self.state.episode, desc=f"search {self.config.agent}",
+                   disable=None if self.progress else True, unit="ep")
+        while self.state.episode < self.total:
+            record, stats = run_episode(self.env, self.agent, self.state.episode)
+            self.state.records.append(record)
+            self.state.episode += 1
+            self._track(record, stats)
+            if on_episode is not None:
+                on_episode(record, stats)
+            best = self.state.best
+            bar.set_postfix(best_top1=f"{best.top1:.2%}", noise=_fmt(self.agent.noise), refresh=False)
+            bar.update()
+            if self.state.episode % self.config.checkpoint_every == 0 or self.state.episode == self.total:
+                self.checkpoint()
+        bar.close()
+        return self.finish()
+
+    def checkpoint(self) -> None:
+        _save_checkpoint(self.out, self.agent, self.state)
+        if self.tracker is not None:
+            self.tracker.flush()
+
+    def _track(self, record: EpisodeRecord, stats: dict[str, float]) -> None:
+        if self.tracker is None:
+            return
+        best = self.state.best
+        metrics = {"reward": record.reward, "top1": record.top1, "flops_ratio": record.flops_ratio,
+                   "params_ratio": record.params_ratio, "best_reward": best.reward, "best_top1": best.top1}
+        metrics.update({f"agent_{k}": v for k, v in stats.items()})
+        self.tracker.log_metrics(metrics, step=record.episode)
+
+    def finish(self) -> SearchResult:
+        """Evaluates the best policy on the test split and writes the outputs."""
+        from agents.outputs import write_outputs
+
+        return write_outputs(self)
+
+
+def _fmt(noise: float | None) -> str:
+    return "-" if noise is None else f"{noise:.3f}"
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Refuses to overwrite a search; ``--resume`` needs one."""
+    has_search = (out / "config.yaml").is_file()
+    if resume and not has_search:
+        raise ConfigError(f"{out} holds no search to resume (no config.yaml); start one with --config")
+    if not resume and has_search:
+        raise ConfigError(f"{out} already holds a search; continue it with --resume {out} or choose another --out")
+
+
+def start_tracker(config: SearchConfig, state: SearchState, tracking_uri: str | None, out: Path,
+                  parent_run_id: str | None = None) -> Any:
+    """Opens the MLflow run of a search (a new one, or the resumed search's run)."""
+    from amc.tracking import RunTracker, resolve_tracking_uri
+
+    uri = state.tracking_uri or resolve_tracking_uri(tracking_uri)
+    if state.run_id:
+        tracker = RunTracker(uri, config.experiment, run_id=state.run_id)
+        _relog_missing(tracker, state)
+    else:
+        name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}"
+        tracker = RunTracker(uri, config.experiment, run_name=name, parent_run_id=parent_run_id,
+                             tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)})
+        tracker.log_params(flatten(config))
+        state.run_id, state.tracking_uri = tracker.run_id, uri
+    return tracker
+
+
+def _relog_missing(tracker: Any, state: SearchState) -> None:
+    """Logs checkpointed episodes whose metrics did not reach MLflow before an interruption."""
+    logged = {m.step for m in tracker.client.get_metric_history(tracker.run_id, "reward")}
+    best = None
+    for r in state.records:
+        best = r if best is None or r.reward > best.reward else best
+        if r.episode not in logged:
+            tracker.log_metrics({"reward": r.reward, "top1": r.top1, "flops_ratio": r.flops_ratio,
+                                 "params_ratio": r.params_ratio, "best_reward": best.reward, "best_top1": best.top1},
+                                step=r.episode)
+    tracker.flush()
+
+
+def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_uri: str | None = None,
+               track: bool = True, progress: bool = True, cache_dir: Path = Path(".cache/baselines"),
+               parent_run_id: str | None = None) -> SearchResult:
+    """Runs a search end to end (or resumes the one in ``out``)."""
+    check_out_dir(out, resume)
+    if resume:
+        stored = SearchConfig.from_yaml(out / "config.yaml")
+        config = stored.replace(episodes=max(config.episodes, stored.episodes)) if config is not None else stored
+    else:
+        config = resolve_checkpoint(config, cache_dir, progress)
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, out / "config.yaml")
+    search = Search(config, out, None, progress)
+    if track:
+        search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id)
+    try:
+        return search.run()
+    except BaseException:
+        if search.tracker is not None:
+            search.tracker.client.set_terminated(search.tracker.run_id, "KILLED")
+        raise
+
+
+__all__ = ["SearchConfig", "EpisodeRecord", "SearchResult", "Search", "run_search", "run_episode", "to_dict"]
