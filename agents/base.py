@@ -73,8 +73,9 @@ class UniformAgent(SearchAgent):
     def __init__(self, env: ChannelPruningEnv) -> None:
         ratio = next(iter(env.uniform_ratios().values()))
         low, high = env.config.min_ratio, env.config.max_ratio
-        self.action = np.array([0.0 if high == low else 2.0 * (ratio - low) / (high - low) - 1.0], dtype=np.float32)
-        self.action = np.clip(self.action, -1.0, 1.0)
+        action = 0.0 if high == low else 2.0 * (ratio - low) / (high - low) - 1.0
+        # nudge up so that float32 rounding never maps back to a ratio just below the bisected one
+        self.action = np.clip(np.array([action + 1e-6], dtype=np.float32), -1.0, 1.0)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.action.copy()

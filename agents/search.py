@@ -276,12 +276,13 @@ def _relog_missing(tracker: Any, state: SearchState) -> None:
 
 def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_uri: str | None = None,
                track: bool = True, progress: bool = True, cache_dir: Path = Path(".cache/baselines"),
-               parent_run_id: str | None = None) -> SearchResult:
+               parent_run_id: str | None = None, on_episode: Hook | None = None) -> SearchResult:
     """Runs a search end to end (or resumes the one in ``out``)."""
     check_out_dir(out, resume)
     if resume:
         stored = SearchConfig.from_yaml(out / "config.yaml")
         config = stored.replace(episodes=max(config.episodes, stored.episodes)) if config is not None else stored
+        save_yaml(config, out / "config.yaml")
     else:
         config = resolve_checkpoint(config, cache_dir, progress)
         out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +291,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_u
     if track:
         search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id)
     try:
-        return search.run()
+        return search.run(on_episode)
     except BaseException:
         if search.tracker is not None:
             search.tracker.client.set_terminated(search.tracker.run_id, "KILLED")

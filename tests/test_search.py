@@ -1,0 +1,89 @@
+"""A tiny search end to end: outputs, the MLflow run, and an interrupted search that resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.ddpg import DDPGConfig
+from agents.search import SearchConfig, run_search
+from amc.errors import ConfigError
+from amc.policy import load_policy
+from envs import EnvConfig
+
+pytestmark = pytest.mark.slow
+
+
+def _config(checkpoint: Path, agent: str = "ddpg", episodes: int = 6) -> SearchConfig:
+    env = EnvConfig(model="resnet20", checkpoint=str(checkpoint), target_ratio=0.5, eval_batches=1, bn_batches=2)
+    ddpg = DDPGConfig(hidden=(32, 32), warmup_episodes=2, batch_size=8)
+    return SearchConfig(env=env, agent=agent, episodes=episodes, seed=3, ddpg=ddpg, checkpoint_every=2, experiment="test-search")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_search_writes_outputs_and_mlflow_run(trained_resnet20: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_search(_config(trained_resnet20 / "model.pt"), tmp_path / "s", tracking_uri=uri, progress=False)
+    summary = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert summary["target"] == {"metric": "flops", "ratio": 0.5}
+    assert [e["episode"] for e in summary["episodes"]] == list(range(6))
+    assert all(e["flops_ratio"] <= 0.5 for e in summary["episodes"]), "the budget holds in every episode"
+    assert set(summary["best"]) >= {"policy", "top1", "flops_ratio", "params_ratio"}
+    assert summary["best"]["top1"] == max(e["top1"] for e in summary["episodes"])  # reward `acc` is top-1
+    policy = load_policy(tmp_path / "s" / "best_policy.json")
+    assert policy.ratios == summary["best"]["policy"] and policy.target.ratio == 0.5
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["env.target_ratio"] == "0.5" and run.data.params["agent"] == "ddpg"
+    history = client.get_metric_history(result.run_id, "top1")
+    assert sorted(m.step for m in history) == list(range(6))
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [e["top1"] for e in summary["episodes"]]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"search.json", "best_policy.json", "best_policy.png", "search_curves.png"} <= artifacts
+
+
+def test_interrupted_search_resumes_exactly(trained_resnet20: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = _config(trained_resnet20 / "model.pt")
+    straight = run_search(config, tmp_path / "straight", track=False, progress=False)
+
+    def stop_at_5(record, stats) -> None:
+        if record.episode == 4:  # episode 4 runs after the checkpoint at 4 episodes... then is lost
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_search(config, tmp_path / "cut", tracking_uri=uri, progress=False, on_episode=stop_at_5)
+    with pytest.raises(ConfigError, match="already holds a search"):
+        run_search(config, tmp_path / "cut", tracking_uri=uri, progress=False)
+    resumed = run_search(None, tmp_path / "cut", resume=True, tracking_uri=uri, progress=False)
+    a = json.loads((tmp_path / "straight" / "search.json").read_text())["episodes"]
+    b = json.loads((tmp_path / "cut" / "search.json").read_text())["episodes"]
+    assert [e["episode"] for e in b] == list(range(6)), "nothing duplicated, nothing missing"
+    assert a == b, "a resumed search continues exactly where the interrupted one stopped"
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(resumed.run_id, "reward")]
+    assert sorted(steps) == list(range(6)), "each episode logged to MLflow once"
+
+
+def test_baseline_agents(trained_resnet20: Path, tmp_path: Path) -> None:
+    uniform = run_search(_config(trained_resnet20 / "model.pt", "uniform"), tmp_path / "u", track=False, progress=False)
+    assert uniform.episodes == 1, "the uniform baseline is one policy"
+    assert len(set(uniform.best.ratios.values())) == 1
+    assert uniform.best.flops_ratio <= 0.5
+    rnd = run_search(_config(trained_resnet20 / "model.pt", "random", episodes=4), tmp_path / "r", track=False, progress=False)
+    assert len({tuple(r for r in json.loads((tmp_path / 'r' / 'search.json').read_text())["episodes"][i]["ratios"].values())
+                for i in range(4)}) == 4
+
+
+def test_resume_needs_a_search(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no search to resume"):
+        run_search(None, tmp_path, resume=True)
