@@ -232,7 +232,7 @@ def _load_optional_commands() -> None:
     """Commands that live with the search (agents/) register themselves when importable."""
     import importlib
 
-    for module in ("agents.cli",):
+    for module in ("agents.cli", "amc.results_cli"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,46 +1,73 @@
-"""`make demo`: the main job on the embedded default (digits, ResNet-20, 50% FLOPs).
+"""`make demo`: the main job on the embedded default (digits, ResNet-20, keep 50% of the FLOPs).
 
-Trains (or reuses) the dense baseline, applies the uniform policy that meets the FLOPs target,
-fine-tunes, and prints a before/after table.
+1. trains (or reuses the cached) dense baseline;
+2. runs the AMC-style DDPG search (300 episodes, tracked in MLflow);
+3. applies the uniform baseline policy and the searched policy to the dense model, fine-tunes both
+   the same way, and prints a before/after table.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from pathlib import Path
 
-import torch
-
-from amc.baseline import cached_baseline
 from amc.cost import LatencyConfig
-from amc.data import DataConfig
-from amc.engine import FinetuneSchedule, build_workspace, cost_report, prune_and_finetune, uniform_policy, uniform_ratio_for
-from amc.policy import Target
-from amc.train import TrainConfig, evaluate
+from amc.engine import FinetuneSchedule, Workspace, build_workspace, cost_report, prune_and_finetune, uniform_policy
+from amc.policy import Policy, load_policy
+from amc.train import evaluate
+
+CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "digits-resnet20-flops50.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", type=float, default=0.5, help="FLOPs ratio to keep (default: 0.5)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="search config (default: the embedded default)")
+    parser.add_argument("--episodes", type=int, default=None, help="override the search's episode budget")
     parser.add_argument("--finetune-epochs", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///mlflow.db here)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/demo/<time>)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    data = DataConfig("digits")
-    ckpt = cached_baseline("resnet20", data, TrainConfig(epochs=15), Path(".cache/baselines"))
-    ws = build_workspace("resnet20", data, str(ckpt))
-    target = Target("flops", args.target)
-    ratio = uniform_ratio_for(ws.graph, target)
-    policy = uniform_policy(ws.graph, ws.identity, ratio)
-    result, acc = prune_and_finetune(ws, policy, FinetuneSchedule(epochs=args.finetune_epochs))
-    report = cost_report(ws, result.model, LatencyConfig())
-    dense_top1 = evaluate(ws.model, ws.data.loader("test", 256))
-    print(f"\nResNet-20 on digits, FLOPs target {args.target:.0%} (uniform ratio {ratio:.3f} in every group)")
-    print(f"{'':<26}{'top-1 (test)':>14}{'MFLOPs':>10}{'params':>10}{'latency ms':>12}")
-    print(f"{'dense':<26}{dense_top1:>14.2%}{ws.graph.dense_cost.flops / 1e6:>10.2f}{ws.graph.dense_cost.params:>10,}{report['dense_latency_ms']:>12.3f}")
-    print(f"{'uniform, no fine-tune':<26}{acc['top1_before_finetune']:>14.2%}{report['flops'] / 1e6:>10.2f}{report['params']:>10,}{report['latency_ms']:>12.3f}")
-    print(f"{'uniform, fine-tuned':<26}{acc['top1']:>14.2%}{report['flops'] / 1e6:>10.2f}{report['params']:>10,}{report['latency_ms']:>12.3f}")
+
+    from agents.search import SearchConfig, run_search
+
+    config = SearchConfig.from_yaml(args.config)
+    if args.episodes:
+        config = config.replace(episodes=args.episodes)
+    out = args.out or Path("runs") / "demo" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    print(f"[1/3] search: {config.agent}, {config.episodes} episodes, {config.env.target_metric} <= {config.env.target_ratio:g} -> {out}")
+    result = run_search(config, out / "search", tracking_uri=args.tracking_uri)
+    searched = load_policy(out / "search" / "best_policy.json")
+    stored = SearchConfig.from_yaml(out / "search" / "config.yaml")
+    ws = build_workspace(stored.env.model, stored.env.data, stored.env.checkpoint)
+    uniform = uniform_policy(ws.graph, ws.identity, result.uniform["ratio"], searched.criterion)
+    print(f"[2/3] fine-tune the uniform and the searched policy ({args.finetune_epochs} epochs each)")
+    rows = [_row(ws, "uniform", uniform, args.finetune_epochs, out), _row(ws, "searched (DDPG)", searched, args.finetune_epochs, out)]
+    print("[3/3] results (test split)\n")
+    _table(ws, rows, result)
+    print(f"\nsearch outputs: {out / 'search'}; pruned models: {out}/<name>/model.pt")
+    print("browse the search in MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)")
     return 0
+
+
+def _row(ws: Workspace, name: str, policy: Policy, epochs: int, out: Path) -> dict:
+    from amc.checkpoint import save_model
+
+    result, acc = prune_and_finetune(ws, policy, FinetuneSchedule(epochs=epochs))
+    report = cost_report(ws, result.model, LatencyConfig())
+    slug = name.split()[0]
+    save_model(out / slug / "model.pt", result.model, ws.spec, policy, result.history)
+    return {"name": name, **acc, **report}
+
+
+def _table(ws: Workspace, rows: list[dict], result) -> None:
+    dense_top1 = evaluate(ws.model, ws.data.loader("test", 256))
+    header = f"{'':<17}{'no fine-tune':>13}{'fine-tuned':>12}{'FLOPs':>9}{'params':>9}{'latency ms':>12}"
+    print(header)
+    print(f"{'dense':<17}{dense_top1:>13.2%}{'':>12}{'100%':>9}{'100%':>9}{rows[0]['dense_latency_ms']:>12.3f}")
+    for r in rows:
+        print(f"{r['name']:<17}{r['top1_before_finetune']:>13.2%}{r['top1']:>12.2%}{r['flops_ratio']:>9.1%}"
+              f"{r['params_ratio']:>9.1%}{r['latency_ms']:>12.3f}")
 
 
 if __name__ == "__main__":
