@@ -7,13 +7,41 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from amc.errors import ConfigError
 from amc.registry import Registry
 from envs import ChannelPruningEnv
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    """How a rollout worker should act in one episode (parallel searches ship this, not the agent).
+
+    Attributes:
+        episode: Episode index.
+        kind: ``random`` (uniform actions), ``actor`` (actor network plus truncated-normal noise) or ``fixed``.
+        seed: Seed of the episode's random numbers.
+        sigma: Noise sigma of an ``actor`` plan.
+        actor_state: Actor weights of an ``actor`` plan.
+        action: The action of a ``fixed`` plan.
+    """
+
+    episode: int
+    kind: str
+    seed: int
+    sigma: float = 0.0
+    actor_state: Any = None
+    action: float = 0.0
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """A well-mixed seed for (search seed, episode)."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
 class SearchAgent:
@@ -37,6 +65,10 @@ class SearchAgent:
         """Current exploration noise, for the progress bar (None when the agent has none)."""
         return None
 
+    def plan(self, episode: int) -> EpisodePlan:
+        """What a rollout worker should do in ``episode`` (parallel searches)."""
+        raise NotImplementedError
+
     def save(self, directory: Path) -> None:
         """Writes what :meth:`restore` needs to continue exactly."""
 
@@ -52,7 +84,11 @@ class RandomAgent(SearchAgent):
     """Uniform random actions in [-1, 1] (then bounded by the env's budget wall)."""
 
     def __init__(self, seed: int) -> None:
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+
+    def plan(self, episode: int) -> EpisodePlan:
+        return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.rng.uniform(-1.0, 1.0, size=(1,)).astype(np.float32)
@@ -80,6 +116,9 @@ class UniformAgent(SearchAgent):
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.action.copy()
 
+    def plan(self, episode: int) -> EpisodePlan:
+        return EpisodePlan(episode, "fixed", 0, action=float(self.action[0]))
+
 
 class DDPGAgent(SearchAgent):
     """The AMC-style DDPG agent (:class:`agents.ddpg.AMCDDPG`)."""
@@ -88,6 +127,12 @@ class DDPGAgent(SearchAgent):
         from agents.ddpg import AMCDDPG
 
         self.impl = AMCDDPG(env.observation_space, env.action_space, config, seed=seed)
+        self.seed = seed
+
+    def plan(self, episode: int) -> EpisodePlan:
+        if episode < self.impl.config.warmup_episodes:
+            return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
+        return EpisodePlan(episode, "actor", episode_seed(self.seed, episode), self.impl.sigma, self.impl.get_actor_state())
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.impl.act(obs)

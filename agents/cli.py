@@ -16,6 +16,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, help="override the config's episode budget")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--target", type=float, help="override the config's target ratio (fraction of the dense cost kept)")
+    p.add_argument("--workers", type=int, help="rollout workers (Ray actors); default: the config's, 0 = local CPUs, 1 = no Ray")
+    p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally, stop at the end)")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--out", type=Path, help="search directory (default: runs/<config>-<agent>-s<seed>)")
@@ -31,19 +33,22 @@ def _search(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues with the search's own config; drop --config")
         stored = SearchConfig.from_yaml(args.resume / "config.yaml") if (args.resume / "config.yaml").is_file() else None
         config = stored.replace(episodes=args.episodes) if stored is not None and args.episodes else stored
-        result = run_search(config, args.resume, resume=True, tracking_uri=args.tracking_uri, track=not args.no_tracking)
+        if stored is not None and args.workers is not None:
+            config = config.replace(workers=args.workers)
+        result = run_search(config, args.resume, resume=True, tracking_uri=args.tracking_uri, track=not args.no_tracking,
+                            address=args.address)
     else:
         if args.config is None:
             raise ConfigError("pass --config FILE.yaml (see experiments/configs/) or --resume DIR")
         config = _with_overrides(SearchConfig.from_yaml(args.config), args)
         out = args.out or Path("runs") / f"{args.config.stem}-{config.agent}-s{config.seed}"
-        result = run_search(config, out, tracking_uri=args.tracking_uri, track=not args.no_tracking)
+        result = run_search(config, out, tracking_uri=args.tracking_uri, track=not args.no_tracking, address=args.address)
     _print_summary(result)
     return 0
 
 
 def _with_overrides(config, args: argparse.Namespace):
-    changes = {k: getattr(args, k) for k in ("agent", "episodes", "seed") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in ("agent", "episodes", "seed", "workers") if getattr(args, k) is not None}
     if args.target is not None:
         changes["env"] = config.env.replace(target_ratio=args.target)
     return config.replace(**changes) if changes else config
@@ -58,3 +63,28 @@ def _print_summary(result) -> None:
     print(f"best policy: {result.out / 'best_policy.json'} (apply with: amc prune --checkpoint <dense model.pt> --policy ...)")
     if result.run_id:
         print(f"MLflow run: {result.run_id}")
+
+
+@command("sweep", "run a grid of searches on Ray Tune (targets x seeds x rewards x agents)")
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="sweep YAML (e.g. experiments/sweeps/digits-resnet20-grid.yaml)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally)")
+    p.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<name>)")
+
+
+@_sweep_args.run
+def _sweep(args: argparse.Namespace) -> int:
+    from agents.sweep import load_sweep, run_sweep
+
+    sweep, base = load_sweep(args.config)
+    out = args.out or Path("runs") / "sweeps" / sweep.name
+    if (out / "trials").exists():
+        raise ConfigError(f"{out} already holds a sweep; choose another --out")
+    results = run_sweep(sweep, base, out, args.tracking_uri, args.address)
+    keys = list(sweep.grid)
+    print(f"\n{len(results)} trials -> {out}")
+    print("  ".join(f"{k:>16}" for k in keys) + f"{'val top-1':>11}{'test top-1':>12}{'FLOPs':>8}")
+    for r in sorted(results, key=lambda r: [str(r[k]) for k in keys]):
+        print("  ".join(f"{str(r[k]):>16}" for k in keys) + f"{r['best_top1']:>11.2%}{r['best_test_top1']:>12.2%}{r['best_flops_ratio']:>8.1%}")
+    return 0

@@ -142,6 +142,15 @@ class _SpacesEnv(gymnasium.Env):
         raise RuntimeError("the AMC DDPG agent is driven episode by episode; its SB3 env is never stepped")
 
 
+def truncated_normal_action(mu: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """AMC's exploration: a normal sample around ``mu`` with ``sigma``, truncated to [-1, 1] (float32)."""
+    if sigma <= 0.0:
+        return np.clip(mu, -1.0, 1.0).astype(np.float32)
+    low, high = (-1.0 - mu) / sigma, (1.0 - mu) / sigma
+    sample = truncnorm.rvs(low, high, loc=mu, scale=sigma, size=np.shape(mu), random_state=rng)
+    return np.clip(sample, -1.0, 1.0).astype(np.float32)
+
+
 def _check_spaces(observation_space: gymnasium.spaces.Space, action_space: gymnasium.spaces.Space) -> None:
     """Raises a ConfigError unless both spaces are Boxes and the actions span exactly [-1, 1]."""
     if not isinstance(observation_space, gymnasium.spaces.Box):
@@ -282,12 +291,7 @@ class AMCDDPG:
         shape = self._model.action_space.shape
         if self.in_warmup:
             return self._rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
-        mu = self._actor_output(obs)
-        if self._sigma <= 0.0:
-            return np.clip(mu, -1.0, 1.0).astype(np.float32)
-        low, high = (-1.0 - mu) / self._sigma, (1.0 - mu) / self._sigma
-        sample = truncnorm.rvs(low, high, loc=mu, scale=self._sigma, size=shape, random_state=self._rng)
-        return np.clip(sample, -1.0, 1.0).astype(np.float32)
+        return truncated_normal_action(self._actor_output(obs), self._sigma, self._rng)
 
     def act_deterministic(self, obs: np.ndarray) -> np.ndarray:
         """The actor's action for one observation, without noise (float32, action-space shape)."""

@@ -43,11 +43,41 @@ def write_outputs(search: "Search") -> "SearchResult":
     curves = search_curves(out / "search_curves.png", [r.episode for r in state.records], [r.reward for r in state.records],
                            [r.top1 for r in state.records], config.ddpg.warmup_episodes if config.agent == "ddpg" else 0)
     if search.tracker is not None:
-        tracker = search.tracker
-        tracker.log_metrics({"best_test_top1": test["top1"], "uniform_top1": uniform["top1"],
-                             "uniform_test_top1": uniform["test_top1"]}, step=state.episode)
-        for path in (out / "search.json", out / "best_policy.json", out / "config.yaml", bars, curves):
-            tracker.log_artifact(path)
-        tracker.set_tags({"amc.best_top1": f"{best.top1:.4f}", "amc.best_test_top1": f"{test['top1']:.4f}"})
-        tracker.finish()
+        _log_final(search.tracker, out, summary)
     return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode)
+
+
+ARTIFACTS = ("search.json", "best_policy.json", "config.yaml", "best_policy.png", "search_curves.png")
+
+
+def _log_final(tracker, out, summary: dict) -> None:
+    best, uniform = summary["best"], summary["uniform"]
+    tracker.log_metrics({"best_test_top1": best["test_top1"], "uniform_top1": uniform["top1"],
+                         "uniform_test_top1": uniform["test_top1"]}, step=len(summary["episodes"]))
+    for name in ARTIFACTS:
+        tracker.log_artifact(out / name)
+    tracker.set_tags({"amc.best_top1": f"{best['top1']:.4f}", "amc.best_test_top1": f"{best['test_top1']:.4f}"})
+    tracker.finish()
+
+
+def log_search_dir(uri: str, experiment: str, out, parent_run_id: str | None = None) -> str:
+    """Logs a finished search directory as one MLflow run (used by sweeps, whose trials do not track)."""
+    import json
+
+    from agents.search import SearchConfig
+    from amc.config import flatten
+    from amc.tracking import RunTracker
+
+    config = SearchConfig.from_yaml(out / "config.yaml")
+    summary = json.loads((out / "search.json").read_text())
+    name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}-{config.env.reward}"
+    tracker = RunTracker(uri, experiment, run_name=name, parent_run_id=parent_run_id,
+                         tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)})
+    tracker.log_params(flatten(config))
+    best = None
+    for r in summary["episodes"]:
+        best = r if best is None or r["reward"] > best["reward"] else best
+        tracker.log_metrics({k: r[k] for k in ("reward", "top1", "flops_ratio", "params_ratio")}
+                            | {"best_reward": best["reward"], "best_top1": best["top1"]}, step=r["episode"])
+    _log_final(tracker, out, summary)
+    return tracker.run_id

@@ -46,6 +46,8 @@ class SearchConfig:
         baseline: Training settings of the dense baseline, trained and cached when ``env.checkpoint`` is empty.
         checkpoint_every: Episodes between search checkpoints (and MLflow metric writes).
         experiment: MLflow experiment name.
+        workers: Rollout workers (Ray actors); 1 runs in-process without Ray, 0 uses the local CPUs.
+        threads: torch threads per rollout worker (0: local CPUs divided by workers).
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -56,6 +58,8 @@ class SearchConfig:
     baseline: TrainConfig = field(default_factory=TrainConfig)
     checkpoint_every: int = 10
     experiment: str = "amc-search"
+    workers: int = 1
+    threads: int = 0
 
     def __post_init__(self) -> None:
         from agents.base import AGENTS
@@ -63,6 +67,8 @@ class SearchConfig:
         AGENTS.get(self.agent)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
+        if self.workers < 0 or self.threads < 0:
+            raise ConfigError(f"workers and threads must be >= 0 (0: automatic), got {self.workers}, {self.threads}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
@@ -153,9 +159,12 @@ def run_episode(env: ChannelPruningEnv, agent: SearchAgent, episode: int) -> tup
         observations.append(obs)
         actions.append(action)
     stats = agent.end_episode(observations, actions, float(reward))
-    record = EpisodeRecord(episode, float(reward), float(info["top1"]), float(info["flops_ratio"]),
-                           float(info["params_ratio"]), {k: float(v) for k, v in info["ratios"].items()})
-    return record, stats
+    return _record(episode, float(reward), info), stats
+
+
+def _record(episode: int, reward: float, info: dict[str, Any]) -> EpisodeRecord:
+    return EpisodeRecord(episode, float(reward), float(info["top1"]), float(info["flops_ratio"]),
+                         float(info["params_ratio"]), {k: float(v) for k, v in info["ratios"].items()})
 
 
 @dataclass(frozen=True)
@@ -184,30 +193,77 @@ class Search:
     """
 
     def __init__(self, config: SearchConfig, out: Path, tracker: Any = None, progress: bool = True) -> None:
+        from agents.parallel import build_env, local_cpus
+        from amc.engine import build_workspace
+
         self.config, self.out, self.tracker, self.progress = config, out, tracker, progress
-        self.env = ChannelPruningEnv.from_config(config.env)
+        ws = build_workspace(config.env.model, config.env.data, config.env.checkpoint)
+        self.payload = {"env_config": config.env, "data": ws.data, "model": ws.model,
+                        "example_inputs": ws.example_inputs(), "identity": ws.identity}
+        self.env = build_env(self.payload)
         self.agent = create_agent(config.agent, self.env, config.ddpg, config.seed)
         self.state = _load_checkpoint(out, self.agent)
         self.total = 1 if self.agent.single_episode else config.episodes
+        self.workers = 1 if self.agent.single_episode else (config.workers or local_cpus())
+        self.pool = None
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
         """Runs the remaining episodes, then writes search.json, best_policy.json and the plots."""
-        bar = tqdm(total=self.total, initial=self.state.episode, desc=f"search {self.config.agent}",
-                   disable=None if self.progress else True, unit="ep")
+        self._bar = tqdm(total=self.total, initial=self.state.episode, desc=f"search {self.config.agent}",
+                         disable=None if self.progress else True, unit="ep")
+        self._on_episode = on_episode
+        if self.workers > 1 and self.state.episode < self.total:
+            self._run_parallel()
         while self.state.episode < self.total:
             record, stats = run_episode(self.env, self.agent, self.state.episode)
-            self.state.records.append(record)
-            self.state.episode += 1
-            self._track(record, stats)
-            if on_episode is not None:
-                on_episode(record, stats)
-            best = self.state.best
-            bar.set_postfix(best_top1=f"{best.top1:.2%}", noise=_fmt(self.agent.noise), refresh=False)
-            bar.update()
-            if self.state.episode % self.config.checkpoint_every == 0 or self.state.episode == self.total:
-                self.checkpoint()
-        bar.close()
+            self._consumed(record, stats)
+        self._bar.close()
         return self.finish()
+
+    def _consumed(self, record: EpisodeRecord, stats: dict[str, float]) -> None:
+        self.state.records.append(record)
+        self.state.episode += 1
+        self._track(record, stats)
+        if self._on_episode is not None:
+            self._on_episode(record, stats)
+        best = self.state.best
+        self._bar.set_postfix(best_top1=f"{best.top1:.2%}", noise=_fmt(self.agent.noise), refresh=False)
+        self._bar.update()
+        if self.state.episode % self.config.checkpoint_every == 0 or self.state.episode == self.total:
+            self.checkpoint()
+
+    def _run_parallel(self) -> None:
+        """Keeps one episode in flight per Ray worker; learns from results in episode order."""
+        from agents.parallel import RolloutPool
+
+        self.pool = pool = RolloutPool(self.payload, self.workers, self.config.ddpg, self.config.threads)
+        ray = pool.ray
+        pending: dict[Any, tuple[int, Any]] = {}
+        finished: dict[int, Any] = {}
+        free, next_episode = list(range(self.workers)), self.state.episode
+        try:
+            while self.state.episode < self.total:
+                while free and next_episode < self.total:
+                    worker, plan = free.pop(), self.agent.plan(next_episode)
+                    pending[pool.submit(worker, plan)] = (worker, plan)
+                    next_episode += 1
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                worker, plan = pending.pop(ref)
+                try:
+                    finished[plan.episode] = ray.get(ref)
+                    free.append(worker)
+                except ray.exceptions.RayActorError:
+                    log.warning("rollout worker %d died during episode %d; restarting it", worker, plan.episode)
+                    pool.replace(worker)
+                    pending[pool.submit(worker, plan)] = (worker, plan)
+                while self.state.episode in finished:
+                    self._consume_result(finished.pop(self.state.episode))
+        finally:
+            pool.shutdown()
+
+    def _consume_result(self, result: Any) -> None:
+        stats = self.agent.end_episode(result.observations, result.actions, result.reward)
+        self._consumed(_record(result.plan.episode, result.reward, result.info), stats)
 
     def checkpoint(self) -> None:
         _save_checkpoint(self.out, self.agent, self.state)
@@ -276,18 +332,20 @@ def _relog_missing(tracker: Any, state: SearchState) -> None:
 
 def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_uri: str | None = None,
                track: bool = True, progress: bool = True, cache_dir: Path = Path(".cache/baselines"),
-               parent_run_id: str | None = None, on_episode: Hook | None = None) -> SearchResult:
+               parent_run_id: str | None = None, on_episode: Hook | None = None,
+               address: str | None = None) -> SearchResult:
     """Runs a search end to end (or resumes the one in ``out``)."""
     check_out_dir(out, resume)
     if resume:
         stored = SearchConfig.from_yaml(out / "config.yaml")
-        config = stored.replace(episodes=max(config.episodes, stored.episodes)) if config is not None else stored
+        config = stored.replace(episodes=max(config.episodes, stored.episodes), workers=config.workers) if config is not None else stored
         save_yaml(config, out / "config.yaml")
     else:
         config = resolve_checkpoint(config, cache_dir, progress)
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(config, out / "config.yaml")
     search = Search(config, out, None, progress)
+    started_ray = _init_ray(address) if search.workers > 1 else False
     if track:
         search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id)
     try:
@@ -296,6 +354,25 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_u
         if search.tracker is not None:
             search.tracker.client.set_terminated(search.tracker.run_id, "KILLED")
         raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _init_ray(address: str | None) -> bool:
+    """Joins the cluster at ``address`` (``auto`` or HOST:PORT) or starts Ray locally; True if started here."""
+    from agents.parallel import local_cpus, require_ray
+
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
+    return True
 
 
 __all__ = ["SearchConfig", "EpisodeRecord", "SearchResult", "Search", "run_search", "run_episode", "to_dict"]

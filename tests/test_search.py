@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 def _config(checkpoint: Path, agent: str = "ddpg", episodes: int = 6) -> SearchConfig:
     env = EnvConfig(model="resnet20", checkpoint=str(checkpoint), target_ratio=0.5, eval_batches=1, bn_batches=2)
     ddpg = DDPGConfig(hidden=(32, 32), warmup_episodes=2, batch_size=8)
-    return SearchConfig(env=env, agent=agent, episodes=episodes, seed=3, ddpg=ddpg, checkpoint_every=2, experiment="test-search")
+    return SearchConfig(env=env, agent=agent, episodes=episodes, seed=3, ddpg=ddpg, checkpoint_every=2,
+                        experiment="test-search", workers=1)
 
 
 class Interrupt(Exception):

@@ -1,0 +1,142 @@
+"""Sweeps of searches on Ray Tune: a grid of targets x seeds x rewards (x agents), one trial per search.
+
+Each trial runs one search (without tracking) and reserves CPU bundles for its own rollout workers.
+The driver is the only MLflow writer: when the sweep ends it creates a parent run for the sweep and
+one child run per trial (config as params, per-episode metrics, the search's artifacts), so a SQLite
+store is never written concurrently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.search import SearchConfig, resolve_checkpoint, run_search
+from amc.config import flatten, load_yaml
+from amc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of searches.
+
+    Attributes:
+        base: Search config YAML the trials start from (relative paths: to the sweep file).
+        name: Sweep name (the MLflow parent run's name).
+        grid: Dotted SearchConfig field -> values; every combination is one trial
+            (e.g. ``env.target_ratio: [0.3, 0.5]``, ``seed: [0, 1]``, ``env.reward: [acc, acc_log_flops]``).
+        overrides: Dotted field -> value applied to every trial (e.g. ``episodes: 60``).
+        max_concurrent: Trials at once (0: as many as the cluster's CPUs allow).
+    """
+
+    base: str
+    name: str = "sweep"
+    grid: dict[str, list] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    max_concurrent: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            raise ConfigError("a sweep needs a non-empty grid of field: [values]")
+        for key, values in self.grid.items():
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"grid entry {key!r} must be a non-empty list of values")
+
+
+def with_field(config: Any, dotted: str, value: Any) -> Any:
+    """A copy of a nested frozen dataclass with ``a.b.c`` set to ``value``."""
+    head, _, rest = dotted.partition(".")
+    names = {f.name for f in dataclasses.fields(config)}
+    if head not in names:
+        raise ConfigError(f"unknown field {dotted!r}: {type(config).__name__} has {', '.join(sorted(names))}")
+    if rest:
+        return dataclasses.replace(config, **{head: with_field(getattr(config, head), rest, value)})
+    return dataclasses.replace(config, **{head: value})
+
+
+def load_sweep(path: str | Path) -> tuple[SweepConfig, SearchConfig]:
+    """Reads a sweep file and its base search config (with the fixed overrides applied)."""
+    sweep = load_yaml(SweepConfig, path)
+    base_path = Path(sweep.base)
+    if not base_path.is_absolute():
+        base_path = Path(path).parent / base_path
+    base = SearchConfig.from_yaml(base_path)
+    for key, value in sweep.overrides.items():
+        base = with_field(base, key, value)
+    for key, values in sweep.grid.items():
+        with_field(base, key, values[0])  # validates the key before anything starts
+    return sweep, base
+
+
+def _trial(params: dict[str, Any], base: SearchConfig, root: str) -> None:
+    """One Tune trial: one search, reported once at the end."""
+    from ray import tune
+
+    config = base
+    for key, value in params.items():
+        config = with_field(config, key, value)
+    tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted(params.items()))
+    out = Path(root) / tag
+    result = run_search(config, out, track=False, progress=False)
+    tune.report({"best_top1": result.best.top1, "best_test_top1": result.best_test_top1,
+                 "best_flops_ratio": result.best.flops_ratio, "episodes": result.episodes, "out": str(out)})
+
+
+def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: str | None = None,
+              address: str | None = None, cache_dir: Path = Path(".cache/baselines")) -> list[dict[str, Any]]:
+    """Runs every trial of the grid on Ray Tune, then logs the sweep to MLflow; returns the trials' results."""
+    from ray import tune
+
+    from agents.parallel import local_cpus, require_ray
+
+    ray = require_ray()
+    base = resolve_checkpoint(base, cache_dir.resolve())  # train the shared baseline once, before the trials
+    base = dataclasses.replace(base, env=base.env.replace(checkpoint=str(Path(base.env.checkpoint).resolve())))
+    out = out.resolve()
+    started = not ray.is_initialized()
+    if started:
+        kwargs = {"address": address} if address else {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
+        ray.init(log_to_driver=False, **kwargs)
+    try:
+        workers = base.workers or 1
+        bundles = [{"CPU": 1}] + ([{"CPU": 1}] * workers if workers > 1 else [])
+        trainable = tune.with_resources(tune.with_parameters(_trial, base=base, root=str(out / "trials")),
+                                        tune.PlacementGroupFactory(bundles))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: tune.grid_search(list(v)) for k, v in sweep.grid.items()},
+            tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent or None),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=str(out / "tune"), verbose=1),
+        )
+        grid = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    results = [{**r.config, **{k: r.metrics.get(k) for k in ("best_top1", "best_test_top1", "best_flops_ratio", "out")},
+                "error": str(r.error) if r.error else None} for r in grid]
+    failed = [r for r in results if r["error"]]
+    log_sweep(sweep, base, results, tracking_uri)
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(results)} trials failed; first error: {failed[0]['error'][:300]}")
+    return results
+
+
+def log_sweep(sweep: SweepConfig, base: SearchConfig, results: list[dict[str, Any]], tracking_uri: str | None) -> str:
+    """The single MLflow writer: a parent run for the sweep, one child run per finished trial."""
+    from agents.outputs import log_search_dir
+    from amc.tracking import RunTracker, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    parent = RunTracker(uri, base.experiment, run_name=f"sweep-{sweep.name}", tags={"amc.kind": "sweep"})
+    parent.log_params({"sweep.name": sweep.name, **{f"grid.{k}": json.dumps(v) for k, v in sweep.grid.items()}})
+    for r in results:
+        if r.get("out") and not r["error"]:
+            log_search_dir(uri, base.experiment, Path(r["out"]), parent_run_id=parent.run_id)
+    best = max((r["best_top1"] for r in results if r.get("best_top1") is not None), default=None)
+    if best is not None:
+        parent.log_metrics({"best_top1": best}, step=0)
+    parent.finish()
+    return parent.run_id
