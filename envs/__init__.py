@@ -1,0 +1,30 @@
+"""Gymnasium environments of amc-search.
+
+Importing this package registers ``amc/ChannelPruning-v0`` (Gymnasium 1.x has no entry-point
+auto-registration)::
+
+    import gymnasium
+    import envs
+    env = gymnasium.make("amc/ChannelPruning-v0", config=envs.EnvConfig(target_ratio=0.5, checkpoint="model.pt"))
+"""
+
+from __future__ import annotations
+
+import gymnasium
+
+from envs.budget import BudgetWall, Choice
+from envs.channel_pruning import ChannelPruningEnv, EnvConfig, InvalidActionError, make_env
+from envs.costs import COST_MODELS, CostModel, create_cost_model
+from envs.embedding import FEATURES, LayerEmbedding
+from envs.rewards import REWARDS, Outcome, Reward, create_reward
+
+ENV_ID = "amc/ChannelPruning-v0"
+
+if ENV_ID not in gymnasium.registry:
+    gymnasium.register(id=ENV_ID, entry_point="envs.channel_pruning:make_env")
+
+__all__ = [
+    "BudgetWall", "COST_MODELS", "ChannelPruningEnv", "Choice", "CostModel", "ENV_ID", "EnvConfig", "FEATURES",
+    "InvalidActionError", "LayerEmbedding", "Outcome", "REWARDS", "Reward", "create_cost_model", "create_reward",
+    "make_env",
+]

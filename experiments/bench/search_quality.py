@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from agents.search import SearchConfig, run_search
 from amc.data import DataConfig
 from amc.engine import build_workspace
@@ -33,8 +35,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on small models)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "search_quality.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     base = SearchConfig.from_yaml(CONFIG).replace(episodes=args.episodes)
     results: dict = {"episodes": args.episodes, "seeds": list(range(args.seeds)), "model": base.env.model, "data": "digits"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,125 @@
+"""The action wall: bounds each group's pruning so the target can always still be met.
+
+AMC limits every action so that, with all groups not yet decided pruned as far as allowed
+(``max_ratio``), the budget is still reachable. Here the bound is computed on integer kept-channel
+counts with the exact cost model (a bound computed on a continuous approximation overshot a 0.5
+FLOPs target by 2-3% in a prototype): for the current group, the wall finds the largest kept count
+whose configuration (groups decided so far at their widths, this group at the count, later groups at
+their fewest channels) meets the target. By induction every episode ends within budget, whatever the
+agent does, provided the all-minimum configuration meets it, which is checked at construction.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from amc.errors import BudgetError, ConfigError
+from amc.groups import PrunableGroup
+from amc.pruning import kept_channels
+
+from envs.costs import CostModel
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One group's decision: the kept channels, the pruning ratio that gives them, and whether the wall cut it.
+
+    Attributes:
+        kept: Channels kept (``kept_channels(channels, ratio, round_to) == kept``).
+        ratio: Pruning ratio in ``[min_ratio, max_ratio]`` that reproduces ``kept``.
+        walled: The agent asked for more channels than the budget allows; the wall lowered them.
+    """
+
+    kept: int
+    ratio: float
+    walled: bool
+
+
+def _candidates(channels: int, min_ratio: float, max_ratio: float, round_to: int) -> tuple[list[int], list[float]]:
+    """Every kept count a ratio in ``[min_ratio, max_ratio]`` can give, ascending, with a ratio for each.
+
+    Each pair is checked by construction: the ratio is clamped into the range and mapped with
+    :func:`kept_channels`, the rule the pruning itself uses.
+    """
+    fewest = kept_channels(channels, max_ratio)
+    most = kept_channels(channels, min_ratio)
+    kept: list[int] = []
+    ratios: list[float] = []
+    for unrounded in range(fewest, most + 1):
+        ratio = min(max(1.0 - unrounded / channels, min_ratio), max_ratio)
+        k = kept_channels(channels, ratio, round_to)
+        if kept and k == kept[-1]:
+            continue
+        if kept and k < kept[-1]:  # kept_channels is monotone; guard the assumption
+            raise ConfigError(f"kept_channels is not monotone for {channels} channels, round_to={round_to}")
+        kept.append(k)
+        ratios.append(ratio)
+    return kept, ratios
+
+
+class BudgetWall:
+    """Bounds each group's kept channels so the target stays reachable.
+
+    Args:
+        groups: The prunable groups in episode order.
+        cost: The (monotone, exact) cost model of the target metric.
+        target_ratio: Fraction of the dense cost the pruned model may keep.
+        min_ratio: Smallest pruning ratio an action maps to.
+        max_ratio: Largest pruning ratio an action maps to.
+        round_to: Kept channel counts are multiples of this (or the whole group).
+
+    Raises:
+        BudgetError: when the target is not met even with every group at ``max_ratio``.
+    """
+
+    def __init__(
+        self, groups: Sequence[PrunableGroup], cost: CostModel, target_ratio: float,
+        min_ratio: float, max_ratio: float, round_to: int,
+    ) -> None:
+        self.groups = list(groups)
+        self.cost = cost
+        self.target_ratio = target_ratio
+        self.round_to = round_to
+        self._options = {g.name: _candidates(g.channels, min_ratio, max_ratio, round_to) for g in self.groups}
+        self.fewest = {g.name: self._options[g.name][0][0] for g in self.groups}
+        floor = cost.ratio(self.fewest)
+        if floor > target_ratio:
+            raise BudgetError(
+                f"{cost.metric or 'cost'} target {target_ratio} is out of reach: with every group pruned at "
+                f"max_ratio={max_ratio} the model still keeps {floor:.4f} of its dense {cost.metric}; "
+                "raise the target ratio or max_ratio"
+            )
+
+    def meets(self, widths: Mapping[str, int]) -> bool:
+        """Whether a full width configuration meets the target (the same test the wall uses)."""
+        return self.cost.ratio(widths) <= self.target_ratio
+
+    def choose(self, decided: Mapping[str, int], index: int, ratio: float) -> Choice:
+        """The decision for group ``index`` when the agent asks for pruning ``ratio``.
+
+        Args:
+            decided: Kept channels of the groups before ``index``.
+            index: Position of the group being decided.
+            ratio: Requested pruning ratio, already within ``[min_ratio, max_ratio]``.
+        """
+        group = self.groups[index]
+        wanted = kept_channels(group.channels, ratio, self.round_to)
+        if self._feasible(decided, index, wanted):
+            return Choice(wanted, ratio, False)
+        kept, ratios = self._options[group.name]
+        lo, hi = 0, bisect.bisect_left(kept, wanted) - 1  # kept[lo] is always feasible (induction)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._feasible(decided, index, kept[mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return Choice(kept[lo], ratios[lo], True)
+
+    def _feasible(self, decided: Mapping[str, int], index: int, kept: int) -> bool:
+        widths = dict(self.fewest)
+        widths.update(decided)
+        widths[self.groups[index].name] = kept
+        return self.meets(widths)

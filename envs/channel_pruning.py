@@ -1,0 +1,396 @@
+"""The AMC channel-pruning environment: one episode decides the pruning ratio of every group.
+
+Build it from a config (:meth:`ChannelPruningEnv.from_config`, or ``gymnasium.make("amc/ChannelPruning-v0",
+config=EnvConfig(...))`` after ``import envs``) or from your own model and data loaders
+(:class:`ChannelPruningEnv` itself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+from torch import nn
+
+from amc.cost import Cost
+from amc.data import DataConfig
+from amc.engine import build_workspace
+from amc.errors import AmcError, ConfigError
+from amc.groups import ModelGraph
+from amc.policy import ModelIdentity, Policy, Target
+from amc.pruning import CRITERIA, prune_channels, widths_for
+from amc.train import calibration_batches, evaluate, recalibrate_bn
+
+from envs.budget import BudgetWall
+from envs.costs import COST_MODELS, CostModel, create_cost_model
+from envs.embedding import FEATURES, LayerEmbedding
+from envs.rewards import REWARDS, Outcome, Reward, create_reward
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class InvalidActionError(AmcError, ValueError):
+    """An action is not a single finite number."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Settings of the channel-pruning environment.
+
+    ``model``, ``data``, ``checkpoint``, ``bn_batch_size`` and ``eval_batch_size`` are used by
+    :meth:`ChannelPruningEnv.from_config` only: an env built from your own model and loaders uses those.
+
+    Attributes:
+        model: Registered model name (``resnet20``, ``torchvision:mobilenet_v2``, ...).
+        data: Data set and split settings.
+        checkpoint: Dense checkpoint to load (None: random initial weights, for smoke runs only).
+        target_metric: Budgeted cost, a name in :data:`envs.costs.COST_MODELS` (``flops``, ``params``).
+        target_ratio: Fraction of the dense cost the pruned model may keep, in (0, 1].
+        min_ratio: Pruning ratio (fraction of channels removed) that action -1 maps to.
+        max_ratio: Pruning ratio that action +1 maps to; below 1.
+        reward: Reward name in :data:`envs.rewards.REWARDS` (``acc``, ``acc_log_flops``, ``acc_size``).
+        size_lambda: Weight of the size term of the ``acc_size`` reward.
+        criterion: Importance criterion that picks the removed channels (``l1``, ``l2``, ``bn_scale``, ``taylor``).
+        round_to: Kept channel counts are rounded to a multiple of this.
+        bn_batches: Training batches that re-estimate BatchNorm statistics before each evaluation (0: off;
+            without it a pruned residual network can fall to chance accuracy). The batches are drawn once
+            and reused, so the reward of a policy does not change from episode to episode.
+        bn_batch_size: Images per BatchNorm calibration batch.
+        eval_batch_size: Images per evaluation batch.
+        eval_batches: Evaluate on the first this many batches of the split only (0: the whole split).
+        cache_eval: Keep the evaluation batches in memory (turn off for large data sets).
+        seed: Seed of the calibration batches' draw and of torch during BatchNorm re-estimation.
+    """
+
+    model: str = "resnet20"
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: str | None = None
+    target_metric: str = "flops"
+    target_ratio: float = 0.5
+    min_ratio: float = 0.0
+    max_ratio: float = 0.8
+    reward: str = "acc"
+    size_lambda: float = 1.0
+    criterion: str = "l1"
+    round_to: int = 1
+    bn_batches: int = 8
+    bn_batch_size: int = 64
+    eval_batch_size: int = 256
+    eval_batches: int = 0
+    cache_eval: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_ratio <= self.max_ratio < 1.0:
+            raise ConfigError(
+                f"need 0 <= min_ratio <= max_ratio < 1 (fractions of channels removed), "
+                f"got min_ratio={self.min_ratio}, max_ratio={self.max_ratio}"
+            )
+        if not 0.0 < self.target_ratio <= 1.0:
+            raise ConfigError(f"target_ratio {self.target_ratio} must be in (0, 1] (the kept fraction of the dense cost)")
+        for name, value, low in (
+            ("round_to", self.round_to, 1), ("bn_batches", self.bn_batches, 0), ("bn_batch_size", self.bn_batch_size, 1),
+            ("eval_batch_size", self.eval_batch_size, 1), ("eval_batches", self.eval_batches, 0),
+        ):
+            if int(value) != value or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        COST_MODELS.get(self.target_metric)
+        REWARDS.get(self.reward)
+        CRITERIA.get(self.criterion)
+        create_reward(self.reward, self.size_lambda)  # validates size_lambda
+
+    def replace(self, **changes: Any) -> EnvConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A pruned model and what was measured on it.
+
+    Attributes:
+        model: The physically pruned, BatchNorm-recalibrated model.
+        outcome: Accuracy and exact costs.
+    """
+
+    model: nn.Module
+    outcome: Outcome
+
+
+class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
+    """AMC channel pruning as a Gymnasium environment (He et al., ECCV 2018).
+
+    One episode walks the model's prunable dependency groups in forward order and decides, for each,
+    the fraction of channels to remove. At the last group the model is pruned physically (channels
+    removed with the configured importance criterion), its BatchNorm statistics are re-estimated on a
+    few fixed training batches, and it is evaluated on the search-val split without fine-tuning.
+
+    ## Observation
+    ``Box(0, 1, (11,), float32)``: AMC's layer embedding of the group about to be decided: index,
+    kind (conv / depthwise / linear), input channels, output channels, spatial size, stride, kernel,
+    the group's dense FLOPs (these eight min-max normalised over the groups), FLOPs reduced so far and
+    FLOPs of the groups still to decide (fractions of the dense FLOPs), and the previous pruning ratio.
+    See :mod:`envs.embedding`.
+
+    ## Action
+    ``Box(-1, 1, (1,), float32)``: mapped linearly to a pruning ratio in ``[min_ratio, max_ratio]``
+    (-1 keeps the most channels). Values outside [-1, 1] are clipped; a non-finite action raises
+    :class:`InvalidActionError`. The action wall then lowers the kept channels if needed, so that the
+    target can still be met with every later group at ``max_ratio``: the wall works on integer kept
+    counts with the exact cost model, so every episode ends within budget whatever the agent does.
+    ``info["ratio"]`` and ``info["applied_action"]`` give the ratio applied and the action that maps
+    to it.
+
+    ## Reward
+    0 at every step but the last; at the last step the configured reward from :mod:`envs.rewards`
+    (``acc``: top-1 on search-val; ``acc_log_flops``: ``-(1 - top1) * log(FLOPs)``; ``acc_size``:
+    ``top1 - size_lambda * cost_ratio / target_ratio``).
+
+    ## Episode end
+    The episode terminates after the last group (one step per group, ``len(env.group_names)`` steps);
+    it is never truncated. The last step's ``info`` holds ``top1``, ``flops``, ``params``,
+    ``flops_ratio``, ``params_ratio``, ``cost_ratio`` (exact counts) and ``ratios`` (group name ->
+    pruning ratio; ``amc.pruning.widths_for`` turns them back into the same widths).
+
+    ## Determinism
+    The environment draws no random numbers of its own: ``reset(seed=...)`` seeds Gymnasium's
+    ``np_random`` and the BatchNorm re-estimation runs under a torch generator seeded with
+    ``config.seed``, so identical actions give identical observations, rewards and infos.
+
+    Args:
+        model: The dense, trained model (not modified).
+        train_loader: Yields (inputs, targets); its first ``bn_batches`` batches re-estimate BatchNorm.
+        val_loader: The search-val split the reward is measured on.
+        example_inputs: A batch of example inputs (for tracing).
+        config: Search settings; ``EnvConfig()`` when omitted.
+        test_loader: The test split, for :meth:`evaluate_ratios` with ``split="test"``.
+        graph: The traced groups of ``model`` if already built.
+
+    Raises:
+        BudgetError: when the target is out of reach even with every group at ``max_ratio``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: Iterable[Batch],
+        val_loader: Iterable[Batch],
+        example_inputs: torch.Tensor,
+        config: EnvConfig | None = None,
+        *,
+        test_loader: Iterable[Batch] | None = None,
+        graph: ModelGraph | None = None,
+    ) -> None:
+        self.config = config if config is not None else EnvConfig()
+        self.model = model
+        self.graph = graph if graph is not None else ModelGraph(model, example_inputs)
+        self.target = Target(self.config.target_metric, self.config.target_ratio)
+        self.cost_model: CostModel = create_cost_model(self.config.target_metric, self.graph)
+        self.wall = BudgetWall(
+            self.graph.groups, self.cost_model, self.config.target_ratio, self.config.min_ratio,
+            self.config.max_ratio, self.config.round_to,
+        )
+        self.reward_fn: Reward = create_reward(self.config.reward, self.config.size_lambda)
+        self.identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), _num_classes(model, self.graph))
+        self._embedding = LayerEmbedding(self.graph.groups)
+        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self._calib, self._grad_batch = self._draw_calibration(train_loader)
+        self._loaders: dict[str, Iterable[Batch] | None] = {"val": val_loader, "test": test_loader}
+        self._cached: dict[str, list[Batch]] = {}
+        self._step_index: int | None = None
+        self._kept: dict[str, int] = {}
+        self._ratios: dict[str, float] = {}
+        self.last_policy_ratios: dict[str, float] = {}
+        self.last_info: dict[str, Any] = {}
+        self.last_model: nn.Module | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: EnvConfig) -> ChannelPruningEnv:
+        """Builds the model, data and traced groups named by ``config`` and the env on top of them."""
+        ws = build_workspace(config.model, config.data, config.checkpoint)
+        train = ws.data.loader("train", config.bn_batch_size, shuffle=True, seed=config.seed)
+        val = ws.data.loader("val", config.eval_batch_size)
+        test = ws.data.loader("test", config.eval_batch_size)
+        env = cls(ws.model, train, val, ws.example_inputs(), config, test_loader=test, graph=ws.graph)
+        env.identity = ws.identity
+        return env
+
+    def _draw_calibration(self, train_loader: Iterable[Batch]) -> tuple[list[torch.Tensor], Batch | None]:
+        """The fixed BatchNorm calibration inputs, and a batch for gradient-based criteria."""
+        calib = calibration_batches(train_loader, self.config.bn_batches) if self.config.bn_batches else []
+        grad_batch = None
+        if CRITERIA.get(self.config.criterion).needs_gradients:
+            inputs, targets = next(iter(train_loader))
+            grad_batch = (inputs, targets)
+        return calib, grad_batch
+
+    # ------------------------------------------------------------------ what a search loop needs
+    @property
+    def group_names(self) -> list[str]:
+        """Names of the prunable groups, in episode order."""
+        return self.graph.names
+
+    @property
+    def dense_cost(self) -> Cost:
+        """Exact FLOPs (per image) and params of the dense model."""
+        return self.graph.dense_cost
+
+    def evaluate_ratios(self, ratios: Mapping[str, float], split: str = "val") -> dict[str, float]:
+        """Prunes the dense model with ``ratios`` (no action wall), recalibrates and evaluates it.
+
+        The same code the episodes use, for baselines and for the final test-split evaluation.
+
+        Args:
+            ratios: Pruning ratio per group name (missing groups stay dense).
+            split: ``val`` (search-val) or ``test``.
+
+        Returns:
+            ``top1``, ``flops``, ``params``, ``flops_ratio``, ``params_ratio``, ``cost_ratio`` and
+            ``meets_target`` (1.0 or 0.0).
+        """
+        unknown = sorted(set(ratios) - set(self.group_names))
+        if unknown:
+            raise ConfigError(f"no prunable groups named {', '.join(unknown)}; groups: {', '.join(self.group_names)}")
+        widths = widths_for(self.graph, ratios, self.config.round_to)
+        outcome = self._evaluate_widths(widths, split).outcome
+        return {**_outcome_dict(outcome), "meets_target": float(self.wall.meets(widths))}
+
+    def uniform_ratios(self) -> dict[str, float]:
+        """The smallest ratio, the same for every group, that meets the target (the uniform baseline)."""
+        lo, hi = self.config.min_ratio, self.config.max_ratio
+        if self.wall.meets(widths_for(self.graph, dict.fromkeys(self.group_names, lo), self.config.round_to)):
+            return dict.fromkeys(self.group_names, lo)
+        for _ in range(40):  # bisection on the exact count; max_ratio meets it (checked by the wall)
+            mid = (lo + hi) / 2
+            meets = self.wall.meets(widths_for(self.graph, dict.fromkeys(self.group_names, mid), self.config.round_to))
+            lo, hi = (lo, mid) if meets else (mid, hi)
+        return dict.fromkeys(self.group_names, hi)
+
+    def to_policy(self, ratios: Mapping[str, float], measured: Mapping[str, float] | None = None) -> Policy:
+        """A policy file object for ``ratios`` (for export and :func:`amc.apply_policy`)."""
+        return Policy(
+            self.identity, dict(ratios), "channel", self.config.criterion, self.config.round_to, self.target,
+            dict(measured or {}),
+        )
+
+    def score_model(self, model: nn.Module, split: str = "val") -> float:
+        """Re-estimates ``model``'s BatchNorm statistics on the fixed batches (in place) and returns its top-1."""
+        if self._calib:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.config.seed)
+                recalibrate_bn(model, self._calib)
+        limit = self.config.eval_batches or None
+        return evaluate(model, self._eval_batches(split), max_batches=limit)
+
+    # ------------------------------------------------------------------ Gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Starts an episode at the first group; returns its observation and ``{"group": name}``."""
+        super().reset(seed=seed)
+        self._step_index = 0
+        self._kept = {}
+        self._ratios = {}
+        return self._embedding.observation(0, 0.0, 0.0), {"group": self.group_names[0]}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Decides the current group's ratio; evaluates and pays the reward after the last group."""
+        if self._step_index is None or self._step_index >= len(self.group_names):
+            raise ResetNeeded("call reset() before step(): the episode has not started or has ended")
+        index = self._step_index
+        group = self.graph.groups[index]
+        choice = self.wall.choose(self._kept, index, self._action_to_ratio(action))
+        self._kept[group.name] = choice.kept
+        self._ratios[group.name] = choice.ratio
+        self._step_index = index + 1
+        info: dict[str, Any] = {
+            "group": group.name, "kept": choice.kept, "ratio": choice.ratio, "walled": choice.walled,
+            "applied_action": self._ratio_to_action(choice.ratio),
+        }
+        terminated = self._step_index == len(self.group_names)
+        reward = self._finish(info) if terminated else 0.0
+        observation = self._embedding.observation(min(self._step_index, len(self.group_names) - 1),
+                                                  self._reduced(), choice.ratio)
+        return observation, reward, terminated, False, info
+
+    # ------------------------------------------------------------------ internals
+    def _finish(self, info: dict[str, Any]) -> float:
+        """Evaluates the episode's widths, fills the last step's ``info`` and returns the reward."""
+        evaluation = self._evaluate_widths(dict(self._kept), "val")
+        reward = self.reward_fn(evaluation.outcome)
+        info.update(_outcome_dict(evaluation.outcome))
+        info["ratios"] = dict(self._ratios)
+        self.last_model = evaluation.model
+        self.last_policy_ratios = dict(self._ratios)
+        self.last_info = {**info, "ratios": dict(self._ratios), "reward": reward}
+        return reward
+
+    def _evaluate_widths(self, widths: Mapping[str, int], split: str) -> Evaluation:
+        """Prunes the dense model physically to ``widths``, recalibrates, evaluates, counts costs."""
+        pruned = prune_channels(self.model, self.graph, widths, self.config.criterion, self._grad_batch).model
+        top1 = self.score_model(pruned, split)
+        cost, dense = self.graph.estimate(widths), self.graph.dense_cost
+        outcome = Outcome(
+            top1=float(top1), flops=int(cost.flops), params=int(cost.params),
+            flops_ratio=cost.flops / dense.flops, params_ratio=cost.params / dense.params,
+            cost_ratio=self.cost_model.ratio(widths), target_ratio=self.target.ratio,
+        )
+        return Evaluation(pruned, outcome)
+
+    def _eval_batches(self, split: str) -> Iterable[Batch]:
+        if split not in self._loaders:
+            raise ConfigError(f"unknown evaluation split {split!r}; use val or test")
+        loader = self._loaders[split]
+        if loader is None:
+            raise ConfigError(f"no {split} loader: pass test_loader= when building the env from your own model")
+        if not self.config.cache_eval:
+            return loader
+        if split not in self._cached:
+            self._cached[split] = list(itertools.islice(loader, self.config.eval_batches or None))
+        return self._cached[split]
+
+    def _action_to_ratio(self, action: np.ndarray | float) -> float:
+        values = np.asarray(action, dtype=np.float64).reshape(-1)
+        if values.size != 1 or not np.isfinite(values[0]):
+            raise InvalidActionError(f"an action is one finite number in [-1, 1], got {action!r}")
+        a = float(np.clip(values[0], -1.0, 1.0))
+        low, high = self.config.min_ratio, self.config.max_ratio
+        return min(max(low + (a + 1.0) / 2.0 * (high - low), low), high)
+
+    def _ratio_to_action(self, ratio: float) -> float:
+        low, high = self.config.min_ratio, self.config.max_ratio
+        if high == low:
+            return 0.0
+        return float(np.clip(2.0 * (ratio - low) / (high - low) - 1.0, -1.0, 1.0))
+
+    def _reduced(self) -> float:
+        """Fraction of the dense FLOPs removed by the groups decided so far (the others dense)."""
+        return 1.0 - self.graph.estimate(self._kept).flops / self.graph.dense_cost.flops
+
+
+def _outcome_dict(outcome: Outcome) -> dict[str, float]:
+    return {
+        "top1": outcome.top1, "flops": outcome.flops, "params": outcome.params, "flops_ratio": outcome.flops_ratio,
+        "params_ratio": outcome.params_ratio, "cost_ratio": outcome.cost_ratio,
+    }
+
+
+def _num_classes(model: nn.Module, graph: ModelGraph) -> int:
+    classifier = model.get_submodule(graph.classifier)
+    return int(getattr(classifier, "out_features", getattr(classifier, "out_channels", 0)))
+
+
+def make_env(config: EnvConfig | None = None, **overrides: Any) -> ChannelPruningEnv:
+    """Entry point of ``amc/ChannelPruning-v0``: ``EnvConfig`` (default: ``EnvConfig()``) with ``overrides``."""
+    base = config if config is not None else EnvConfig()
+    return ChannelPruningEnv.from_config(base.replace(**overrides) if overrides else base)

@@ -1,0 +1,72 @@
+"""AMC's layer embedding: the state the agent sees before deciding each group.
+
+Eleven features per group (He et al. 2018, Sec. 3.2)::
+
+    0 index      1 kind (conv / depthwise / linear)   2 in channels    3 out channels (the group's)
+    4 spatial    5 stride                             6 kernel         7 the group's dense FLOPs
+    8 FLOPs reduced so far   9 FLOPs still to decide  10 previous action (pruning ratio)
+
+Features 0-7 are static and min-max normalised over the groups (a feature equal for every group is 0).
+Features 8-10 change during the episode and are fractions in [0, 1]: the exact FLOPs removed by the
+groups decided so far over the dense FLOPs, the dense FLOPs of the groups after the current one over
+those of all groups, and the pruning ratio applied to the previous group (0 at the first group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from amc.groups import PrunableGroup
+
+FEATURES = (
+    "index", "kind", "in_channels", "out_channels", "spatial", "stride", "kernel", "flops",
+    "reduced", "rest", "previous_action",
+)
+KIND_CODES = {"conv": 0.0, "depthwise": 1.0, "linear": 2.0}
+
+
+def static_features(groups: Sequence[PrunableGroup]) -> np.ndarray:
+    """The min-max normalised static features (columns 0-7), one row per group, float64."""
+    raw = np.array(
+        [
+            [g.index, KIND_CODES.get(g.kind, 0.0), g.in_channels, g.channels, g.spatial, g.stride, g.kernel, g.flops]
+            for g in groups
+        ],
+        dtype=np.float64,
+    )
+    lo, hi = raw.min(axis=0), raw.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (raw - lo) / span
+
+
+class LayerEmbedding:
+    """Builds observations: a group's static row plus the episode's dynamic features.
+
+    Args:
+        groups: The prunable groups in episode order.
+    """
+
+    def __init__(self, groups: Sequence[PrunableGroup]) -> None:
+        self._static = static_features(groups)
+        flops = np.array([g.flops for g in groups], dtype=np.float64)
+        total = flops.sum() or 1.0
+        # rest[i]: dense FLOPs of the groups after group i, over those of all groups
+        self._rest = np.concatenate([np.cumsum(flops[::-1])[::-1][1:], [0.0]]) / total
+
+    @property
+    def size(self) -> int:
+        return len(FEATURES)
+
+    def observation(self, index: int, reduced: float, previous_action: float) -> np.ndarray:
+        """A fresh float32 observation for group ``index``.
+
+        Args:
+            index: Position of the group about to be decided (the last one at episode end).
+            reduced: Fraction of the dense FLOPs removed by the groups decided so far.
+            previous_action: Pruning ratio applied to the previous group.
+        """
+        dynamic = np.array([reduced, self._rest[index], previous_action], dtype=np.float64)
+        row = np.concatenate([self._static[index], np.clip(dynamic, 0.0, 1.0)])
+        return row.astype(np.float32)
