@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m amc.demo
 
-test: $(STAMP)
+# Headless Chromium for the MLflow UI test (tests/test_mlflow_ui.py): Debian's package, installed once
+# (skipped when `command -v chromium` finds one). Without it the UI test fails in CI and is skipped elsewhere.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "installing chromium (apt-get) for the MLflow UI test"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "make: could not install chromium (needs apt-get and root); the MLflow UI test cannot run" >&2; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -256,4 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # under `python -m amc.cli` this file is `__main__`; commands in other modules register into `amc.cli`
+    from amc.cli import main as _main
+
+    sys.exit(_main())

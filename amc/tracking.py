@@ -54,7 +54,8 @@ class RunTracker:
         self.client = _client(uri)
         if run_id is None:
             exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                experiment, tags={"mlflow.experimentKind": "custom_model_development"})  # opens on the runs table
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id

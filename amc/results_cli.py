@@ -1,0 +1,185 @@
+"""``amc pareto``, ``amc export`` and ``amc ui``: look at and take away what the searches found.
+
+Registered into the ``amc`` command line when ``amc.cli`` builds its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlparse
+
+from amc.cli import command
+from amc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from amc.pareto import Candidate
+
+UI_HOST = "127.0.0.1"
+PARETO_FILTER = 'tags.amc.pareto = "true"'
+_TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
+
+
+def _flops_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the FLOPs ratio is the fraction of the dense FLOPs kept, in (0, 1]; got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- pareto
+@command("pareto", "compute an experiment's Pareto front over every policy its searches evaluated, log it to MLflow")
+def _pareto_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. digits-resnet20)")
+    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    p.add_argument("--out", type=Path, help="also write pareto_front.csv/.json/.png and pareto_candidates.csv here")
+    p.add_argument("--no-log", action="store_true", help="compute only: leave the MLflow experiment untouched")
+
+
+@_pareto_args.run
+def _pareto(args: argparse.Namespace) -> int:
+    from amc.pareto import update_pareto
+
+    report = update_pareto(args.experiment, args.tracking_uri, args.out, log_to_mlflow=not args.no_log)
+    front = report.front
+    ref = ", ".join(f"{n} {r:g}" for n, r in zip(front.objectives, front.reference))
+    print(f"Pareto front of experiment {args.experiment!r}: {len(front.front)} of {len(front.candidates)} policies "
+          f"from {len(report.runs)} searches; hypervolume {front.hypervolume:.4f} (reference point: {ref})")
+    _print_front(front.front, front.objectives)
+    if report.pareto_run_id:
+        print(f"logged to MLflow run {report.pareto_run_id} (tag amc.kind=pareto); runs on the front are tagged "
+              f"amc.pareto=true: filter with {PARETO_FILTER}")
+    for path in report.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def _print_front(front: Sequence[Candidate], objectives: tuple[str, ...], limit: int = 20) -> None:
+    print(f"  {'run':<36} {'episode':>7} " + " ".join(f"{n:>13}" for n in objectives))
+    for c in front[:limit]:
+        print(f"  {c.run_name[:36]:<36} {c.episode:>7} " + " ".join(f"{c.objective(n):>13.4f}" for n in objectives))
+    if len(front) > limit:
+        print(f"  ... {len(front) - limit} more (see pareto_front.csv)")
+
+
+# --------------------------------------------------------------------------- export
+@command("export", "export a found policy (Pareto front or one run) as amc, torch-pruning or nni files")
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", required=True, help="MLflow experiment name")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pareto", action="store_true", help="choose from the experiment's Pareto front")
+    which.add_argument("--run-id", help="choose from this search run (its best episode unless told otherwise)")
+    p.add_argument("--episode", type=int, help="with --run-id: export this episode")
+    p.add_argument("--max-flops-ratio", type=_flops_ratio, metavar="X",
+                   help="only policies keeping at most X of the dense FLOPs; the highest top-1 among them is chosen")
+    p.add_argument("--all", action="store_true", dest="every",
+                   help="with --pareto: every front policy within the budget, one directory each")
+    p.add_argument("--format", default="amc", help="amc (default), torch-pruning, nni, or a format registered in "
+                   "amc.export.EXPORT_FORMATS")
+    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+
+
+@_export_args.run
+def _export(args: argparse.Namespace) -> int:
+    from amc.export import ExportRequest, export_policies
+
+    request = ExportRequest(args.experiment, args.out, args.pareto, args.run_id, args.episode, args.max_flops_ratio,
+                            args.every, args.format, args.tracking_uri)
+    result = export_policies(request)
+    for e in result.policies:
+        c = e.candidate
+        print(f"{c.run_name} episode {c.episode}: top-1 {c.top1:.2%}, FLOPs {c.flops_ratio:.1%}, params "
+              f"{c.params_ratio:.1%} -> " + ", ".join(str(f) for f in e.files))
+    print(f"manifest: {result.manifest}")
+    if args.format == "amc":
+        first = result.policies[0].files[0]
+        print(f"apply with: amc prune --checkpoint <dense model.pt> --policy {first} --out <dir>")
+    return 0
+
+
+# --------------------------------------------------------------------------- ui
+def ui_command(tracking_uri: str, port: int) -> list[str]:
+    """The ``mlflow server`` command line serving ``tracking_uri`` on 127.0.0.1:``port``."""
+    hosts = f"{UI_HOST}:{port},localhost:{port},{UI_HOST},localhost"
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri, "--host", UI_HOST,
+            "--port", str(port), "--workers", "1", "--allowed-hosts", hosts]
+
+
+def check_store(tracking_uri: str) -> None:
+    """Refuses a store that is already a server, or a SQLite file that does not exist."""
+    scheme = urlparse(tracking_uri).scheme
+    if scheme in ("http", "https", "databricks"):
+        raise ConfigError(f"{tracking_uri} is already an MLflow server; open it in a browser instead of `amc ui`")
+    if scheme == "sqlite":
+        path = Path(tracking_uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise ConfigError(f"there is no MLflow store at {path}; run `amc search` first or pass --tracking-uri")
+
+
+def check_port_free(port: int) -> None:
+    """Raises ConfigError when 127.0.0.1:``port`` is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((UI_HOST, port))
+        except OSError:
+            raise ConfigError(f"port {port} on {UI_HOST} is in use; pass another --port") from None
+
+
+def ui_urls(port: int, experiment_id: str | None = None) -> list[str]:
+    """The UI's address and, for an experiment, its runs table and its Pareto-front runs in chart view."""
+    base = f"http://{UI_HOST}:{port}/"
+    if experiment_id is None:
+        return [base]
+    runs = f"{base}#/experiments/{experiment_id}/runs"
+    return [base, runs, f"{runs}?searchFilter={quote(PARETO_FILTER)}&compareRunsMode=CHART"]
+
+
+@command("ui", "start the MLflow UI on this project's store (bound to 127.0.0.1) and print its address")
+def _ui_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    p.add_argument("--experiment", help="also print the addresses of this experiment's runs and its Pareto front")
+
+
+@_ui_args.run
+def _ui(args: argparse.Namespace) -> int:
+    from amc.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_store(uri)
+    check_port_free(args.port)
+    experiment_id = None
+    if args.experiment:
+        from amc.pareto import find_experiment, mlflow_client
+
+        experiment_id = find_experiment(mlflow_client(uri), args.experiment).experiment_id
+    labels = ("", f"runs of {args.experiment!r}", f"its Pareto front ({PARETO_FILTER}, chart view)")
+    print(f"MLflow UI for {uri} (starting, about 20 s; Ctrl-C stops it):")
+    for url, label in zip(ui_urls(args.port, experiment_id), labels):
+        print(f"  {url}   {label}".rstrip())
+    sys.stdout.flush()
+    return _serve(ui_command(uri, args.port))
+
+
+def _serve(cmd: list[str]) -> int:
+    """Runs the server in the foreground; SIGTERM and Ctrl-C stop it too."""
+    proc = subprocess.Popen(cmd)
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
