@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,13 @@ def test_killed_worker_is_survived(trained_resnet20: Path, tmp_path: Path) -> No
 
     def kill_one(record, stats) -> None:
         if record.episode == 3 and not killed:
-            ray.kill(search.pool.actors[0])
+            victim = search.pool.actors[0]
+            ray.kill(victim)
+            deadline = time.monotonic() + 60
+            with pytest.raises(ray.exceptions.RayActorError):  # wait until it is really gone
+                while time.monotonic() < deadline:
+                    ray.get(victim.pid.remote(), timeout=30)
+                    time.sleep(0.1)
             killed.append(record.episode)
 
     result = search.run(kill_one)
