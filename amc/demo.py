@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     print("[3/3] results (test split)\n")
     _table(ws, rows, result)
     print(f"\nsearch outputs: {out / 'search'}; pruned models: {out}/<name>/model.pt")
-    print("browse the search in MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)")
+    print("browse the search in MLflow: .venv/bin/amc ui   (the Pareto front: .venv/bin/amc pareto --experiment " + stored.experiment + ")")
     return 0
 
 
