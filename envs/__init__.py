@@ -16,6 +16,7 @@ from envs.budget import BudgetWall, Choice
 from envs.channel_pruning import ChannelPruningEnv, EnvConfig, InvalidActionError, make_env
 from envs.costs import COST_MODELS, CostModel, create_cost_model
 from envs.embedding import FEATURES, LayerEmbedding
+from envs.evaluation import EvalBatch, fixed_size_batches, top1
 from envs.rewards import REWARDS, Outcome, Reward, create_reward
 
 ENV_ID = "amc/ChannelPruning-v0"
@@ -24,7 +25,7 @@ if ENV_ID not in gymnasium.registry:
     gymnasium.register(id=ENV_ID, entry_point="envs.channel_pruning:make_env")
 
 __all__ = [
-    "BudgetWall", "COST_MODELS", "ChannelPruningEnv", "Choice", "CostModel", "ENV_ID", "EnvConfig", "FEATURES",
-    "InvalidActionError", "LayerEmbedding", "Outcome", "REWARDS", "Reward", "create_cost_model", "create_reward",
-    "make_env",
+    "BudgetWall", "COST_MODELS", "ChannelPruningEnv", "Choice", "CostModel", "ENV_ID", "EvalBatch", "EnvConfig",
+    "FEATURES", "InvalidActionError", "LayerEmbedding", "Outcome", "REWARDS", "Reward", "create_cost_model",
+    "create_reward", "fixed_size_batches", "make_env", "top1",
 ]

@@ -8,10 +8,9 @@ config=EnvConfig(...))`` after ``import envs``) or from your own model and data 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import gymnasium
 import numpy as np
@@ -32,6 +31,7 @@ from amc.train import calibration_batches, evaluate, recalibrate_bn
 from envs.budget import BudgetWall
 from envs.costs import COST_MODELS, CostModel, create_cost_model
 from envs.embedding import FEATURES, LayerEmbedding
+from envs.evaluation import EvalBatch, fixed_size_batches, top1
 from envs.rewards import REWARDS, Outcome, Reward, create_reward
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -45,8 +45,8 @@ class InvalidActionError(AmcError, ValueError):
 class EnvConfig:
     """Settings of the channel-pruning environment.
 
-    ``model``, ``data``, ``checkpoint``, ``bn_batch_size`` and ``eval_batch_size`` are used by
-    :meth:`ChannelPruningEnv.from_config` only: an env built from your own model and loaders uses those.
+    ``model``, ``data``, ``checkpoint`` and ``bn_batch_size`` are used by :meth:`ChannelPruningEnv.from_config`
+    only: an env built from your own model and loaders uses those.
 
     Attributes:
         model: Registered model name (``resnet20``, ``torchvision:mobilenet_v2``, ...).
@@ -64,9 +64,13 @@ class EnvConfig:
             without it a pruned residual network can fall to chance accuracy). The batches are drawn once
             and reused, so the reward of a policy does not change from episode to episode.
         bn_batch_size: Images per BatchNorm calibration batch.
-        eval_batch_size: Images per evaluation batch.
+        eval_batch_size: Images per evaluation batch. With ``cache_eval`` the split is re-batched to exactly
+            this size (the last batch padded, the padding not counted); equal to ``bn_batch_size``, every
+            forward pass of an episode has one input shape, which saves CPU kernel creation on each newly
+            pruned model (see :mod:`envs.evaluation`).
         eval_batches: Evaluate on the first this many batches of the split only (0: the whole split).
-        cache_eval: Keep the evaluation batches in memory (turn off for large data sets).
+        cache_eval: Keep the evaluation split in memory, re-batched (turn off for large data sets; the
+            loader's own batches are then used).
         seed: Seed of the calibration batches' draw and of torch during BatchNorm re-estimation.
     """
 
@@ -83,12 +87,19 @@ class EnvConfig:
     round_to: int = 1
     bn_batches: int = 8
     bn_batch_size: int = 64
-    eval_batch_size: int = 256
+    eval_batch_size: int = 64
     eval_batches: int = 0
     cache_eval: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, Mapping):  # from YAML / JSON: {name: digits, ...}
+            try:
+                object.__setattr__(self, "data", DataConfig(**self.data))
+            except TypeError as exc:
+                raise ConfigError(f"env.data has an unknown field: {exc}") from None
+        if not isinstance(self.data, DataConfig):
+            raise ConfigError(f"env.data must be a DataConfig or a mapping of its fields, got {type(self.data).__name__}")
         if not 0.0 <= self.min_ratio <= self.max_ratio < 1.0:
             raise ConfigError(
                 f"need 0 <= min_ratio <= max_ratio < 1 (fractions of channels removed), "
@@ -207,7 +218,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._calib, self._grad_batch = self._draw_calibration(train_loader)
         self._loaders: dict[str, Iterable[Batch] | None] = {"val": val_loader, "test": test_loader}
-        self._cached: dict[str, list[Batch]] = {}
+        self._cached: dict[str, list[EvalBatch]] = {}
         self._step_index: int | None = None
         self._kept: dict[str, int] = {}
         self._ratios: dict[str, float] = {}
@@ -217,7 +228,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: EnvConfig) -> ChannelPruningEnv:
+    def from_config(cls, config: EnvConfig) -> Self:
         """Builds the model, data and traced groups named by ``config`` and the env on top of them."""
         ws = build_workspace(config.model, config.data, config.checkpoint)
         train = ws.data.loader("train", config.bn_batch_size, shuffle=True, seed=config.seed)
@@ -291,8 +302,9 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.config.seed)
                 recalibrate_bn(model, self._calib)
-        limit = self.config.eval_batches or None
-        return evaluate(model, self._eval_batches(split), max_batches=limit)
+        if self.config.cache_eval:
+            return top1(model, self._cached_batches(split))
+        return evaluate(model, self._loader(split), max_batches=self.config.eval_batches or None)
 
     # ------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -338,25 +350,27 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def _evaluate_widths(self, widths: Mapping[str, int], split: str) -> Evaluation:
         """Prunes the dense model physically to ``widths``, recalibrates, evaluates, counts costs."""
         pruned = prune_channels(self.model, self.graph, widths, self.config.criterion, self._grad_batch).model
-        top1 = self.score_model(pruned, split)
+        accuracy = self.score_model(pruned, split)
         cost, dense = self.graph.estimate(widths), self.graph.dense_cost
         outcome = Outcome(
-            top1=float(top1), flops=int(cost.flops), params=int(cost.params),
+            top1=float(accuracy), flops=int(cost.flops), params=int(cost.params),
             flops_ratio=cost.flops / dense.flops, params_ratio=cost.params / dense.params,
             cost_ratio=self.cost_model.ratio(widths), target_ratio=self.target.ratio,
         )
         return Evaluation(pruned, outcome)
 
-    def _eval_batches(self, split: str) -> Iterable[Batch]:
+    def _loader(self, split: str) -> Iterable[Batch]:
         if split not in self._loaders:
             raise ConfigError(f"unknown evaluation split {split!r}; use val or test")
         loader = self._loaders[split]
         if loader is None:
             raise ConfigError(f"no {split} loader: pass test_loader= when building the env from your own model")
-        if not self.config.cache_eval:
-            return loader
+        return loader
+
+    def _cached_batches(self, split: str) -> list[EvalBatch]:
         if split not in self._cached:
-            self._cached[split] = list(itertools.islice(loader, self.config.eval_batches or None))
+            size, limit = self.config.eval_batch_size, self.config.eval_batches or None
+            self._cached[split] = fixed_size_batches(self._loader(split), size, limit)
         return self._cached[split]
 
     def _action_to_ratio(self, action: np.ndarray | float) -> float:

@@ -18,12 +18,13 @@ from amc.cost import count_cost
 from amc.data import DataConfig, load_data
 from amc.engine import apply_policy, build_workspace
 from amc.errors import BudgetError, ConfigError
-from amc.pruning import kept_channels, widths_for
+from amc.pruning import CRITERIA, kept_channels, widths_for
+from amc.train import evaluate
 from envs import ENV_ID, REWARDS, BudgetWall, ChannelPruningEnv, EnvConfig, InvalidActionError, create_cost_model
 
-# Tiny evaluation (1 calibration batch of 16, 1 evaluation batch of 32): the code path of a real search,
+# Tiny evaluation (1 calibration batch of 16, 2 evaluation batches of 16): the code path of a real search,
 # at a fraction of its cost, for tests that check the budget rather than the accuracy.
-TINY = {"bn_batches": 1, "bn_batch_size": 16, "eval_batch_size": 32, "eval_batches": 1}
+TINY = {"bn_batches": 1, "bn_batch_size": 16, "eval_batch_size": 16, "eval_batches": 2}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,17 @@ def test_wall_keeps_the_most_channels_the_budget_allows(round_to: int) -> None:
     assert wall.meets(decided) and walled > 0
 
 
+def test_applied_actions_replay_the_walled_episode() -> None:
+    env = ChannelPruningEnv.from_config(EnvConfig(target_ratio=0.4, min_ratio=0.05, **TINY))
+    _, _, infos = _episode(env, np.full((len(env.group_names), 1), -1.0))
+    first = env.last_policy_ratios
+    assert any(i["walled"] for i in infos[1:])
+    applied = np.array([[i["applied_action"]] for i in infos[1:]], np.float32)  # as a replay buffer stores them
+    _, _, replayed = _episode(env, applied)
+    assert env.last_policy_ratios == pytest.approx(first) and not any(i["walled"] for i in replayed[1:])
+    assert [i["kept"] for i in replayed[1:]] == [i["kept"] for i in infos[1:]]
+
+
 def test_registered_and_made_with_gymnasium(checkpoint: str) -> None:
     env = gymnasium.make(ENV_ID, config=EnvConfig(checkpoint=checkpoint, **TINY))
     assert env.spec is not None and env.spec.id == ENV_ID
@@ -143,6 +155,14 @@ def test_every_reward_pays_at_the_last_step_only(checkpoint: str, reward: str) -
     assert all("top1" not in info for info in infos[:-1]) and {"top1", "flops_ratio", "params_ratio", "ratios"} <= set(last)
 
 
+@pytest.mark.parametrize("criterion", CRITERIA.names())
+def test_every_criterion_runs_an_episode_within_budget(checkpoint: str, criterion: str) -> None:
+    env = ChannelPruningEnv.from_config(EnvConfig(checkpoint=checkpoint, criterion=criterion, **TINY))
+    _, rewards, infos = _episode(env, np.full((len(env.group_names), 1), -0.5))
+    assert 0.0 <= rewards[-1] <= 1.0 and infos[-1]["flops_ratio"] <= 0.5
+    assert count_cost(env.last_model, env.graph.example_inputs).flops == infos[-1]["flops"]
+
+
 def test_actions_are_clipped_and_invalid_ones_rejected(checkpoint: str) -> None:
     env = ChannelPruningEnv.from_config(EnvConfig(checkpoint=checkpoint, target_ratio=0.9, min_ratio=0.1, **TINY))
     env.reset(seed=0)
@@ -181,6 +201,9 @@ def test_invalid_config_is_rejected_with_a_hint() -> None:
         EnvConfig(reward="nope")
     with pytest.raises(ConfigError, match="flops"):
         EnvConfig(target_metric="latency")
+    assert EnvConfig(data={"name": "digits", "seed": 1}).data == DataConfig("digits", seed=1)  # as YAML gives it
+    with pytest.raises(ConfigError, match="unknown field"):
+        EnvConfig(data={"nmae": "digits"})
 
 
 def test_recalibrated_uniform_baseline_and_test_split(checkpoint: str) -> None:
@@ -192,6 +215,18 @@ def test_recalibrated_uniform_baseline_and_test_split(checkpoint: str) -> None:
     assert env.evaluate_ratios(uniform, split="test")["top1"] >= 0.85
     with pytest.raises(ConfigError, match="no prunable groups"):
         env.evaluate_ratios({"not.a.layer": 0.5})
+
+
+def test_fixed_shape_evaluation_matches_the_engine(checkpoint: str) -> None:
+    ws = build_workspace("resnet20", DataConfig("digits"), checkpoint)
+    loader = ws.data.loader("val", 100)
+    batches = envs.fixed_size_batches(loader, 64)
+    assert [b.count for b in batches] == [64, 64, 64, 64, 44] and all(len(b.inputs) == 64 for b in batches)
+    assert envs.top1(ws.model, batches) == evaluate(ws.model, loader)
+    config = EnvConfig(checkpoint=checkpoint, bn_batches=2)
+    cached, streamed = ChannelPruningEnv.from_config(config), ChannelPruningEnv.from_config(config.replace(cache_eval=False))
+    ratios = cached.uniform_ratios()
+    assert cached.evaluate_ratios(ratios)["top1"] == pytest.approx(streamed.evaluate_ratios(ratios)["top1"], abs=1 / 300)
 
 
 def test_episode_result_matches_direct_evaluation_and_engine(checkpoint: str) -> None:
