@@ -121,3 +121,29 @@ def test_mismatched_policy_is_rejected_by_cli(trained_resnet20: Path, tmp_path: 
     out = run_cli("prune", "--checkpoint", str(trained_resnet20 / "model.pt"), "--policy", str(tmp_path / "v" / "policy.json"),
                   "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "made for model 'vgg_small'" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "yaml_text", "message"),
+    [
+        (["search", "--config", "C"], "episodes: 5\nbogus: 1\n", "unknown key 'bogus'"),
+        (["search", "--config", "C"], "env: {target_ratio: 1.5}\n", "target_ratio 1.5 must be in (0, 1]"),
+        (["search", "--config", "C"], "agent: ppo\n", "unknown agent 'ppo'"),
+        (["search", "--config", "C"], "env: {min_ratio: 0.5, max_ratio: 0.2}\n", "min_ratio <= max_ratio"),
+        (["search", "--config", "C", "--episodes", "0"], "episodes: 5\n", "episodes must be >= 1"),
+        (["search", "--config", "missing.yaml"], None, "does not exist"),
+        (["search", "--resume", "R"], None, "no search to resume"),
+        (["search"], None, "pass --config"),
+        (["sweep", "--config", "C"], "base: x.yaml\ngrid: {}\n", "non-empty grid"),
+    ],
+)
+def test_search_bad_input(args: list[str], yaml_text: str | None, message: str, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    if yaml_text is not None:
+        config.write_text(yaml_text)
+    args = [str(config) if a == "C" else str(tmp_path / "r") if a == "R" else a for a in args]
+    assert main([*args, "--out", str(tmp_path / "out")] if args[0] == "search" and "--resume" not in args else args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
