@@ -60,10 +60,9 @@ class PlanExecutor:
         obs, _ = self.env.reset(seed=plan.episode)
         observations, actions, done, reward, info = [obs], [], False, 0.0, {}
         while not done:
-            action = act(obs)
-            obs, reward, done, _, info = self.env.step(action)
+            obs, reward, done, _, info = self.env.step(act(obs))
             observations.append(obs)
-            actions.append(action)
+            actions.append(np.array([info["applied_action"]], dtype=np.float32))  # the bounded action, as AMC
         return EpisodeResult(plan, observations, actions, float(reward), info)
 
     def _policy(self, plan: EpisodePlan, rng: np.random.Generator):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from agents.base import SearchAgent, create_agent
@@ -154,10 +155,10 @@ def run_episode(env: ChannelPruningEnv, agent: SearchAgent, episode: int) -> tup
     observations, actions = [obs], []
     done, reward, info = False, 0.0, {}
     while not done:
-        action = agent.act(obs)
-        obs, reward, done, _, info = env.step(action)
+        obs, reward, done, _, info = env.step(agent.act(obs))
         observations.append(obs)
-        actions.append(action)
+        # the agent learns from the action the budget wall let through (AMC stores the bounded action)
+        actions.append(np.array([info["applied_action"]], dtype=np.float32))
     stats = agent.end_episode(observations, actions, float(reward))
     return _record(episode, float(reward), info), stats
 

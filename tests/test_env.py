@@ -56,26 +56,27 @@ def _action_patterns(n_groups: int, episodes: int, seed: int) -> list[np.ndarray
     return patterns
 
 
-BUDGET_CASES = [
-    ("resnet20", "flops", 0.4, 30), ("resnet20", "params", 0.35, 30),
-    ("vgg_small", "flops", 0.3, 30), ("vgg_small", "params", 0.3, 30),
-    ("torchvision:mobilenet_v2", "flops", 0.5, 30), ("torchvision:mobilenet_v2", "params", 0.4, 30),
+BUDGET_CASES = [  # model, metric, target, round_to
+    ("resnet20", "flops", 0.4, 1), ("resnet20", "params", 0.35, 1), ("resnet20", "flops", 0.45, 4),
+    ("vgg_small", "flops", 0.3, 1), ("vgg_small", "params", 0.3, 1),
+    ("torchvision:mobilenet_v2", "flops", 0.5, 1), ("torchvision:mobilenet_v2", "params", 0.4, 1),
 ]
 
 
-@pytest.mark.parametrize(("model", "metric", "target", "episodes"), BUDGET_CASES)
-def test_budget_holds_on_exact_and_physical_count(model: str, metric: str, target: float, episodes: int) -> None:
-    config = EnvConfig(model=model, target_metric=metric, target_ratio=target, max_ratio=0.8, **TINY)
+@pytest.mark.parametrize(("model", "metric", "target", "round_to"), BUDGET_CASES)
+def test_budget_holds_on_exact_and_physical_count(model: str, metric: str, target: float, round_to: int) -> None:
+    config = EnvConfig(model=model, target_metric=metric, target_ratio=target, max_ratio=0.8, round_to=round_to, **TINY)
     env = ChannelPruningEnv.from_config(config)
     dense, walled = env.dense_cost, 0
-    for actions in _action_patterns(len(env.group_names), episodes, seed=len(model)):
-        _, rewards, infos = _episode(env, actions)
+    for actions in _action_patterns(len(env.group_names), episodes=30, seed=len(model)):
+        _, _, infos = _episode(env, actions)
         last = infos[-1]
         assert last[f"{metric}_ratio"] == last["cost_ratio"] <= target, f"budget broken by {actions.ravel()}"
         counted = count_cost(env.last_model, env.graph.example_inputs)
         assert (counted.flops, counted.params) == (last["flops"], last["params"])
         assert counted.flops / dense.flops == last["flops_ratio"] and counted.params / dense.params == last["params_ratio"]
-        assert widths_for(env.graph, last["ratios"]) == {i["group"]: i["kept"] for i in infos[1:]}
+        assert widths_for(env.graph, last["ratios"], round_to) == {i["group"]: i["kept"] for i in infos[1:]}
+        assert all(i["kept"] % round_to == 0 or i["kept"] == env.graph.group(i["group"]).channels for i in infos[1:])
         assert all(config.min_ratio <= r <= config.max_ratio for r in last["ratios"].values())
         walled += sum(i["walled"] for i in infos[1:])
     assert walled > 0, "the target should be tight enough for the wall to act in some episodes"

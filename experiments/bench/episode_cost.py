@@ -11,6 +11,7 @@ For each episode (random actions, seeded) it times, in the same run:
   the scale and shift of their norms, ranked once by L1 on the dense model), then the same forward
   passes run on the full-size model;
 * ``prune_s``: ``amc.pruning.prune_channels`` alone (deepcopy, dependency graph, channel removal);
+* ``steps_before_last_s``: reset plus every step but the last (action wall and observations);
 * ``first_forward_s``: the forward passes on a freshly pruned model of new widths, the first time (CPU
   kernels for new shapes are built then; the episode pays this, ``eval_forward_s`` does not).
 
@@ -44,7 +45,7 @@ from amc.policy import write_json_atomic
 from amc.pruning import prune_channels, widths_for
 from amc.train import TrainConfig
 from envs import ChannelPruningEnv, EnvConfig, Outcome
-from envs.channel_pruning import Evaluation
+from envs.channel_pruning import Evaluation, single_threaded
 
 DEFAULT_OUT = Path("experiments/bench/results/episode_cost.json")
 
@@ -110,27 +111,31 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def play(env: ChannelPruningEnv, actions: np.ndarray, seed: int) -> dict:
+def play(env: ChannelPruningEnv, actions: np.ndarray, seed: int) -> tuple[dict, float]:
+    """Plays one episode; returns the last info and the seconds spent before the last step."""
+    start = time.perf_counter()
     env.reset(seed=seed)
-    info: dict = {}
-    for action in actions:
-        info = env.step(action)[4]
-    return info
+    for action in actions[:-1]:
+        env.step(action)
+    before_last = time.perf_counter() - start
+    return env.step(actions[-1])[4], before_last
 
 
 def measure_episode(env: ChannelPruningEnv, masking: MaskingEnv, actions: np.ndarray, fresh: dict[str, float],
                     seed: int) -> dict[str, float]:
     """Times one episode both ways and its parts; ``fresh`` is a never-seen policy for the first-run timing."""
-    episode_s, info = timed(lambda: play(env, actions, seed))
+    episode_s, (info, steps_s) = timed(lambda: play(env, actions, seed))
     alone = copy.deepcopy(env.last_model)
     forward_s, _ = timed(lambda: env.score_model(alone))
-    masked_s, masked_info = timed(lambda: play(masking, actions, seed))
+    masked_s, (masked_info, _) = timed(lambda: play(masking, actions, seed))
     widths = widths_for(env.graph, info["ratios"], env.config.round_to)
-    prune_s, _ = timed(lambda: prune_channels(env.model, env.graph, widths, env.config.criterion))
+    with single_threaded():  # as the env runs it
+        prune_s, _ = timed(lambda: prune_channels(env.model, env.graph, widths, env.config.criterion))
     new_model = prune_channels(env.model, env.graph, widths_for(env.graph, fresh), env.config.criterion).model
     first_s, _ = timed(lambda: env.score_model(new_model))
     return {
         "episode_s": episode_s, "eval_forward_s": forward_s, "masked_episode_s": masked_s, "prune_s": prune_s,
+        "steps_before_last_s": steps_s,
         "first_forward_s": first_s, "top1": info["top1"], "top1_masked": masked_info["top1"],
         "flops_ratio": info["flops_ratio"],
     }
@@ -157,6 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=15, help="epochs of the cached baseline")
     p.add_argument("--eval-batch-size", type=int, default=EnvConfig.eval_batch_size, help="images per evaluation batch")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--actions", choices=("random", "greedy"), default="random",
+                   help="random: uniform in [-1, 1]; greedy: -1 plus small noise, so the wall stops each episode "
+                        "at the target (the policies a trained agent ends up near)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random actions")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     return p.parse_args(argv)
@@ -179,12 +187,14 @@ def main(argv: list[str] | None = None) -> dict:
     env, masking = build_envs(args)
     rng = np.random.default_rng(args.seed)
     n = len(env.group_names)
-    draw = lambda: rng.uniform(-1, 1, (n, 1)).astype(np.float32)  # noqa: E731
+    high = 1.0 if args.actions == "random" else -0.9
+    draw = lambda: rng.uniform(-1.0, high, (n, 1)).astype(np.float32)  # noqa: E731
     fresh = lambda: {g: float(r) for g, r in zip(env.group_names, rng.uniform(0.0, 0.8, n))}  # noqa: E731
     measure_episode(env, masking, draw(), fresh(), args.seed)  # warm-up
     rows = [measure_episode(env, masking, draw(), fresh(), args.seed + i) for i in range(args.episodes)]
     result = {
         "benchmark": "episode_cost", "model": args.model, "data": "digits", "target_flops": args.target,
+        "actions": args.actions,
         "episodes": args.episodes, "threads": torch.get_num_threads(), "groups": n,
         "bn_batches": env.config.bn_batches, "bn_batch_size": env.config.bn_batch_size,
         "eval_batch_size": env.config.eval_batch_size, "machine": platform.machine(), "torch": torch.__version__,
