@@ -107,9 +107,7 @@ class UniformAgent(SearchAgent):
     single_episode = True
 
     def __init__(self, env: ChannelPruningEnv) -> None:
-        ratio = next(iter(env.uniform_ratios().values()))
-        low, high = env.config.min_ratio, env.config.max_ratio
-        action = 0.0 if high == low else 2.0 * (ratio - low) / (high - low) - 1.0
+        action = env.ratio_to_action(next(iter(env.uniform_ratios().values())))
         # nudge up so that float32 rounding never maps back to a ratio just below the bisected one
         self.action = np.clip(np.array([action + 1e-6], dtype=np.float32), -1.0, 1.0)
 

@@ -6,7 +6,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from amc.plots import policy_bars, search_curves
-from amc.policy import write_json_atomic
+from amc.files import write_json_atomic
 
 if TYPE_CHECKING:
     from agents.search import Search, SearchResult
@@ -38,9 +38,9 @@ def write_outputs(search: "Search") -> "SearchResult":
         "mlflow_run_id": state.run_id,
     }
     write_json_atomic(out / "search.json", summary)
-    bars = policy_bars(out / "best_policy.png", best.ratios, uniform_ratio,
+    policy_bars(out / "best_policy.png", best.ratios, uniform_ratio,
                        f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {config.env.target_ratio:g}")
-    curves = search_curves(out / "search_curves.png", [r.episode for r in state.records], [r.reward for r in state.records],
+    search_curves(out / "search_curves.png", [r.episode for r in state.records], [r.reward for r in state.records],
                            [r.top1 for r in state.records], config.ddpg.warmup_episodes if config.agent == "ddpg" else 0)
     if search.tracker is not None:
         _log_final(search.tracker, out, summary)
@@ -64,7 +64,7 @@ def log_search_dir(uri: str, experiment: str, out, parent_run_id: str | None = N
     """Logs a finished search directory as one MLflow run (used by sweeps, whose trials do not track)."""
     import json
 
-    from agents.search import SearchConfig
+    from agents.search import SearchConfig, episode_metrics, with_running_best
     from amc.config import flatten
     from amc.tracking import RunTracker
 
@@ -74,10 +74,7 @@ def log_search_dir(uri: str, experiment: str, out, parent_run_id: str | None = N
     tracker = RunTracker(uri, experiment, run_name=name, parent_run_id=parent_run_id,
                          tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)})
     tracker.log_params(flatten(config))
-    best = None
-    for r in summary["episodes"]:
-        best = r if best is None or r["reward"] > best["reward"] else best
-        tracker.log_metrics({k: r[k] for k in ("reward", "top1", "flops_ratio", "params_ratio")}
-                            | {"best_reward": best["reward"], "best_top1": best["top1"]}, step=r["episode"])
+    for record, best in with_running_best(summary["episodes"]):
+        tracker.log_metrics(episode_metrics(record, best), step=record["episode"])
     _log_final(tracker, out, summary)
     return tracker.run_id

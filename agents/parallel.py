@@ -79,16 +79,10 @@ class PlanExecutor:
 
 
 def build_env(payload: dict) -> Any:
-    """The channel-pruning env for a payload of env config, data bundle, dense model, inputs and identity."""
+    """The channel-pruning env for a payload of ``ws`` (engine workspace) and ``env_config``."""
     from envs import ChannelPruningEnv
 
-    config, data, model = payload["env_config"], payload["data"], payload["model"]
-    train = data.loader("train", config.bn_batch_size, shuffle=True, seed=config.seed)
-    val = data.loader("val", config.eval_batch_size)
-    test = data.loader("test", config.eval_batch_size)
-    env = ChannelPruningEnv(model, train, val, payload["example_inputs"], config, test_loader=test)
-    env.identity = payload["identity"]
-    return env
+    return ChannelPruningEnv.from_workspace(payload["ws"], payload["env_config"])
 
 
 class _Worker:
@@ -111,7 +105,7 @@ class RolloutPool:
     """``workers`` Ray actors sharing one payload (model, data, env config) from the object store.
 
     Args:
-        payload: Env config, data bundle, dense model, example inputs and identity (see :func:`build_env`).
+        payload: The engine workspace (dense model, data, traced groups) and the env config (see :func:`build_env`).
         workers: Number of rollout actors.
         ddpg_config: DDPG settings (network shape of the actor).
         threads: torch threads per worker (0: local CPUs / workers).

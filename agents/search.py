@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from agents.base import SearchAgent, create_agent
 from agents.ddpg import DDPGConfig
-from amc.config import flatten, load_yaml, save_yaml, to_dict
+from amc.config import flatten, load_yaml, save_yaml
 from amc.errors import ConfigError
-from amc.policy import write_json_atomic, write_text_atomic
+from amc.files import write_json_atomic, write_text_atomic
 from amc.train import TrainConfig
 from envs import ChannelPruningEnv, EnvConfig
 
@@ -199,8 +199,7 @@ class Search:
 
         self.config, self.out, self.tracker, self.progress = config, out, tracker, progress
         ws = build_workspace(config.env.model, config.env.data, config.env.checkpoint)
-        self.payload = {"env_config": config.env, "data": ws.data, "model": ws.model,
-                        "example_inputs": ws.example_inputs(), "identity": ws.identity}
+        self.payload = {"ws": ws, "env_config": config.env}
         self.env = build_env(self.payload)
         self.agent = create_agent(config.agent, self.env, config.ddpg, config.seed)
         self.state = _load_checkpoint(out, self.agent)
@@ -274,9 +273,7 @@ class Search:
     def _track(self, record: EpisodeRecord, stats: dict[str, float]) -> None:
         if self.tracker is None:
             return
-        best = self.state.best
-        metrics = {"reward": record.reward, "top1": record.top1, "flops_ratio": record.flops_ratio,
-                   "params_ratio": record.params_ratio, "best_reward": best.reward, "best_top1": best.top1}
+        metrics = episode_metrics(dataclasses.asdict(record), dataclasses.asdict(self.state.best))
         metrics.update({f"agent_{k}": v for k, v in stats.items()})
         self.tracker.log_metrics(metrics, step=record.episode)
 
@@ -285,6 +282,22 @@ class Search:
         from agents.outputs import write_outputs
 
         return write_outputs(self)
+
+
+EPISODE_METRICS = ("reward", "top1", "flops_ratio", "params_ratio")
+
+
+def episode_metrics(record: Mapping[str, Any], best: Mapping[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of one episode record (a dict of :class:`EpisodeRecord`) and the best so far."""
+    return {**{k: record[k] for k in EPISODE_METRICS}, "best_reward": best["reward"], "best_top1": best["top1"]}
+
+
+def with_running_best(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """Pairs each episode record with the best record (by reward) up to and including it."""
+    best = None
+    for record in records:
+        best = record if best is None or record["reward"] > best["reward"] else best
+        yield record, best
 
 
 def _fmt(noise: float | None) -> str:
@@ -321,13 +334,9 @@ def start_tracker(config: SearchConfig, state: SearchState, tracking_uri: str | 
 def _relog_missing(tracker: Any, state: SearchState) -> None:
     """Logs checkpointed episodes whose metrics did not reach MLflow before an interruption."""
     logged = {m.step for m in tracker.client.get_metric_history(tracker.run_id, "reward")}
-    best = None
-    for r in state.records:
-        best = r if best is None or r.reward > best.reward else best
-        if r.episode not in logged:
-            tracker.log_metrics({"reward": r.reward, "top1": r.top1, "flops_ratio": r.flops_ratio,
-                                 "params_ratio": r.params_ratio, "best_reward": best.reward, "best_top1": best.top1},
-                                step=r.episode)
+    for record, best in with_running_best(dataclasses.asdict(r) for r in state.records):
+        if record["episode"] not in logged:
+            tracker.log_metrics(episode_metrics(record, best), step=record["episode"])
     tracker.flush()
 
 
@@ -376,4 +385,4 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
-__all__ = ["SearchConfig", "EpisodeRecord", "SearchResult", "Search", "run_search", "run_episode", "to_dict"]
+__all__ = ["SearchConfig", "EpisodeRecord", "SearchResult", "Search", "run_search", "run_episode", "save_yaml"]

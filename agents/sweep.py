@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.search import SearchConfig, resolve_checkpoint, run_search
-from amc.config import flatten, load_yaml
+from amc.config import load_yaml
 from amc.errors import ConfigError
 
 

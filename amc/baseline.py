@@ -14,7 +14,7 @@ from amc.cost import count_cost
 from amc.data import DataConfig, load_data
 from amc.engine import spec_for
 from amc.models import create_model
-from amc.policy import write_json_atomic
+from amc.files import write_json_atomic
 from amc.train import TrainConfig, evaluate, train
 
 

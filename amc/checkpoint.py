@@ -7,8 +7,6 @@ replayed onto it and then the state_dict is loaded.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 from torch import nn
 
 from amc.errors import ModelFileError
+from amc.files import atomic_path
 from amc.models import ModelSpec, create_model
 from amc.policy import Policy
 from amc.pruning import History, replay_history
@@ -47,17 +46,9 @@ def save_model(
         "history": [[n, bool(o), list(idx)] for n, o, idx in history],
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return Path(path)
 
 
 def _read(path: Path) -> dict:

@@ -6,7 +6,6 @@ Bad input exits with code 2 and a one-line message that says what to fix.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
@@ -86,7 +85,7 @@ def _check_device(device: str) -> None:
 
 
 def _write_report(out: Path, report: dict) -> Path:
-    from amc.policy import write_json_atomic
+    from amc.files import write_json_atomic
 
     return write_json_atomic(out / "report.json", report)
 

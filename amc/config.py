@@ -83,6 +83,6 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def save_yaml(obj: Any, path: str | Path) -> Path:
     import yaml
 
-    from amc.policy import write_text_atomic
+    from amc.files import write_text_atomic
 
     return write_text_atomic(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -7,7 +7,7 @@ policy needs only this package.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -116,11 +116,20 @@ def uniform_ratio_for(graph: ModelGraph, target: Target, round_to: int = 1, max_
             f"{target.metric} target {target.ratio} is out of reach even at ratio {max_ratio} everywhere; "
             "raise the target or the maximum ratio"
         )
-    lo, hi = 0.0, max_ratio
+    return smallest_ratio(meets, 0.0, max_ratio)
+
+
+def smallest_ratio(meets: Callable[[float], bool], low: float, high: float) -> float:
+    """The smallest ratio in [low, high] for which the monotone ``meets`` holds (``meets(high)`` must hold).
+
+    Bisection on the exact count; shared by the engine's and the environment's uniform baselines.
+    """
+    if meets(low):
+        return low
     for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
-    return hi
+        mid = (low + high) / 2
+        low, high = (low, mid) if meets(mid) else (mid, high)
+    return high
 
 
 def apply_policy(

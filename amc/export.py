@@ -31,7 +31,8 @@ from amc.errors import ConfigError
 from amc.pareto import (
     Candidate, SearchRun, best_within, find_experiment, front_of_runs, load_search_runs, mlflow_client, read_json_artifact,
 )
-from amc.policy import Policy, write_json_atomic, write_text_atomic
+from amc.files import write_json_atomic, write_text_atomic
+from amc.policy import Policy
 from amc.registry import Registry
 
 POLICY_ARTIFACT = "best_policy.json"

@@ -38,7 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from amc.errors import ConfigError
-from amc.policy import write_json_atomic
+from amc.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError, PolicyMismatchError
+from amc.files import write_json_atomic
 from amc.pruning import CRITERIA, GRANULARITIES
 
 SCHEMA_VERSION = 1
@@ -174,23 +173,3 @@ def load_policy(path: str | Path) -> Policy:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PolicyError(f"policy file {p} is not valid JSON: {exc}") from None
     return Policy.from_dict(data)
-
-
-def write_json_atomic(path: str | Path, data: object) -> Path:
-    """Writes JSON to ``path`` via a temporary file and a rename."""
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` via a temporary file and a rename (never a half-written file)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p

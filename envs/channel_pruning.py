@@ -22,7 +22,7 @@ from torch import nn
 
 from amc.cost import Cost
 from amc.data import DataConfig
-from amc.engine import build_workspace
+from amc.engine import Workspace, build_workspace, smallest_ratio
 from amc.errors import AmcError, ConfigError
 from amc.groups import ModelGraph
 from amc.policy import ModelIdentity, Policy, Target
@@ -238,7 +238,11 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     @classmethod
     def from_config(cls, config: EnvConfig) -> Self:
         """Builds the model, data and traced groups named by ``config`` and the env on top of them."""
-        ws = build_workspace(config.model, config.data, config.checkpoint)
+        return cls.from_workspace(build_workspace(config.model, config.data, config.checkpoint), config)
+
+    @classmethod
+    def from_workspace(cls, ws: Workspace, config: EnvConfig) -> Self:
+        """The env over an engine workspace (model, data, traced groups); used by parallel rollout workers."""
         train = ws.data.loader("train", config.bn_batch_size, shuffle=True, seed=config.seed)
         val = ws.data.loader("val", config.eval_batch_size)
         test = ws.data.loader("test", config.eval_batch_size)
@@ -288,14 +292,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     def uniform_ratios(self) -> dict[str, float]:
         """The smallest ratio, the same for every group, that meets the target (the uniform baseline)."""
-        lo, hi = self.config.min_ratio, self.config.max_ratio
-        if self.wall.meets(widths_for(self.graph, dict.fromkeys(self.group_names, lo), self.config.round_to)):
-            return dict.fromkeys(self.group_names, lo)
-        for _ in range(40):  # bisection on the exact count; max_ratio meets it (checked by the wall)
-            mid = (lo + hi) / 2
-            meets = self.wall.meets(widths_for(self.graph, dict.fromkeys(self.group_names, mid), self.config.round_to))
-            lo, hi = (lo, mid) if meets else (mid, hi)
-        return dict.fromkeys(self.group_names, hi)
+        def meets(ratio: float) -> bool:
+            return self.wall.meets(widths_for(self.graph, dict.fromkeys(self.group_names, ratio), self.config.round_to))
+
+        # max_ratio meets the target (the wall checked it at construction)
+        ratio = smallest_ratio(meets, self.config.min_ratio, self.config.max_ratio)
+        return dict.fromkeys(self.group_names, ratio)
 
     def to_policy(self, ratios: Mapping[str, float], measured: Mapping[str, float] | None = None) -> Policy:
         """A policy file object for ``ratios`` (for export and :func:`amc.apply_policy`)."""
@@ -335,7 +337,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._step_index = index + 1
         info: dict[str, Any] = {
             "group": group.name, "kept": choice.kept, "ratio": choice.ratio, "walled": choice.walled,
-            "applied_action": self._ratio_to_action(choice.ratio),
+            "applied_action": self.ratio_to_action(choice.ratio),
         }
         terminated = self._step_index == len(self.group_names)
         reward = self._finish(info) if terminated else 0.0
@@ -390,7 +392,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         low, high = self.config.min_ratio, self.config.max_ratio
         return min(max(low + (a + 1.0) / 2.0 * (high - low), low), high)
 
-    def _ratio_to_action(self, ratio: float) -> float:
+    def ratio_to_action(self, ratio: float) -> float:
+        """The action in [-1, 1] that maps to ``ratio`` (inverse of the action mapping)."""
         low, high = self.config.min_ratio, self.config.max_ratio
         if high == low:
             return 0.0

@@ -22,7 +22,8 @@ from amc.errors import ConfigError
 from amc.export import load_ratio_mapping, torch_pruning_ratio
 from amc.groups import ModelGraph
 from amc.pareto import Candidate, ParetoFront, pareto_front, read_front_csv, update_pareto
-from amc.policy import load_policy, write_json_atomic
+from amc.files import write_json_atomic
+from amc.policy import load_policy
 from amc.pruning import kept_channels, replay_history
 from amc.results_cli import check_port_free, check_store, ui_command, ui_urls
 from envs import EnvConfig

@@ -56,14 +56,14 @@ def test_interrupted_search_resumes_exactly(trained_resnet20: Path, tmp_path: Pa
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = _config(trained_resnet20 / "model.pt")
-    straight = run_search(config, tmp_path / "straight", track=False, progress=False)
+    run_search(config, tmp_path / "straight", track=False, progress=False)
 
-    def stop_at_5(record, stats) -> None:
-        if record.episode == 4:  # episode 4 runs after the checkpoint at 4 episodes... then is lost
+    def interrupt_in_episode_4(record, stats) -> None:
+        if record.episode == 4:  # after the checkpoint at 4 episodes: episode 4 is lost and must be run again
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_search(config, tmp_path / "cut", tracking_uri=uri, progress=False, on_episode=stop_at_5)
+        run_search(config, tmp_path / "cut", tracking_uri=uri, progress=False, on_episode=interrupt_in_episode_4)
     with pytest.raises(ConfigError, match="already holds a search"):
         run_search(config, tmp_path / "cut", tracking_uri=uri, progress=False)
     resumed = run_search(None, tmp_path / "cut", resume=True, tracking_uri=uri, progress=False)
@@ -80,9 +80,9 @@ def test_baseline_agents(trained_resnet20: Path, tmp_path: Path) -> None:
     assert uniform.episodes == 1, "the uniform baseline is one policy"
     assert len(set(uniform.best.ratios.values())) == 1
     assert uniform.best.flops_ratio <= 0.5
-    rnd = run_search(_config(trained_resnet20 / "model.pt", "random", episodes=4), tmp_path / "r", track=False, progress=False)
-    assert len({tuple(r for r in json.loads((tmp_path / 'r' / 'search.json').read_text())["episodes"][i]["ratios"].values())
-                for i in range(4)}) == 4
+    run_search(_config(trained_resnet20 / "model.pt", "random", episodes=4), tmp_path / "r", track=False, progress=False)
+    episodes = json.loads((tmp_path / "r" / "search.json").read_text())["episodes"]
+    assert len({tuple(e["ratios"].values()) for e in episodes}) == 4, "random search proposes distinct policies"
 
 
 def test_resume_needs_a_search(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from torch import nn
 from amc.baseline import cached_baseline
 from amc.data import DataConfig
 from amc.groups import PRUNABLE_TYPES
-from amc.policy import write_json_atomic
+from amc.files import write_json_atomic
 from amc.pruning import prune_channels, widths_for
 from amc.train import TrainConfig
 from envs import ChannelPruningEnv, EnvConfig, Outcome
