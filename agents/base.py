@@ -24,11 +24,13 @@ class EpisodePlan:
 
     Attributes:
         episode: Episode index.
-        kind: ``random`` (uniform actions), ``actor`` (actor network plus truncated-normal noise) or ``fixed``.
+        kind: ``random`` (uniform actions), ``actor`` (actor network plus truncated-normal noise), ``fixed``
+            (one action for every group) or ``sequence`` (``actions[i]`` for the i-th group).
         seed: Seed of the episode's random numbers.
         sigma: Noise sigma of an ``actor`` plan.
         actor_state: Actor weights of an ``actor`` plan.
         action: The action of a ``fixed`` plan.
+        actions: The per-group actions of a ``sequence`` plan.
     """
 
     episode: int
@@ -37,6 +39,7 @@ class EpisodePlan:
     sigma: float = 0.0
     actor_state: Any = None
     action: float = 0.0
+    actions: tuple[float, ...] = ()
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -161,3 +164,5 @@ def create_agent(name: str, env: ChannelPruningEnv, ddpg_config: object, seed: i
     if name not in AGENTS:
         raise ConfigError(f"unknown agent {name!r}; choose one of: {', '.join(AGENTS.names())}")
     return AGENTS.get(name)(env, ddpg_config, seed)
+
+import agents.baselines  # noqa: E402,F401  (registers global, sensitivity and tpe)

@@ -8,11 +8,16 @@ from pathlib import Path
 from amc.cli import command
 from amc.errors import ConfigError
 
+AGENT_NAMES = ("ddpg", "random", "uniform", "global", "sensitivity", "tpe")
+"""The agents ``--agent`` offers (kept literal so ``--help`` imports no torch; a test compares it with AGENTS)."""
 
-@command("search", "search per-group pruning ratios with DDPG (or a random / uniform baseline)")
+
+@command("search", "search per-group pruning ratios with DDPG (or a baseline: random, uniform, global, sensitivity, tpe)")
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="experiment YAML (e.g. experiments/configs/digits-resnet20-flops50.yaml)")
-    p.add_argument("--agent", choices=("ddpg", "random", "uniform"), help="override the config's agent")
+    p.add_argument("--agent", choices=AGENT_NAMES,
+                   help="override the config's agent: ddpg, or a baseline in the same harness (random, uniform, "
+                        "global, sensitivity, tpe; see README)")
     p.add_argument("--episodes", type=int, help="override the config's episode budget")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--target", type=float, help="override the config's target ratio (fraction of the dense cost kept)")

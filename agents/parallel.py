@@ -62,7 +62,7 @@ class PlanExecutor:
         while not done:
             obs, reward, done, _, info = self.env.step(act(obs))
             observations.append(obs)
-            actions.append(np.array([info["applied_action"]], dtype=np.float32))  # the bounded action, as AMC
+            actions.append(np.array([info["applied_action"]], dtype=np.float32))  # after the wall (see run_episode)
         return EpisodeResult(plan, observations, actions, float(reward), info)
 
     def _policy(self, plan: EpisodePlan, rng: np.random.Generator):
@@ -70,6 +70,9 @@ class PlanExecutor:
             return lambda obs: rng.uniform(-1.0, 1.0, size=(1,)).astype(np.float32)
         if plan.kind == "fixed":
             return lambda obs: np.array([plan.action], dtype=np.float32)
+        if plan.kind == "sequence":
+            steps = iter(plan.actions)
+            return lambda obs: np.array([next(steps)], dtype=np.float32)
         from agents.ddpg import AMCDDPG, truncated_normal_action
 
         if self._actor is None:

@@ -157,7 +157,8 @@ def run_episode(env: ChannelPruningEnv, agent: SearchAgent, episode: int) -> tup
     while not done:
         obs, reward, done, _, info = env.step(agent.act(obs))
         observations.append(obs)
-        # the agent learns from the action the budget wall let through (AMC stores the bounded action)
+        # the agent learns from the action the budget wall let through; AMC's code stores the actor's action
+        # before the wall instead (a documented difference: the critic then sees the ratio actually applied)
         actions.append(np.array([info["applied_action"]], dtype=np.float32))
     stats = agent.end_episode(observations, actions, float(reward))
     return _record(episode, float(reward), info), stats

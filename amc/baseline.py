@@ -39,8 +39,14 @@ def train_baseline(model_name: str, data_config: DataConfig, config: TrainConfig
     return report
 
 
+BASELINE_VERSION = 2
+"""Bumped whenever model builders, data preprocessing or training change what a cached baseline holds
+(2: PyTorch's default conv init and zero-background digits; models cached before are trained again)."""
+
+
 def baseline_key(model_name: str, data_config: DataConfig, config: TrainConfig) -> str:
-    blob = json.dumps({"model": model_name, "data": asdict(data_config), "train": asdict(config)}, sort_keys=True)
+    blob = json.dumps({"model": model_name, "data": asdict(data_config), "train": asdict(config),
+                       "version": BASELINE_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

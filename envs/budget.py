@@ -92,6 +92,11 @@ class BudgetWall:
                 "raise the target ratio or max_ratio"
             )
 
+    def options(self, name: str) -> tuple[list[int], list[float]]:
+        """Every kept count group ``name`` can take (ascending) and a pruning ratio that gives each."""
+        kept, ratios = self._options[name]
+        return list(kept), list(ratios)
+
     def meets(self, widths: Mapping[str, int]) -> bool:
         """Whether a full width configuration meets the target (the same test the wall uses)."""
         return self.cost.ratio(widths) <= self.target_ratio
