@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch_pruning as tp
@@ -66,13 +67,37 @@ def widths_for(graph: ModelGraph, ratios: Mapping[str, float], round_to: int = 1
     return {g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to) for g in graph}
 
 
+class KeptChannels(NamedTuple):
+    """Which channels of the original model one pruned conv / linear module kept.
+
+    Attributes:
+        outputs: Indices of the original module's output channels that remain, ascending.
+        inputs: Indices of the original module's input channels (features, for a linear) that remain,
+            ascending. For a depthwise conv these are the channels of its input tensor (equal to
+            ``outputs``), not an index into its weight's second dimension.
+    """
+
+    outputs: tuple[int, ...]
+    inputs: tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class PruneResult:
-    """A pruned copy of a model, the widths it has and the Torch-Pruning history that reproduces it."""
+    """A pruned copy of a model, the widths it has and the Torch-Pruning history that reproduces it.
+
+    Attributes:
+        model: The physically pruned copy.
+        widths: Kept channels per group name.
+        history: Torch-Pruning's pruning history (replayable onto the dense model).
+        kept: For every conv / linear module that lost input or output channels, the original model's
+            channels it kept, so that ``pruned.weight == original.weight[outputs][:, inputs]`` (not for
+            depthwise convs, whose weight has one input channel per group).
+    """
 
     model: nn.Module
     widths: dict[str, int]
     history: History
+    kept: dict[str, KeptChannels] = field(default_factory=dict)
 
 
 def _group_name(items: list, names: dict[int, str], order: Mapping[str, int]) -> str | None:
@@ -82,6 +107,49 @@ def _group_name(items: list, names: dict[int, str], order: Mapping[str, int]) ->
         if dep.handler.__name__ == "prune_out_channels" and isinstance(dep.target.module, PRUNABLE_TYPES)
     ]
     return min(outs, key=lambda n: order.get(n, 10**9)) if outs else None
+
+
+class _KeptTracker:
+    """Follows which original channel indices survive each removal Torch-Pruning makes.
+
+    A module can lose channels of one dimension in several groups in sequence (e.g. the input of a
+    conv after a concatenation); each group's indices are in the module's current index space, so the
+    removals are applied in order to the surviving original indices.
+    """
+
+    def __init__(self, names: Mapping[int, str]) -> None:
+        self._names = names
+        self._kept: dict[str, list[list[int]]] = {}
+
+    def record(self, group: tp.Group) -> None:
+        """Records the removals of ``group`` (a pruning group, before ``group.prune()`` is called)."""
+        for dep, idxs in group.items:
+            module = dep.target.module
+            if not isinstance(module, PRUNABLE_TYPES) or id(module) not in self._names:
+                continue
+            handler = dep.handler.__name__
+            if handler not in ("prune_out_channels", "prune_in_channels"):
+                continue
+            dims = self._dims(module, handler)
+            removed = {int(getattr(i, "idx", i)) for i in idxs}  # plain or (idx, root_idx) pairs
+            kept = self._kept.setdefault(self._names[id(module)], _original_indices(module))
+            for dim in dims:
+                kept[dim] = [c for pos, c in enumerate(kept[dim]) if pos not in removed]
+
+    @staticmethod
+    def _dims(module: nn.Module, handler: str) -> tuple[int, ...]:
+        if isinstance(module, nn.Conv2d | nn.Conv1d) and module.groups > 1 and module.groups == module.in_channels:
+            return (0, 1)  # depthwise: Torch-Pruning removes the same channels on both sides
+        return (0,) if handler == "prune_out_channels" else (1,)
+
+    def result(self) -> dict[str, KeptChannels]:
+        return {name: KeptChannels(tuple(out), tuple(inp)) for name, (out, inp) in self._kept.items()}
+
+
+def _original_indices(module: nn.Module) -> list[list[int]]:
+    outs = getattr(module, "out_channels", getattr(module, "out_features", 0))
+    ins = getattr(module, "in_channels", getattr(module, "in_features", 0))
+    return [list(range(int(outs))), list(range(int(ins)))]
 
 
 def _accumulate_gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -116,6 +184,7 @@ def prune_channels(
     importance = crit.factory()
     names = {id(m): n for n, m in pruned.named_modules()}
     dg = tp.DependencyGraph().build_dependency(pruned, graph.example_inputs, verbose=False)
+    tracker = _KeptTracker(names)
     classifier = pruned.get_submodule(graph.classifier)
     for group in dg.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES):
         name = _group_name(group.items, names, graph._order)
@@ -128,10 +197,13 @@ def prune_channels(
             scores = tp.importance.GroupMagnitudeImportance(p=1)(group)
         idxs = sorted(torch.argsort(scores)[: current - target].tolist())
         dep = group.items[0].dep
-        dg.get_pruning_group(dep.target.module, dep.handler, idxs).prune()
+        pruning_group = dg.get_pruning_group(dep.target.module, dep.handler, idxs)
+        tracker.record(pruning_group)
+        pruning_group.prune()
     pruned.zero_grad(set_to_none=True)
     history = [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in dg.pruning_history()]
-    return PruneResult(pruned, {g.name: int(widths.get(g.name, g.channels)) for g in graph}, history)
+    widths_out = {g.name: int(widths.get(g.name, g.channels)) for g in graph}
+    return PruneResult(pruned, widths_out, history, tracker.result())
 
 
 def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: History) -> nn.Module:
