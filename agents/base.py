@@ -127,7 +127,7 @@ class DDPGAgent(SearchAgent):
     def __init__(self, env: ChannelPruningEnv, config: object, seed: int) -> None:
         from agents.ddpg import AMCDDPG
 
-        self.impl = AMCDDPG(env.observation_space, env.action_space, config, seed=seed)
+        self.impl = AMCDDPG(env, config, seed=seed)
         self.seed = seed
 
     def plan(self, episode: int) -> EpisodePlan:

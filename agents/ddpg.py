@@ -44,7 +44,7 @@ __all__ = ["AMCDDPG", "DDPGConfig"]
 _MODEL_FILE = "model.zip"
 _BUFFER_FILE = "replay_buffer.pkl"
 _STATE_FILE = "agent_state.json"
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2  # 2: seeded replay buffer class, own update counter
 
 
 @dataclass(frozen=True)
@@ -128,18 +128,27 @@ def _check_int(name: str, value: int, minimum: int) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-class _SpacesEnv(gymnasium.Env):
-    """Holds the two spaces SB3 needs at construction; it is never stepped."""
+class SeededReplayBuffer(ReplayBuffer):
+    """SB3's replay buffer, sampling from the agent's own numpy Generator.
 
-    def __init__(self, observation_space: gymnasium.spaces.Box, action_space: gymnasium.spaces.Box) -> None:
-        self.observation_space = observation_space
-        self.action_space = action_space
+    SB3's :meth:`ReplayBuffer.sample` draws indices from the global numpy RNG; AMC's agent must be
+    reproducible without touching global state, so this subclass overrides ``sample`` (SB3's documented
+    extension point: ``replay_buffer_class``) and keeps the storage, ``add`` and ``_get_samples`` as they are.
+    The generator is not pickled with the buffer: the agent attaches its own after building or loading.
+    """
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        raise RuntimeError("the AMC DDPG agent is driven episode by episode; its SB3 env is never reset")
+    rng: np.random.Generator | None = None
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        raise RuntimeError("the AMC DDPG agent is driven episode by episode; its SB3 env is never stepped")
+    def sample(self, batch_size: int, env: Any = None) -> Any:
+        if self.rng is None:
+            raise RuntimeError("attach a numpy Generator (buffer.rng) before sampling")
+        upper = self.buffer_size if self.full else self.pos
+        return self._get_samples(self.rng.integers(0, upper, size=batch_size), env=env)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("rng", None)
+        return state
 
 
 def truncated_normal_action(mu: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -165,8 +174,7 @@ def _check_spaces(observation_space: gymnasium.spaces.Space, action_space: gymna
 
 
 def _build_model(
-    observation_space: gymnasium.spaces.Box,
-    action_space: gymnasium.spaces.Box,
+    env: gymnasium.Env,
     config: DDPGConfig,
     seed: int,
     device: str,
@@ -176,7 +184,8 @@ def _build_model(
         torch.manual_seed(seed)
         model = DDPG(
             "MlpPolicy",
-            _SpacesEnv(observation_space, action_space),
+            env,  # SB3 reads its spaces; it never steps it (the search loop drives the episodes)
+            replay_buffer_class=SeededReplayBuffer,
             learning_rate=config.critic_lr,  # the actor's lr is set afterwards, see _apply_learning_rates
             buffer_size=config.buffer_size,
             learning_starts=0,
@@ -197,8 +206,8 @@ class AMCDDPG:
     the episode's observations, actions and final reward.
 
     Args:
-        observation_space: Box of the environment's observations.
-        action_space: Box of the actions; must be exactly [-1, 1] in every dimension.
+        env: The environment (SB3 reads its spaces; the observations must be a Box and the actions exactly
+            Box(-1, 1)). It is never reset or stepped by the agent.
         config: Hyper-parameters.
         seed: Seed of the network initialisation and of the agent's own numpy Generator.
         device: Torch device of the networks.
@@ -207,23 +216,23 @@ class AMCDDPG:
         config: The hyper-parameters.
         seed: The seed given at construction.
         episode: Episodes completed so far.
+        updates: Gradient steps taken so far.
     """
 
-    def __init__(
-        self,
-        observation_space: gymnasium.spaces.Box,
-        action_space: gymnasium.spaces.Box,
-        config: DDPGConfig = DDPGConfig(),
-        seed: int = 0,
-        device: str = "cpu",
-    ) -> None:
-        _check_spaces(observation_space, action_space)
+    def __init__(self, env: gymnasium.Env, config: DDPGConfig = DDPGConfig(), seed: int = 0, device: str = "cpu") -> None:
+        _check_spaces(env.observation_space, env.action_space)
+        self._setup(_build_model(env, config, seed, device), config, seed)
+
+    def _setup(self, model: DDPG, config: DDPGConfig, seed: int) -> None:
+        """Fresh counters, noise and RNG around an SB3 model (built or loaded)."""
         self.config = config
         self.seed = seed
         self.episode = 0
-        self._model = _build_model(observation_space, action_space, config, seed, device)
+        self.updates = 0
+        self._model = model
         self._apply_learning_rates()
         self._rng = np.random.default_rng(seed)
+        self.replay_buffer.rng = self._rng  # the buffer samples with the agent's generator
         self._sigma = config.noise_sigma
         self._baseline: float | None = None
 
@@ -249,10 +258,13 @@ class AMCDDPG:
         return self._model
 
     @property
-    def replay_buffer(self) -> ReplayBuffer:
-        """SB3's replay buffer holding the relabelled transitions."""
-        assert self._model.replay_buffer is not None
-        return self._model.replay_buffer
+    def replay_buffer(self) -> SeededReplayBuffer:
+        """SB3's replay buffer (the seeded subclass) holding the relabelled transitions."""
+        buffer = self._model.replay_buffer
+        if not isinstance(buffer, SeededReplayBuffer):
+            raise ConfigError(f"the DDPG model holds a {type(buffer).__name__}, expected SeededReplayBuffer; "
+                              "the checkpoint was written by another version: start the search again")
+        return buffer
 
     def _apply_learning_rates(self) -> None:
         """Gives the actor and the critic optimizers their own learning rates.
@@ -366,12 +378,6 @@ class AMCDDPG:
         stats = self._train(n * self.config.updates_per_transition)
         return {**stats, "sigma": self._sigma}
 
-    def _sample_indices(self) -> np.ndarray:
-        """Replay indices of one batch, uniform with replacement, drawn from the agent's own RNG."""
-        buffer = self.replay_buffer
-        upper = buffer.buffer_size if buffer.full else buffer.pos
-        return self._rng.integers(0, upper, size=self.config.batch_size)
-
     def _train(self, steps: int) -> dict[str, float]:
         """Runs ``steps`` gradient steps; returns the mean losses and the baseline."""
         if steps == 0:
@@ -379,7 +385,7 @@ class AMCDDPG:
         self._model.policy.set_training_mode(True)
         losses = np.array([self._gradient_step() for _ in range(steps)])
         self._model.policy.set_training_mode(False)
-        self._model._n_updates += steps
+        self.updates += steps
         critic_loss, actor_loss = losses.mean(axis=0)
         return {
             "updates": float(steps),
@@ -391,8 +397,7 @@ class AMCDDPG:
     def _gradient_step(self) -> tuple[float, float]:
         """One AMC update: baseline, critic regression, actor ascent, Polyak update of the targets."""
         model, cfg = self._model, self.config
-        # SB3's own sample() draws from the global numpy RNG; index with the agent's RNG instead.
-        data = self.replay_buffer._get_samples(self._sample_indices())
+        data = self.replay_buffer.sample(cfg.batch_size)
         batch_mean = float(data.rewards.mean())
         if self._baseline is None:
             self._baseline = batch_mean
@@ -444,6 +449,7 @@ class AMCDDPG:
             "config": asdict(self.config),
             "seed": self.seed,
             "episode": self.episode,
+            "updates": self.updates,
             "sigma": self._sigma,
             "baseline": self._baseline,
             "rng_state": self._rng.bit_generator.state,
@@ -478,10 +484,10 @@ class AMCDDPG:
         with torch.random.fork_rng(devices=[]):  # SB3 builds throwaway networks before loading weights
             model = DDPG.load(directory / _MODEL_FILE, device=device)
         model.load_replay_buffer(directory / _BUFFER_FILE)
-        agent = cls(model.observation_space, model.action_space, config, seed=state["seed"], device=device)
-        agent._model = model
-        agent._apply_learning_rates()
+        agent = cls.__new__(cls)
+        agent._setup(model, config, state["seed"])
         agent.episode = state["episode"]
+        agent.updates = state["updates"]
         agent._sigma = state["sigma"]
         agent._baseline = state["baseline"]
         agent._rng.bit_generator.state = state["rng_state"]

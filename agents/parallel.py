@@ -76,7 +76,7 @@ class PlanExecutor:
         from agents.ddpg import AMCDDPG, truncated_normal_action
 
         if self._actor is None:
-            self._actor = AMCDDPG(self.env.observation_space, self.env.action_space, self.ddpg_config)
+            self._actor = AMCDDPG(self.env, self.ddpg_config)
         self._actor.set_actor_state(plan.actor_state)
         return lambda obs: truncated_normal_action(self._actor.act_deterministic(obs).astype(np.float64), plan.sigma, rng)
 

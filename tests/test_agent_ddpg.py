@@ -50,9 +50,16 @@ class ToyEnv(gymnasium.Env):
         return np.array([self._t / STEPS, a], np.float32), reward, done, False, {}
 
 
+def _with_spaces(env: gymnasium.Env, **spaces: Any) -> gymnasium.Env:
+    """``env`` with some of its spaces replaced (for the space checks)."""
+    for name, space in spaces.items():
+        setattr(env, name, space)
+    return env
+
+
 def make_agent(seed: int = 0, **overrides: Any) -> AMCDDPG:
     """Agent for the toy env with small networks; ``overrides`` replace config fields."""
-    return AMCDDPG(ToyEnv.observation_space, ToyEnv.action_space, DDPGConfig(**{**SMALL, **overrides}), seed=seed)
+    return AMCDDPG(ToyEnv(), DDPGConfig(**{**SMALL, **overrides}), seed=seed)
 
 
 def play(agent: AMCDDPG, deterministic: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], float]:
@@ -272,4 +279,29 @@ def test_bad_config_raises(field: str, value: Any) -> None:
 
 def test_action_space_must_be_unit_box() -> None:
     with pytest.raises(ConfigError, match=r"\[-1, 1\]|Box\(-1, 1\)"):
-        AMCDDPG(ToyEnv.observation_space, Box(0.0, 1.0, (1,), np.float32))
+        AMCDDPG(_with_spaces(ToyEnv(), action_space=Box(0.0, 1.0, (1,), np.float32)))
+
+
+def test_sb3_extension_points_are_pinned() -> None:
+    """The agent subclasses SB3's ReplayBuffer (``sample`` / ``_get_samples``) and uses DDPG's public API only.
+
+    A new SB3 minor version may change these hooks: this test fails first, and pyproject.toml pins >=2.9,<2.10.
+    """
+    import inspect
+
+    import stable_baselines3
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    from agents.ddpg import SeededReplayBuffer
+
+    assert stable_baselines3.__version__.startswith("2.9."), stable_baselines3.__version__
+    assert list(inspect.signature(ReplayBuffer.sample).parameters) == ["self", "batch_size", "env"]
+    assert list(inspect.signature(ReplayBuffer._get_samples).parameters) == ["self", "batch_inds", "env"]
+    agent = make_agent()
+    assert type(agent.replay_buffer) is SeededReplayBuffer and agent.replay_buffer.rng is agent._rng
+    for _ in range(3):
+        agent.end_episode(*play(agent)[:2], -1.0)
+    before = agent.replay_buffer.rng.bit_generator.state
+    batch = agent.replay_buffer.sample(4)
+    assert batch.observations.shape == (4, 2)
+    assert agent.replay_buffer.rng.bit_generator.state != before, "sampling draws from the agent's generator"
