@@ -12,6 +12,18 @@ AGENT_NAMES = ("ddpg", "random", "uniform", "global", "sensitivity", "tpe")
 """The agents ``--agent`` offers (kept literal so ``--help`` imports no torch; a test compares it with AGENTS)."""
 
 
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    """``--tracking-uri``, ``--artifact-root`` and ``--cache-dir``: where a search writes besides its own directory."""
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--artifact-root", metavar="DIR_OR_URI",
+                   help="local stores: where a newly created MLflow experiment keeps its run artifacts, in a directory "
+                        "named after it (default: $AMC_ARTIFACT_ROOT, else mlartifacts/ next to the sqlite:/// "
+                        "database); an http:// server keeps its own artifact handling")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="cache of trained dense baselines (default: $AMC_CACHE_DIR, else $XDG_CACHE_HOME/amc, "
+                        "else ~/.cache/amc)")
+
+
 @command("search", "search per-group pruning ratios with DDPG (or a baseline: random, uniform, global, sensitivity, tpe)")
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="experiment YAML (e.g. experiments/configs/digits-resnet20-flops50.yaml)")
@@ -23,7 +35,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=float, help="override the config's target ratio (fraction of the dense cost kept)")
     p.add_argument("--workers", type=int, help="rollout workers (Ray actors); default: the config's, 0 = local CPUs, 1 = no Ray")
     p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally, stop at the end)")
-    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    _add_store_args(p)
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--out", type=Path, help="search directory (default: runs/<config>-<agent>-s<seed>)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted search in DIR")
@@ -41,13 +53,14 @@ def _search(args: argparse.Namespace) -> int:
         if stored is not None and args.workers is not None:
             config = config.replace(workers=args.workers)
         result = run_search(config, args.resume, resume=True, tracking_uri=args.tracking_uri, track=not args.no_tracking,
-                            address=args.address)
+                            address=args.address, cache_dir=args.cache_dir, artifact_root=args.artifact_root)
     else:
         if args.config is None:
             raise ConfigError("pass --config FILE.yaml (see experiments/configs/) or --resume DIR")
         config = _with_overrides(SearchConfig.from_yaml(args.config), args)
         out = args.out or Path("runs") / f"{args.config.stem}-{config.agent}-s{config.seed}"
-        result = run_search(config, out, tracking_uri=args.tracking_uri, track=not args.no_tracking, address=args.address)
+        result = run_search(config, out, tracking_uri=args.tracking_uri, track=not args.no_tracking, address=args.address,
+                            cache_dir=args.cache_dir, artifact_root=args.artifact_root)
     _print_summary(result)
     return 0
 
@@ -73,7 +86,7 @@ def _print_summary(result) -> None:
 @command("sweep", "run a grid of searches on Ray Tune (targets x seeds x rewards x agents)")
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="sweep YAML (e.g. experiments/sweeps/digits-resnet20-grid.yaml)")
-    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    _add_store_args(p)
     p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally)")
     p.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<name>)")
 
@@ -86,7 +99,8 @@ def _sweep(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "sweeps" / sweep.name
     if (out / "trials").exists():
         raise ConfigError(f"{out} already holds a sweep; choose another --out")
-    results = run_sweep(sweep, base, out, args.tracking_uri, args.address)
+    results = run_sweep(sweep, base, out, args.tracking_uri, args.address, cache_dir=args.cache_dir,
+                        artifact_root=args.artifact_root)
     keys = list(sweep.grid)
     print(f"\n{len(results)} trials -> {out}")
     print("  ".join(f"{k:>16}" for k in keys) + f"{'val top-1':>11}{'test top-1':>12}{'FLOPs':>8}")

@@ -60,11 +60,23 @@ def _log_final(tracker, out, summary: dict) -> None:
     tracker.finish()
 
 
-def log_search_dir(uri: str, experiment: str, out, parent_run_id: str | None = None) -> str:
-    """Logs a finished search directory as one MLflow run (used by sweeps, whose trials do not track)."""
+def log_search_dir(uri: str, experiment: str, out, parent_run_id: str | None = None,
+                   artifact_root: str | None = None) -> str:
+    """Logs a finished search directory as one MLflow run (used by sweeps, whose trials do not track).
+
+    The run gets what a tracked search logs: params, every episode's metrics (the agent's ``agent_*``
+    statistics from the search's final checkpoint), the final metrics and the artifacts.
+
+    Args:
+        uri: Tracking URI.
+        experiment: Experiment name.
+        out: The finished search directory.
+        parent_run_id: Makes the run a child of this one (the sweep's run).
+        artifact_root: Artifact root of the experiment if it is created now.
+    """
     import json
 
-    from agents.search import SearchConfig, episode_metrics, with_running_best
+    from agents.search import SearchConfig, checkpointed_agent_stats, search_metrics
     from amc.config import flatten
     from amc.tracking import RunTracker
 
@@ -72,9 +84,10 @@ def log_search_dir(uri: str, experiment: str, out, parent_run_id: str | None = N
     summary = json.loads((out / "search.json").read_text())
     name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}-{config.env.reward}"
     tracker = RunTracker(uri, experiment, run_name=name, parent_run_id=parent_run_id,
-                         tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)})
+                         tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
+                         artifact_root=artifact_root)
     tracker.log_params(flatten(config))
-    for record, best in with_running_best(summary["episodes"]):
-        tracker.log_metrics(episode_metrics(record, best), step=record["episode"])
+    for episode, metrics in search_metrics(summary["episodes"], checkpointed_agent_stats(out)):
+        tracker.log_metrics(metrics, step=episode)
     _log_final(tracker, out, summary)
     return tracker.run_id

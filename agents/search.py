@@ -5,7 +5,8 @@ Outputs in the search directory:
 - ``search.json``: target, uniform baseline, best policy and one record per episode;
 - ``best_policy.json``: the best policy in the engine's format (``amc prune --policy`` applies it);
 - ``best_policy.png`` / ``search_curves.png``: per-group ratios against uniform, reward and top-1 curves;
-- ``checkpoint/``: agent, replay buffer, counters and records, every ``checkpoint_every`` episodes.
+- ``checkpoint/``: agent, replay buffer, counters, records and the agent's statistics of every episode,
+  every ``checkpoint_every`` episodes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ from envs import ChannelPruningEnv, EnvConfig
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_VERSION = 2
+"""Version of a checkpoint's ``state.json`` (1, without a version field: no per-episode agent statistics)."""
 
 
 @dataclass(frozen=True)
@@ -95,20 +99,35 @@ class EpisodeRecord:
 
 @dataclass
 class SearchState:
-    """Everything a checkpoint restores besides the agent."""
+    """Everything a checkpoint restores besides the agent.
+
+    Attributes:
+        episode: Episodes finished.
+        records: One record per finished episode, in episode order.
+        run_id: The search's MLflow run (None: not tracked).
+        tracking_uri: The MLflow store of ``run_id``.
+        agent_stats: Episode -> the agent's statistics of it (logged as ``agent_*`` metrics; finite values only).
+    """
 
     episode: int = 0
     records: list[EpisodeRecord] = field(default_factory=list)
     run_id: str | None = None
     tracking_uri: str | None = None
+    agent_stats: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def best(self) -> EpisodeRecord | None:
         return max(self.records, key=lambda r: r.reward, default=None)
 
 
-def resolve_checkpoint(config: SearchConfig, cache_dir: Path, progress: bool = True) -> SearchConfig:
-    """Fills ``env.checkpoint`` with a cached dense baseline (trained first when missing)."""
+def resolve_checkpoint(config: SearchConfig, cache_dir: Path | None = None, progress: bool = True) -> SearchConfig:
+    """Fills ``env.checkpoint`` with a cached dense baseline (trained first when missing).
+
+    Args:
+        config: The search config.
+        cache_dir: Cache directory (None: :func:`amc.baseline.default_cache_dir`).
+        progress: Show a progress bar while training.
+    """
     if config.env.checkpoint:
         return config
     from amc.baseline import cached_baseline
@@ -125,8 +144,9 @@ def _save_checkpoint(out: Path, agent: SearchAgent, state: SearchState) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     agent.save(tmp / "agent")
     write_json_atomic(tmp / "state.json", {
-        "episode": state.episode, "run_id": state.run_id, "tracking_uri": state.tracking_uri,
-        "records": [dataclasses.asdict(r) for r in state.records],
+        "version": CHECKPOINT_VERSION, "episode": state.episode, "run_id": state.run_id,
+        "tracking_uri": state.tracking_uri, "records": [dataclasses.asdict(r) for r in state.records],
+        "agent_stats": {str(k): v for k, v in sorted(state.agent_stats.items())},
     })
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
@@ -136,16 +156,39 @@ def _save_checkpoint(out: Path, agent: SearchAgent, state: SearchState) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(out: Path, agent: SearchAgent) -> SearchState:
+def _latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The latest checkpoint directory of the search in ``out`` and its state, or None."""
     root = out / CHECKPOINT_DIR
     latest = root / "LATEST"
     if not latest.is_file():
-        return SearchState()
+        return None
     where = root / latest.read_text().strip()
     data = json.loads((where / "state.json").read_text())
+    version = int(data.get("version", 1))
+    if version > CHECKPOINT_VERSION:
+        raise ConfigError(f"{where} is a version {version} checkpoint, written by a newer amc-search (this one reads "
+                          f"up to version {CHECKPOINT_VERSION}); upgrade amc-search to resume this search")
+    return where, data
+
+
+def _load_checkpoint(out: Path, agent: SearchAgent) -> SearchState:
+    found = _latest_checkpoint(out)
+    if found is None:
+        return SearchState()
+    where, data = found
     agent.restore(where / "agent")
     records = [EpisodeRecord(**r) for r in data["records"]]
-    return SearchState(int(data["episode"]), records, data.get("run_id"), data.get("tracking_uri"))
+    return SearchState(int(data["episode"]), records, data.get("run_id"), data.get("tracking_uri"), _agent_stats(data))
+
+
+def _agent_stats(data: Mapping[str, Any]) -> dict[int, dict[str, float]]:
+    return {int(k): {n: float(v) for n, v in stats.items()} for k, stats in data.get("agent_stats", {}).items()}
+
+
+def checkpointed_agent_stats(out: Path) -> dict[int, dict[str, float]]:
+    """The agent's statistics per episode stored in the latest checkpoint of the search in ``out`` (empty: none)."""
+    found = _latest_checkpoint(out)
+    return {} if found is None else _agent_stats(found[1])
 
 
 # --------------------------------------------------------------------------- the loop
@@ -223,6 +266,7 @@ class Search:
 
     def _consumed(self, record: EpisodeRecord, stats: dict[str, float]) -> None:
         self.state.records.append(record)
+        self.state.agent_stats[record.episode] = finite_stats(stats)
         self.state.episode += 1
         self._track(record, stats)
         if self._on_episode is not None:
@@ -275,7 +319,7 @@ class Search:
         if self.tracker is None:
             return
         metrics = episode_metrics(dataclasses.asdict(record), dataclasses.asdict(self.state.best))
-        metrics.update({f"agent_{k}": v for k, v in stats.items()})
+        metrics.update(agent_metrics(stats))
         self.tracker.log_metrics(metrics, step=record.episode)
 
     def finish(self) -> SearchResult:
@@ -291,6 +335,28 @@ EPISODE_METRICS = ("reward", "top1", "flops_ratio", "params_ratio")
 def episode_metrics(record: Mapping[str, Any], best: Mapping[str, Any]) -> dict[str, float]:
     """The MLflow metrics of one episode record (a dict of :class:`EpisodeRecord`) and the best so far."""
     return {**{k: record[k] for k in EPISODE_METRICS}, "best_reward": best["reward"], "best_top1": best["top1"]}
+
+
+def agent_metrics(stats: Mapping[str, float]) -> dict[str, float]:
+    """The MLflow metrics of the agent's statistics of one episode (``agent_<name>``)."""
+    return {f"agent_{k}": v for k, v in stats.items()}
+
+
+def finite_stats(stats: Mapping[str, Any]) -> dict[str, float]:
+    """The finite values of ``stats`` as floats (what MLflow keeps of them)."""
+    out = {}
+    for k, v in stats.items():
+        if v is not None and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def search_metrics(records: Iterable[Mapping[str, Any]], agent_stats: Mapping[int, Mapping[str, float]]
+                   ) -> Iterator[tuple[int, dict[str, float]]]:
+    """``(episode, metrics)`` of every record (dicts of :class:`EpisodeRecord`): what a live search logs."""
+    for record, best in with_running_best(records):
+        episode = int(record["episode"])
+        yield episode, {**episode_metrics(record, best), **agent_metrics(agent_stats.get(episode, {}))}
 
 
 def with_running_best(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
@@ -315,8 +381,18 @@ def check_out_dir(out: Path, resume: bool) -> None:
 
 
 def start_tracker(config: SearchConfig, state: SearchState, tracking_uri: str | None, out: Path,
-                  parent_run_id: str | None = None) -> Any:
-    """Opens the MLflow run of a search (a new one, or the resumed search's run)."""
+                  parent_run_id: str | None = None, artifact_root: str | None = None) -> Any:
+    """Opens the MLflow run of a search (a new one, or the resumed search's run).
+
+    Args:
+        config: The search config.
+        state: The search's state (a resumed search carries its run id and store).
+        tracking_uri: MLflow store of a new run (see :func:`amc.tracking.resolve_tracking_uri`).
+        out: Search directory (tagged on the run).
+        parent_run_id: Makes a new run the child of this one.
+        artifact_root: Artifact root of the experiment if it is created now (see
+            :func:`amc.tracking.experiment_artifact_location`).
+    """
     from amc.tracking import RunTracker, resolve_tracking_uri
 
     uri = state.tracking_uri or resolve_tracking_uri(tracking_uri)
@@ -326,26 +402,52 @@ def start_tracker(config: SearchConfig, state: SearchState, tracking_uri: str | 
     else:
         name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}"
         tracker = RunTracker(uri, config.experiment, run_name=name, parent_run_id=parent_run_id,
-                             tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)})
+                             tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
+                             artifact_root=artifact_root)
         tracker.log_params(flatten(config))
         state.run_id, state.tracking_uri = tracker.run_id, uri
     return tracker
 
 
 def _relog_missing(tracker: Any, state: SearchState) -> None:
-    """Logs checkpointed episodes whose metrics did not reach MLflow before an interruption."""
-    logged = {m.step for m in tracker.client.get_metric_history(tracker.run_id, "reward")}
-    for record, best in with_running_best(dataclasses.asdict(r) for r in state.records):
-        if record["episode"] not in logged:
-            tracker.log_metrics(episode_metrics(record, best), step=record["episode"])
+    """Logs every metric of the checkpointed episodes that did not reach MLflow before an interruption.
+
+    Each metric is checked on its own (an interrupted batch write may have stored some of an episode's
+    metrics), so after a resume every episode has each of its metrics exactly once.
+    """
+    logged: dict[str, set[int]] = {}
+    for episode, metrics in search_metrics((dataclasses.asdict(r) for r in state.records), state.agent_stats):
+        missing = {}
+        for key, value in metrics.items():
+            if key not in logged:
+                logged[key] = {m.step for m in tracker.client.get_metric_history(tracker.run_id, key)}
+            if episode not in logged[key]:
+                missing[key] = value
+        if missing:
+            tracker.log_metrics(missing, step=episode)
     tracker.flush()
 
 
 def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_uri: str | None = None,
-               track: bool = True, progress: bool = True, cache_dir: Path = Path(".cache/baselines"),
+               track: bool = True, progress: bool = True, cache_dir: Path | None = None,
                parent_run_id: str | None = None, on_episode: Hook | None = None,
-               address: str | None = None) -> SearchResult:
-    """Runs a search end to end (or resumes the one in ``out``)."""
+               address: str | None = None, artifact_root: str | None = None) -> SearchResult:
+    """Runs a search end to end (or resumes the one in ``out``).
+
+    Args:
+        config: The search config (with ``resume``: None, or overrides of the stored one's episodes and workers).
+        out: Search directory; nothing is written outside it except the baseline cache and the MLflow store.
+        resume: Continue the interrupted search in ``out``.
+        tracking_uri: MLflow store (see :func:`amc.tracking.resolve_tracking_uri`).
+        track: Log to MLflow.
+        progress: Show progress bars.
+        cache_dir: Cache directory of the dense baseline (None: :func:`amc.baseline.default_cache_dir`).
+        parent_run_id: Makes the MLflow run a child of this one.
+        on_episode: Called after every episode with its record and the agent's statistics.
+        address: Ray cluster to join (None: start Ray locally when more than one worker is used).
+        artifact_root: Artifact root of the MLflow experiment if it is created now (None:
+            ``$AMC_ARTIFACT_ROOT``, else next to a SQLite store; see :func:`amc.tracking.experiment_artifact_location`).
+    """
     check_out_dir(out, resume)
     if resume:
         stored = SearchConfig.from_yaml(out / "config.yaml")
@@ -358,7 +460,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_u
     search = Search(config, out, None, progress)
     started_ray = _init_ray(address) if search.workers > 1 else False
     if track:
-        search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id)
+        search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id, artifact_root)
     try:
         return search.run(on_episode)
     except BaseException:

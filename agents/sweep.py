@@ -86,14 +86,25 @@ def _trial(params: dict[str, Any], base: SearchConfig, root: str) -> None:
 
 
 def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: str | None = None,
-              address: str | None = None, cache_dir: Path = Path(".cache/baselines")) -> list[dict[str, Any]]:
-    """Runs every trial of the grid on Ray Tune, then logs the sweep to MLflow; returns the trials' results."""
+              address: str | None = None, cache_dir: Path | None = None,
+              artifact_root: str | None = None) -> list[dict[str, Any]]:
+    """Runs every trial of the grid on Ray Tune, then logs the sweep to MLflow; returns the trials' results.
+
+    Args:
+        sweep: The grid.
+        base: The search config every trial starts from.
+        out: Sweep directory (``trials/`` and ``tune/`` inside).
+        tracking_uri: MLflow store (see :func:`amc.tracking.resolve_tracking_uri`).
+        address: Ray cluster to join (None: start Ray locally).
+        cache_dir: Cache directory of the shared dense baseline (None: :func:`amc.baseline.default_cache_dir`).
+        artifact_root: Artifact root of the MLflow experiment if it is created now.
+    """
     from ray import tune
 
     from agents.parallel import local_cpus, require_ray
 
     ray = require_ray()
-    base = resolve_checkpoint(base, cache_dir.resolve())  # train the shared baseline once, before the trials
+    base = resolve_checkpoint(base, cache_dir)  # train the shared baseline once, before the trials
     base = dataclasses.replace(base, env=base.env.replace(checkpoint=str(Path(base.env.checkpoint).resolve())))
     out = out.resolve()
     started = not ray.is_initialized()
@@ -118,23 +129,25 @@ def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: s
     results = [{**r.config, **{k: r.metrics.get(k) for k in ("best_top1", "best_test_top1", "best_flops_ratio", "out")},
                 "error": str(r.error) if r.error else None} for r in grid]
     failed = [r for r in results if r["error"]]
-    log_sweep(sweep, base, results, tracking_uri)
+    log_sweep(sweep, base, results, tracking_uri, artifact_root)
     if failed:
         raise ConfigError(f"{len(failed)} of {len(results)} trials failed; first error: {failed[0]['error'][:300]}")
     return results
 
 
-def log_sweep(sweep: SweepConfig, base: SearchConfig, results: list[dict[str, Any]], tracking_uri: str | None) -> str:
+def log_sweep(sweep: SweepConfig, base: SearchConfig, results: list[dict[str, Any]], tracking_uri: str | None,
+              artifact_root: str | None = None) -> str:
     """The single MLflow writer: a parent run for the sweep, one child run per finished trial."""
     from agents.outputs import log_search_dir
     from amc.tracking import RunTracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    parent = RunTracker(uri, base.experiment, run_name=f"sweep-{sweep.name}", tags={"amc.kind": "sweep"})
+    parent = RunTracker(uri, base.experiment, run_name=f"sweep-{sweep.name}", tags={"amc.kind": "sweep"},
+                        artifact_root=artifact_root)
     parent.log_params({"sweep.name": sweep.name, **{f"grid.{k}": json.dumps(v) for k, v in sweep.grid.items()}})
     for r in results:
         if r.get("out") and not r["error"]:
-            log_search_dir(uri, base.experiment, Path(r["out"]), parent_run_id=parent.run_id)
+            log_search_dir(uri, base.experiment, Path(r["out"]), parent_run_id=parent.run_id, artifact_root=artifact_root)
     best = max((r["best_top1"] for r in results if r.get("best_top1") is not None), default=None)
     if best is not None:
         parent.log_metrics({"best_top1": best}, step=0)

@@ -1,9 +1,16 @@
-"""Training dense baselines, and a cache of them keyed by model, data and training settings."""
+"""Training dense baselines, and a cache of them keyed by model, data and training settings.
+
+The cache lives in one user cache directory (:func:`default_cache_dir`), never in the directory a
+command runs from, so every search of the same model, data and training settings reuses one baseline.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -50,10 +57,78 @@ def baseline_key(model_name: str, data_config: DataConfig, config: TrainConfig) 
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def cached_baseline(model_name: str, data_config: DataConfig, config: TrainConfig, cache_dir: Path, progress: bool = True) -> Path:
-    """Path of a trained dense checkpoint, training it first when the cache does not hold it yet."""
-    safe = model_name.replace(":", "_")
-    out = cache_dir / f"{safe}-{data_config.name}-{baseline_key(model_name, data_config, config)}"
-    if not (out / "model.pt").is_file():
-        train_baseline(model_name, data_config, config, out, progress=progress)
+CACHE_DIR_ENV = "AMC_CACHE_DIR"
+"""Environment variable naming the cache directory (see :func:`default_cache_dir`)."""
+BASELINES_DIR = "baselines"
+"""Subdirectory of the cache directory that holds the dense baselines."""
+
+
+def default_cache_dir() -> Path:
+    """The user cache directory of amc-search: ``$AMC_CACHE_DIR``, else ``$XDG_CACHE_HOME/amc``, else ``~/.cache/amc``.
+
+    Every command that caches something (the dense baselines of ``amc search`` / ``amc sweep``, the demo,
+    the benchmarks) uses this directory unless it is given another, so the working directory stays clean.
+    """
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
+    return (base / "amc").resolve()
+
+
+def baseline_dir(model_name: str, data_config: DataConfig, config: TrainConfig, cache_dir: Path | None = None) -> Path:
+    """Directory of the cached baseline of these settings (``<cache>/baselines/<model>-<data>-<key>``).
+
+    Args:
+        model_name: Registered model name.
+        data_config: Data set settings.
+        config: Training settings.
+        cache_dir: Cache directory (None: :func:`default_cache_dir`).
+    """
+    root = (cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
+    safe = model_name.replace(":", "_").replace("/", "_")
+    return root / BASELINES_DIR / f"{safe}-{data_config.name}-{baseline_key(model_name, data_config, config)}"
+
+
+def cached_baseline(
+    model_name: str, data_config: DataConfig, config: TrainConfig, cache_dir: Path | None = None, progress: bool = True
+) -> Path:
+    """Path of a trained dense checkpoint, training it first when the cache does not hold it yet.
+
+    The baseline is trained into a temporary directory beside its final one and renamed into place in
+    one step, so concurrent trainings of the same baseline (parallel searches, sweeps) never leave a
+    half-written model: the first rename wins and the others reuse its result.
+
+    Args:
+        model_name: Registered model name.
+        data_config: Data set settings.
+        config: Training settings.
+        cache_dir: Cache directory (None: :func:`default_cache_dir`); baselines go to its ``baselines/``.
+        progress: Show a progress bar while training.
+
+    Returns:
+        The ``model.pt`` of the cached baseline.
+    """
+    out = baseline_dir(model_name, data_config, config, cache_dir)
+    if (out / "model.pt").is_file():
+        return out / "model.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    try:
+        train_baseline(model_name, data_config, config, tmp, progress=progress)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out / "model.pt"
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Renames the finished ``tmp`` onto ``out``, unless another process already published a baseline there."""
+    if out.exists() and not (out / "model.pt").is_file():
+        shutil.rmtree(out, ignore_errors=True)  # left by an interrupted run of an older version
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if not (out / "model.pt").is_file():  # not a lost race: a real failure
+            raise

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amc.errors import AmcError, ConfigError
+
+if TYPE_CHECKING:
+    from amc.engine import Workspace
+    from amc.policy import Policy
 
 log = logging.getLogger("amc")
 Command = Callable[[argparse.Namespace], int]
@@ -34,10 +41,35 @@ def command(name: str, help_text: str) -> Callable:
 
 
 # --------------------------------------------------------------------------- shared flags
+def _integer(text: str, minimum: int, maximum: int = 2**63 - 1) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+    if not minimum <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"expected an integer in [{minimum}, {maximum}], got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return _integer(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _seed(text: str) -> int:
+    return _integer(text, 0, 2**32 - 1)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
 
 
@@ -51,13 +83,28 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    if text == "cpu" or re.fullmatch(r"cuda(:\d{1,3})?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def _out_dir(text: str) -> Path:
+    if not text or "\x00" in text:
+        raise argparse.ArgumentTypeError(f"expected a directory path, got {text!r}")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} exists and is not a directory; pass a directory for the outputs")
+    return path
+
+
 def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) -> None:
     p.add_argument("--model", required=model_required, help="model name: resnet20, resnet56, plain20, vgg_small or torchvision:NAME (default: from --checkpoint)")
     p.add_argument("--data", default="digits", help="data set: digits (embedded, default), cifar10, imagefolder, synthetic")
     p.add_argument("--data-dir", default=None, help="directory of a data set on disk (cifar10, imagefolder); nothing is downloaded")
-    p.add_argument("--input-size", type=int, default=0, help="input image side (0: the data set's default)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--input-size", type=_non_negative_int, default=0, help="input image side (0: the data set's default)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
 
 
 def _data_config(args: argparse.Namespace):
@@ -95,9 +142,9 @@ def _write_report(out: Path, report: dict) -> Path:
 def _train_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p, model_required=True)
     p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
-    p.add_argument("--lr", type=float, default=0.1, help="initial learning rate, cosine schedule (default: 0.1)")
+    p.add_argument("--lr", type=_positive_float, default=0.1, help="initial learning rate, cosine schedule (default: 0.1)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--out", required=True, type=Path, help="output directory (model.pt, report.json)")
+    p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, report.json)")
 
 
 @_train_args.run
@@ -121,17 +168,19 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--policy", type=Path, help="policy JSON (from `amc search` or written by hand)")
     which.add_argument("--uniform", type=_ratio, metavar="R", help="prune every group by the same ratio R")
-    p.add_argument("--criterion", default="l1", help="importance criterion for --uniform: l1, l2, bn_scale, taylor")
+    p.add_argument("--criterion", default="l2", help="importance criterion for --uniform: l1, l2, bn_scale, taylor (default: l2)")
     p.add_argument("--granularity", default="channel", choices=("channel", "unstructured", "nm"), help="for --uniform")
     p.add_argument("--round-to", type=_positive_int, default=1, help="round kept channels to a multiple (for --uniform)")
-    p.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs in total (default: 5)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="accept a --policy that leaves groups of the model out; those groups stay dense (listed)")
+    p.add_argument("--finetune-epochs", type=_non_negative_int, default=5, help="fine-tuning epochs in total (default: 5)")
     p.add_argument("--iterative", type=_positive_int, default=1, metavar="K", help="prune in K rounds, fine-tuning after each")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default: 0.01)")
+    p.add_argument("--lr", type=_positive_float, default=0.01, help="fine-tuning learning rate (default: 0.01)")
     p.add_argument("--lr-rewind", action="store_true", help="rewind to the training learning rate (0.1) for fine-tuning")
-    p.add_argument("--bn-batches", type=int, default=8, help="training batches for BN recalibration; 0 turns it off")
+    p.add_argument("--bn-batches", type=_non_negative_int, default=8, help="training batches for BN recalibration; 0 turns it off")
     p.add_argument("--latency-batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
     p.add_argument("--latency-threads", type=_positive_int, default=1, help="CPU threads for latency (default: 1)")
-    p.add_argument("--out", required=True, type=Path, help="output directory (model.pt, policy.json, report.json)")
+    p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, policy.json, report.json)")
 
 
 @_prune_args.run
@@ -141,13 +190,18 @@ def _prune(args: argparse.Namespace) -> int:
     from amc.policy import load_policy
 
     _check_device(args.device)
+    if args.allow_partial and not args.policy:
+        raise ConfigError("--allow-partial only applies to --policy (a --uniform policy covers every group); drop it")
     policy = load_policy(args.policy) if args.policy else None
     if not args.checkpoint:
         warnings.warn("no --checkpoint given: pruning a randomly initialised model", stacklevel=1)
     ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
     if policy is None:
         policy = uniform_policy(ws.graph, ws.identity, args.uniform, args.criterion, args.round_to, args.granularity)
-    schedule = FinetuneSchedule(args.finetune_epochs, args.iterative, args.lr, args.lr_rewind, bn_batches=args.bn_batches, seed=args.seed)
+    else:
+        policy = _complete_policy(policy, ws, args.allow_partial)
+    schedule = FinetuneSchedule(args.finetune_epochs, args.iterative, args.lr, args.lr_rewind, bn_batches=args.bn_batches, seed=args.seed,
+                                device=args.device)
     result, acc = prune_and_finetune(ws, policy, schedule)
     from amc.train import evaluate
 
@@ -158,6 +212,15 @@ def _prune(args: argparse.Namespace) -> int:
     _save_pruned(args.out, ws, policy, result, report)
     _print_table(report)
     return 0
+
+
+def _complete_policy(policy: Policy, ws: Workspace, allow_partial: bool) -> Policy:
+    """The policy with every group of the workspace's model (missing ones dense, only with --allow-partial)."""
+    policy.check_matches(ws.identity, ws.graph.names)
+    dense = policy.check_complete(ws.graph.names, allow_partial)
+    if dense:
+        print(f"--allow-partial: {len(dense)} group(s) not in the policy stay dense: {', '.join(dense)}")
+    return policy.completed(ws.graph.names)
 
 
 def _save_pruned(out: Path, ws, policy, result, report: dict) -> None:
@@ -176,6 +239,8 @@ def _save_pruned(out: Path, ws, policy, result, report: dict) -> None:
 def _print_table(r: dict) -> None:
     rows = [("", "dense", "pruned"), ("top-1 (test)", f"{r['dense_top1']:.2%}", f"{r['top1']:.2%}"),
             ("top-1 before fine-tune", "", f"{r['top1_before_finetune']:.2%}"),
+            ("search-val top-1 before / after", "", f"{r['val_top1_before_finetune']:.2%} / {r['val_top1']:.2%}"),
+            ("fine-tune epoch kept (0: none)", "", str(r["finetune_best_epoch"])),
             ("MFLOPs", f"{r['dense_flops'] / 1e6:.2f}", f"{r['flops'] / 1e6:.2f} ({r['flops_ratio']:.1%})"),
             ("params", f"{r['dense_params']:,}", f"{r['params']:,} ({r['params_ratio']:.1%})"),
             ("non-zero params", "", f"{r['nonzero_params']:,}")]
@@ -192,8 +257,9 @@ def _sens_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p)
     p.add_argument("--checkpoint", required=True, help="dense model file (model.pt from `amc train`)")
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="comma-separated ratios")
-    p.add_argument("--criterion", default="l1", help="importance criterion: l1, l2, bn_scale (default: l1)")
-    p.add_argument("--out", required=True, type=Path, help="output directory (sensitivity.csv, sensitivity.png)")
+    p.add_argument("--criterion", default="l2", choices=("l1", "l2", "bn_scale"),
+                   help="importance criterion (default: l2, measured best on the embedded default)")
+    p.add_argument("--out", required=True, type=_out_dir, help="output directory (sensitivity.csv, sensitivity.png)")
 
 
 @_sens_args.run
@@ -208,8 +274,9 @@ def _sensitivity(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ratios: {exc}") from None
     if CRITERIA.get(args.criterion).needs_gradients:
         raise ConfigError(f"criterion {args.criterion!r} needs gradients; use l1, l2 or bn_scale for sensitivity")
+    _check_device(args.device)
     ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
-    dense, rows = sensitivity(ws, ratios, args.criterion)
+    dense, rows = sensitivity(ws, ratios, args.criterion, device=args.device)
     csv_path, png_path = write_sensitivity(args.out, dense, rows)
     print(f"dense search-val top-1 {dense:.2%}; wrote {csv_path} and {png_path}")
     return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from amc.cost import LatencyConfig, count_cost, count_nonzero_params, measure_latency
 from amc.data import DataBundle, DataConfig, load_data
@@ -19,8 +20,8 @@ from amc.errors import BudgetError, ConfigError
 from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
 from amc.policy import ModelIdentity, Policy, Target
-from amc.pruning import PruneResult, kept_channels, prune_channels, sparsify, widths_for
-from amc.train import calibration_batches, evaluate, finetune, recalibrate_bn
+from amc.pruning import DEFAULT_CRITERION, PruneResult, kept_channels, prune_channels, sparsify, widths_for
+from amc.train import FINETUNE_LR, FinetuneReport, calibration_batches, evaluate, finetune, recalibrate_bn
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def identity_of(spec: ModelSpec, model: nn.Module) -> ModelIdentity:
 
 
 def uniform_policy(
-    graph: ModelGraph, identity: ModelIdentity, ratio: float, criterion: str = "l1", round_to: int = 1,
+    graph: ModelGraph, identity: ModelIdentity, ratio: float, criterion: str = DEFAULT_CRITERION, round_to: int = 1,
     granularity: str = "channel",
 ) -> Policy:
     """The same pruning ratio for every group: the baseline every search is compared against."""
@@ -78,10 +79,13 @@ def make_policy(
     example_inputs: torch.Tensor,
     ratios: Mapping[str, float] | float,
     name: str | None = None,
-    criterion: str = "l1",
+    criterion: str = DEFAULT_CRITERION,
     round_to: int = 1,
 ) -> Policy:
-    """A policy for your own dense ``model``: per-group ratios (by group name) or one ratio for all."""
+    """A policy for your own dense ``model``: per-group ratios (by group name) or one ratio for all.
+
+    Groups that ``ratios`` leaves out are written into the policy with ratio 0.0 (dense), explicitly.
+    """
     graph = ModelGraph(model, example_inputs)
     with torch.no_grad():
         was_training = model.training
@@ -93,7 +97,7 @@ def make_policy(
     unknown = sorted(set(ratios) - set(graph.names))
     if unknown:
         raise ConfigError(f"unknown group names {unknown[:3]}; the model's groups are: {', '.join(graph.names)}")
-    return Policy(identity, dict(ratios), "channel", criterion, round_to)
+    return Policy(identity, dict(ratios), "channel", criterion, round_to).completed(graph.names)
 
 
 def cost_ratio(graph: ModelGraph, widths: Mapping[str, int], metric: str) -> float:
@@ -138,16 +142,22 @@ def apply_policy(
     example_inputs: torch.Tensor,
     calib_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     graph: ModelGraph | None = None,
+    allow_partial: bool = False,
 ) -> nn.Module:
     """Returns a pruned copy of the dense ``model`` (channels physically removed, or weights zeroed for
     the sparse granularities). The copy carries ``amc_pruning_history`` for :func:`amc.save_model`.
 
+    Args:
+        allow_partial: Accept a policy that leaves groups out (they stay dense); refused otherwise.
+
     Raises:
         PolicyMismatchError: when the policy was made for another model.
+        PolicyError: when the policy leaves groups out and ``allow_partial`` is false.
     """
     graph = graph or ModelGraph(model, example_inputs)
     identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), policy.model.num_classes, policy.model.name)
     policy.check_matches(identity, graph.names)
+    policy.check_complete(graph.names, allow_partial)
     if policy.granularity != "channel":
         pruned = sparsify(model, graph, policy.ratios, policy.granularity)
         pruned.amc_pruning_history = []
@@ -161,29 +171,68 @@ def apply_policy(
 class FinetuneSchedule:
     """How a policy is applied and recovered.
 
+    Every fine-tuning round evaluates the search-val split before training and after each epoch and
+    keeps the best weights (the pruned starting point included), so it never returns a worse model.
+
     Attributes:
         epochs: Fine-tuning epochs in total (split evenly over the rounds when iterative).
         iterative: Rounds of pruning part of the way, each followed by fine-tuning (1: one-shot).
-        lr: Fine-tuning learning rate.
+        lr: Peak fine-tuning learning rate.
         lr_rewind: Rewind to the training learning rate (``train_lr``) instead of ``lr``.
         train_lr: The dense model's training learning rate, used by ``lr_rewind``.
         bn_batches: Training batches for BatchNorm recalibration after each pruning step (0: off).
         seed: Seed of the data order.
+        warmup: Fraction of each round's steps spent on the linear learning-rate warm-up.
+        device: Torch device of the fine-tuning (pruning, BN recalibration and evaluation stay on the CPU).
     """
 
     epochs: int = 5
     iterative: int = 1
-    lr: float = 0.01
+    lr: float = FINETUNE_LR
     lr_rewind: bool = False
     train_lr: float = 0.1
     bn_batches: int = 8
     seed: int = 0
+    warmup: float = 0.1
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.iterative < 1:
             raise ConfigError(f"--iterative must be >= 1 (1 is one-shot), got {self.iterative}")
         if self.epochs < 0:
             raise ConfigError(f"fine-tune epochs must be >= 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise ConfigError(f"fine-tune learning rate must be > 0, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"warm-up must be a fraction of the steps in [0, 1), got {self.warmup}")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate fine-tuning uses: ``train_lr`` when rewinding, else ``lr``."""
+        return self.train_lr if self.lr_rewind else self.lr
+
+    def round_epochs(self) -> list[int]:
+        """Fine-tuning epochs of each round (the remainder goes to the first rounds)."""
+        base, extra = divmod(self.epochs, self.iterative)
+        return [base + (1 if i < extra else 0) for i in range(self.iterative)]
+
+
+@dataclass(frozen=True)
+class _Splits:
+    """The loaders one prune-and-fine-tune run uses."""
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    calib: list[torch.Tensor]
+    calib_batch: tuple[torch.Tensor, torch.Tensor]
+
+    @classmethod
+    def of(cls, ws: Workspace, seed: int, bn_batches: int) -> _Splits:
+        calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=seed + 1), bn_batches)
+        calib_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=seed + 2)))
+        return cls(ws.data.loader("train", 64, shuffle=True, seed=seed), ws.data.loader("val", 256),
+                   ws.data.loader("test", 256), calib, calib_batch)
 
 
 def _step_widths(graph: ModelGraph, final: Mapping[str, int], step: int, steps: int) -> dict[str, int]:
@@ -194,50 +243,70 @@ def _step_widths(graph: ModelGraph, final: Mapping[str, int], step: int, steps: 
 def prune_and_finetune(ws: Workspace, policy: Policy, schedule: FinetuneSchedule, progress: bool = True) -> tuple[PruneResult, dict[str, float]]:
     """Applies ``policy`` to the workspace's dense model (one-shot or iterative) and fine-tunes.
 
-    Returns the final pruned model and accuracies: ``top1_before_finetune`` (after the first pruning
-    step and BN recalibration, before any fine-tuning) and ``top1`` (test split, at the end).
+    Fine-tuning selects its best epoch on the search-val split (never test) and never returns weights
+    that are worse there than the pruned starting point.
+
+    Returns:
+        The final pruned model and its accuracies: ``top1_before_finetune`` / ``val_top1_before_finetune``
+        (test / search-val, after the first pruning step and BN recalibration, before any fine-tuning),
+        ``top1`` / ``val_top1`` (test / search-val, at the end) and ``finetune_best_epoch`` (the epoch of
+        the last fine-tuning round whose weights were kept; 0: its starting weights).
     """
     policy.check_matches(ws.identity, ws.graph.names)
-    train_loader = ws.data.loader("train", 64, shuffle=True, seed=schedule.seed)
-    calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=schedule.seed + 1), schedule.bn_batches)
-    calib_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=schedule.seed + 2)))
-    test_loader = ws.data.loader("test", 256)
-    lr = schedule.train_lr if schedule.lr_rewind else schedule.lr
+    policy.check_complete(ws.graph.names)  # amc prune --allow-partial completes the policy before this
+    splits = _Splits.of(ws, schedule.seed, schedule.bn_batches)
     if policy.granularity != "channel":
-        model = apply_policy(ws.model, policy, ws.example_inputs(), calib_batch, ws.graph)
-        before = evaluate(model, test_loader)
-        finetune_sparse(model, train_loader, schedule.epochs, lr, schedule.seed, progress)
-        return PruneResult(model, ws.graph.dense_widths(), []), {"top1_before_finetune": before, "top1": evaluate(model, test_loader)}
+        model = apply_policy(ws.model, policy, ws.example_inputs(), splits.calib_batch, ws.graph)
+        before = _accuracies(model, splits)
+        report = finetune_sparse(model.to(schedule.device), splits.train, schedule.epochs, schedule.peak_lr, schedule.seed, progress,
+                                 val_loader=splits.val, warmup=schedule.warmup)
+        model.cpu()
+        return PruneResult(model, ws.graph.dense_widths(), []), _finetune_summary(model, splits, before, [report])
     final = widths_for(ws.graph, policy.ratios, policy.round_to)
-    model, history, before = ws.model, [], None
-    epochs = [schedule.epochs // schedule.iterative + (1 if i < schedule.epochs % schedule.iterative else 0) for i in range(schedule.iterative)]
-    for step in range(1, schedule.iterative + 1):
-        result = prune_channels(model, ws.graph, _step_widths(ws.graph, final, step, schedule.iterative), policy.criterion, calib_batch)
+    model, history, before, reports = ws.model, [], None, []
+    for step, epochs in enumerate(schedule.round_epochs(), start=1):
+        result = prune_channels(model, ws.graph, _step_widths(ws.graph, final, step, schedule.iterative), policy.criterion, splits.calib_batch)
         model, history = result.model, history + result.history
         if schedule.bn_batches:
-            recalibrate_bn(model, calib)
+            recalibrate_bn(model, splits.calib)
         if before is None:
-            before = evaluate(model, test_loader)
-        if epochs[step - 1]:
-            finetune(model, train_loader, epochs[step - 1], lr, seed=schedule.seed + step, progress=progress)
+            before = _accuracies(model, splits)
+        if epochs:
+            reports.append(finetune(model.to(schedule.device), splits.train, epochs, schedule.peak_lr, seed=schedule.seed + step,
+                                    progress=progress, val_loader=splits.val, warmup=schedule.warmup))
+            model.cpu()
     model.amc_pruning_history = history
-    return PruneResult(model, final, history), {"top1_before_finetune": float(before), "top1": evaluate(model, test_loader)}
+    return PruneResult(model, final, history), _finetune_summary(model, splits, before, reports)
 
 
-def finetune_sparse(model: nn.Module, loader, epochs: int, lr: float, seed: int, progress: bool) -> None:
-    """Fine-tunes a sparse model while keeping its zeroed weights at zero."""
-    if not epochs:
-        return
+def _accuracies(model: nn.Module, splits: _Splits) -> tuple[float, float]:
+    """(test, search-val) top-1 of ``model``."""
+    return evaluate(model, splits.test), evaluate(model, splits.val)
+
+
+def _finetune_summary(model: nn.Module, splits: _Splits, before: tuple[float, float], reports: list[FinetuneReport]) -> dict[str, float]:
+    test, val = _accuracies(model, splits)
+    best_epoch = reports[-1].best_epoch if reports else 0
+    return {"top1_before_finetune": before[0], "val_top1_before_finetune": before[1], "top1": test, "val_top1": val,
+            "finetune_best_epoch": best_epoch}
+
+
+def finetune_sparse(
+    model: nn.Module, loader: DataLoader, epochs: int, lr: float, seed: int, progress: bool, *,
+    val_loader: DataLoader | None = None, warmup: float = 0.1,
+) -> FinetuneReport:
+    """Fine-tunes a sparse model while keeping its zeroed weights at zero (see :func:`amc.train.finetune`)."""
     masks = [(p, p != 0) for p in model.parameters() if p.dim() > 1]
     hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in masks]
     try:
-        finetune(model, loader, epochs, lr, seed=seed, progress=progress)
+        report = finetune(model, loader, epochs, lr, seed=seed, progress=progress, val_loader=val_loader, warmup=warmup)
     finally:
         for h in hooks:
             h.remove()
     with torch.no_grad():
         for p, m in masks:
             p.mul_(m)
+    return report
 
 
 def cost_report(ws: Workspace, pruned: nn.Module, latency: LatencyConfig | None) -> dict[str, float]:

@@ -16,13 +16,13 @@ from torch import nn
 
 from amc.errors import ConfigError
 from amc.groups import PRUNABLE_TYPES, ModelGraph
-from amc.pruning import CRITERIA, _accumulate_gradients, _group_name
+from amc.pruning import CRITERIA, DEFAULT_CRITERION, _accumulate_gradients, _group_name
 
 
 def group_importance(
     model: nn.Module,
     graph: ModelGraph,
-    criterion: str = "l1",
+    criterion: str = DEFAULT_CRITERION,
     calib_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Importance of each channel of every prunable group (group name -> 1-D tensor, one per channel).

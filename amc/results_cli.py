@@ -72,34 +72,49 @@ def _print_front(front: Sequence[Candidate], objectives: tuple[str, ...], limit:
 
 
 # --------------------------------------------------------------------------- export
-@command("export", "export a found policy (Pareto front or one run) as amc, torch-pruning or nni files")
+@command("export", "export a policy (Pareto front, one search run, or a local policy file) as amc, torch-pruning "
+                   "or nni files")
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", required=True, help="MLflow experiment name")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--pareto", action="store_true", help="choose from the experiment's Pareto front")
-    which.add_argument("--run-id", help="choose from this search run (its best episode unless told otherwise)")
-    p.add_argument("--episode", type=int, help="with --run-id: export this episode")
-    p.add_argument("--max-flops-ratio", type=_flops_ratio, metavar="X",
-                   help="only policies keeping at most X of the dense FLOPs; the highest top-1 among them is chosen")
-    p.add_argument("--all", action="store_true", dest="every",
-                   help="with --pareto: every front policy within the budget, one directory each")
+    source = p.add_argument_group("where the policy comes from (--policy, or --experiment with --pareto / --run-id)")
+    source.add_argument("--policy", type=Path, metavar="FILE",
+                        help="a local policy JSON (best_policy.json from `amc search --out`, or written by hand)")
+    source.add_argument("--experiment", help="MLflow experiment name")
+    source.add_argument("--pareto", action="store_true", help="choose from the experiment's Pareto front")
+    source.add_argument("--run-id", help="choose from this search run (its best episode unless told otherwise)")
+    source.add_argument("--episode", type=int, help="with --run-id: export this episode")
+    source.add_argument("--max-flops-ratio", type=_flops_ratio, metavar="X",
+                        help="only policies keeping at most X of the dense FLOPs; the highest top-1 among them is chosen")
+    source.add_argument("--all", action="store_true", dest="every",
+                        help="with --pareto: every front policy within the budget, one directory each")
+    source.add_argument("--tracking-uri", help=_TRACKING_HELP)
     p.add_argument("--format", default="amc", help="amc (default), torch-pruning, nni, or a format registered in "
                    "amc.export.EXPORT_FORMATS")
-    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    dense = p.add_argument_group("the dense model (torch-pruning reads its weights to record amc's exact channels)")
+    dense.add_argument("--checkpoint", type=Path, help="dense model file the policy was made for (default for a "
+                       "search run: the checkpoint it searched)")
+    dense.add_argument("--data", help="data set `amc prune --data` would use, for the taylor criterion's gradient "
+                       "batch (default: the run's, else digits)")
+    dense.add_argument("--data-dir", help="directory of that data set (cifar10, imagefolder)")
+    dense.add_argument("--input-size", type=int, default=0, help="input image side (0: the data set's default)")
+    dense.add_argument("--seed", type=int, default=0, help="`amc prune --seed`, for the taylor criterion (default: 0)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
 
 
 @_export_args.run
 def _export(args: argparse.Namespace) -> int:
+    from amc.data import DataConfig
     from amc.export import ExportRequest, export_policies
 
-    request = ExportRequest(args.experiment, args.out, args.pareto, args.run_id, args.episode, args.max_flops_ratio,
-                            args.every, args.format, args.tracking_uri)
+    data = DataConfig(args.data, args.data_dir, args.input_size) if args.data else None
+    if data is None and (args.data_dir or args.input_size):
+        raise ConfigError("--data-dir and --input-size describe a data set: pass --data NAME too")
+    request = ExportRequest(
+        args.out, experiment=args.experiment, pareto=args.pareto, run_id=args.run_id, episode=args.episode,
+        max_flops_ratio=args.max_flops_ratio, every=args.every, format=args.format, tracking_uri=args.tracking_uri,
+        policy=args.policy, checkpoint=args.checkpoint, data=data, seed=args.seed)
     result = export_policies(request)
     for e in result.policies:
-        c = e.candidate
-        print(f"{c.run_name} episode {c.episode}: top-1 {c.top1:.2%}, FLOPs {c.flops_ratio:.1%}, params "
-              f"{c.params_ratio:.1%} -> " + ", ".join(str(f) for f in e.files))
+        print(f"{e.item.label} -> " + ", ".join(str(f) for f in e.files))
     print(f"manifest: {result.manifest}")
     if args.format == "amc":
         first = result.policies[0].files[0]

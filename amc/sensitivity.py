@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from amc.engine import Workspace
-from amc.pruning import prune_channels, widths_for
+from amc.pruning import DEFAULT_CRITERION, prune_channels, widths_for
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -23,20 +24,31 @@ class SensitivityRow:
 
 
 def sensitivity(
-    ws: Workspace, ratios: tuple[float, ...] = DEFAULT_RATIOS, criterion: str = "l1", bn_batches: int = 8, progress: bool = True
+    ws: Workspace, ratios: tuple[float, ...] = DEFAULT_RATIOS, criterion: str = DEFAULT_CRITERION, bn_batches: int = 8,
+    progress: bool = True, device: str = "cpu",
 ) -> tuple[float, list[SensitivityRow]]:
-    """Returns the dense search-val top-1 and one row per (group, ratio)."""
+    """Returns the dense search-val top-1 and one row per (group, ratio).
+
+    Args:
+        ws: The dense model, its data and traced groups (the model stays on the CPU, where it is pruned).
+        ratios: Pruning ratios tried for each group.
+        criterion: Importance criterion that picks the removed channels (one without gradients).
+        bn_batches: Training batches that re-estimate BatchNorm statistics after pruning (0: off).
+        progress: Show a progress bar.
+        device: Torch device (``cpu``, ``cuda``, ``cuda:1``) of the BatchNorm re-estimation and the evaluations.
+    """
     val = ws.data.loader("val", 256)
     calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=1), bn_batches)
-    dense_top1 = evaluate(ws.model, val)
+    dense_top1 = evaluate(copy.deepcopy(ws.model).to(device), val)
     rows = []
     bar = tqdm(total=len(ws.graph) * len(ratios), desc="sensitivity", disable=None if progress else True, unit="policy")
     for group in ws.graph:
         for ratio in ratios:
             result = prune_channels(ws.model, ws.graph, widths_for(ws.graph, {group.name: ratio}), criterion)
+            pruned = result.model.to(device)
             if bn_batches:
-                recalibrate_bn(result.model, calib)
-            rows.append(SensitivityRow(group.name, ratio, evaluate(result.model, val)))
+                recalibrate_bn(pruned, calib)
+            rows.append(SensitivityRow(group.name, ratio, evaluate(pruned, val)))
             bar.update()
     bar.close()
     return dense_top1, rows

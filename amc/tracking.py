@@ -3,17 +3,32 @@
 The store is chosen as in every command: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the
 project's local SQLite file (``sqlite:///<cwd>/mlflow.db``). Metrics are buffered and written in
 batches when the search checkpoints, so a resumed search never logs an episode twice.
+
+Artifacts never land in the current directory: an experiment created here keeps them under the
+configured artifact root (``--artifact-root`` / ``$AMC_ARTIFACT_ROOT``) or, with a SQLite store, in
+``mlartifacts/`` next to the database file (see :func:`experiment_artifact_location`). An MLflow server
+(``http://``) keeps its own artifact handling.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from amc.errors import ConfigError
 
 DEFAULT_DB = "mlflow.db"
+ARTIFACT_ROOT_ENV = "AMC_ARTIFACT_ROOT"
+"""Environment variable naming the directory (or URI) under which new experiments keep their artifacts."""
+ARTIFACTS_DIR = "mlartifacts"
+"""Directory next to a SQLite database that holds the artifacts of the experiments created here."""
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+_SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -24,6 +39,58 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative paths: to the working directory); None otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path).resolve()
+
+
+def experiment_artifact_location(uri: str, experiment: str, artifact_root: str | Path | None = None) -> str | None:
+    """Where a new experiment named ``experiment`` keeps its run artifacts (None: the store decides).
+
+    Args:
+        uri: Tracking URI of the store the experiment is created in.
+        experiment: Experiment name (a directory-safe form of it names the experiment's directory).
+        artifact_root: Directory or URI (``s3://...``) holding the experiments' artifact directories;
+            None: ``$AMC_ARTIFACT_ROOT``, else ``mlartifacts/`` next to a SQLite database file.
+
+    Returns:
+        ``<root>/<experiment>``; None for an MLflow server (``http://``, ``https://``, ``databricks``), which
+        keeps its own artifact handling, and for a file store without a configured root (it keeps artifacts
+        in its own directory).
+
+    Raises:
+        ConfigError: ``artifact_root`` is given for an MLflow server, or the store is a database without a
+            file (in-memory SQLite, PostgreSQL, MySQL, MSSQL) and no artifact root is configured: MLflow
+            would write into the current directory.
+    """
+    scheme = urlparse(uri).scheme.split("+", 1)[0]
+    if scheme in _SERVER_SCHEMES:
+        if artifact_root:
+            raise ConfigError(f"--artifact-root is for local stores; the MLflow server {uri} keeps artifacts where its "
+                              "--artifacts-destination / --default-artifact-root says: drop --artifact-root")
+        return None
+    root = str(artifact_root) if artifact_root else os.environ.get(ARTIFACT_ROOT_ENV) or None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
+    if root is not None:
+        if "://" in root:
+            return f"{root.rstrip('/')}/{slug}"
+        return str(Path(root).expanduser().resolve() / slug)
+    db = sqlite_path(uri)
+    if db is not None:
+        return str(db.parent / ARTIFACTS_DIR / slug)
+    if scheme == "sqlite" or scheme in _DATABASE_SCHEMES:
+        raise ConfigError(
+            f"the MLflow store {uri} has no directory to keep run artifacts in; set ${ARTIFACT_ROOT_ENV} "
+            "(or pass --artifact-root) to a directory or URI for them"
+        )
+    return None
 
 
 def _client(uri: str):
@@ -44,24 +111,42 @@ class RunTracker:
         run_id: Continue this existing run instead of creating one (resume).
         tags: Tags set on a new run.
         parent_run_id: Makes the new run a child of this one (sweeps).
+        artifact_root: Artifact root of the experiment when it is created here (see
+            :func:`experiment_artifact_location`); an existing experiment keeps its own.
     """
 
     def __init__(
         self, uri: str, experiment: str, run_name: str | None = None, run_id: str | None = None,
         tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+        artifact_root: str | Path | None = None,
     ) -> None:
         self.uri = uri
         self.client = _client(uri)
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
-                experiment, tags={"mlflow.experimentKind": "custom_model_development"})  # opens on the runs table
+            exp_id = self._experiment_id(experiment, artifact_root)
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run_id = self.client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
         self.run_id = run_id
         self._pending: list[Any] = []
+
+    def _experiment_id(self, name: str, artifact_root: str | Path | None) -> str:
+        """The id of experiment ``name``, created (with its artifact location) when missing."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = experiment_artifact_location(self.uri, name, artifact_root)
+        try:  # the experiment kind opens the MLflow UI on the runs table
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)  # created meanwhile by a concurrent search
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

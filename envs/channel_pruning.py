@@ -26,7 +26,7 @@ from amc.engine import Workspace, build_workspace, smallest_ratio
 from amc.errors import AmcError, ConfigError
 from amc.groups import ModelGraph
 from amc.policy import ModelIdentity, Policy, Target
-from amc.pruning import CRITERIA, prune_channels, widths_for
+from amc.pruning import CRITERIA, DEFAULT_CRITERION, prune_channels, widths_for
 from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 
@@ -93,7 +93,7 @@ class EnvConfig:
     max_ratio: float = 0.8
     reward: str = "acc"
     size_lambda: float = 1.0
-    criterion: str = "l1"
+    criterion: str = DEFAULT_CRITERION
     round_to: int = 1
     bn_batches: int = 8
     bn_batch_size: int = 64

@@ -1,4 +1,7 @@
-"""The Pareto front across searches (moocore), its MLflow run and tags, and `amc export` in every format."""
+"""The Pareto front across searches (moocore), its MLflow run and tags, and `amc export` of MLflow runs in every format.
+
+Local policy files and the exact-channel equivalence with `amc prune` are in test_export_equivalence.py.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from amc.checkpoint import load_model
 from amc.cli import main
 from amc.cost import count_cost
 from amc.errors import ConfigError
-from amc.export import load_ratio_mapping, torch_pruning_ratio
+from amc.export import load_ratio_mapping, removed_fraction, torch_pruning_ratio
 from amc.groups import ModelGraph
 from amc.pareto import Candidate, ParetoFront, pareto_front, read_front_csv, update_pareto
 from amc.files import write_json_atomic
@@ -93,6 +96,14 @@ def test_torch_pruning_ratio_keeps_exactly_amcs_channels() -> None:
         for kept in range(1, channels + 1):
             ratio = torch_pruning_ratio(channels, kept)
             assert 0.0 <= ratio < 1.0 and int(channels * (1 - ratio)) == kept
+
+
+def test_nni_ratio_is_the_removed_fraction_and_counts_back() -> None:
+    for channels in range(1, 513):
+        for kept in range(1, channels + 1):
+            ratio, removed = removed_fraction(channels, kept), channels - kept
+            assert ratio == pytest.approx(removed / channels, abs=1e-15)
+            assert int(ratio * channels) == removed == round(ratio * channels)
 
 
 # --------------------------------------------------------------------------- an experiment with searches
@@ -223,6 +234,24 @@ def test_export_torch_pruning_snippet_reproduces_the_policy(store: dict, tmp_pat
         assert all(modules[m].out_channels == kept for m in g.modules), g.name
     ratio = count_cost(model, dense.spec.example_inputs()).flops / graph.dense_cost.flops
     assert ratio == pytest.approx(chosen.flops_ratio, abs=1e-9)
+    spec = json.loads((tmp_path / "torch_pruning_ratios.json").read_text())
+    assert spec["checkpoint"] == str(store["ckpt"]), "the dense weights the run searched"
+    manifest = json.loads((tmp_path / "export.json").read_text())
+    assert manifest["exact_channels"] is True and manifest["policies"][0]["checkpoint"] == str(store["ckpt"])
+
+
+def test_export_search_out_policy_file_equals_run_export(store: dict, tmp_path: Path) -> None:
+    """`--policy best_policy.json` (from `amc search --out`) exports the same channels as the run itself."""
+    run_id = store["runs"][0]
+    assert main(["export", "--experiment", EXPERIMENT, "--run-id", run_id, "--format", "torch-pruning",
+                 "--tracking-uri", store["uri"], "--out", str(tmp_path / "run")]) == 0
+    assert main(["export", "--policy", str(store["root"] / "s0" / "best_policy.json"), "--checkpoint", str(store["ckpt"]),
+                 "--format", "torch-pruning", "--out", str(tmp_path / "file")]) == 0
+    run, local = (json.loads((tmp_path / d / "torch_pruning_ratios.json").read_text()) for d in ("run", "file"))
+    assert run["groups"] == local["groups"] and run["dense_weights_sha256"] == local["dense_weights_sha256"]
+    assert main(["export", "--policy", str(store["root"] / "s0" / "best_policy.json"), "--experiment", EXPERIMENT,
+                 "--run-id", run_id, "--tracking-uri", store["uri"], "--out", str(tmp_path / "both")]) == 2
+    assert not (tmp_path / "both").exists()
 
 
 def _front_candidates(store: dict) -> tuple[Candidate, ...]:
@@ -239,9 +268,13 @@ def test_export_nni_config_list(store: dict, tmp_path: Path) -> None:
     assert len(config_list) == len(graph)
     for entry, g in zip(config_list, graph):
         assert set(entry) == {"op_names", "sparse_ratio"} and entry["op_names"] == list(g.modules)
-        kept = kept_channels(g.channels, best["policy"][g.name])
-        assert entry["sparse_ratio"] == pytest.approx(1 - kept / g.channels, abs=1e-6)
-    assert json.loads((tmp_path / "export.json").read_text())["policies"][0]["episode"] == best["episode"]
+        removed = g.channels - kept_channels(g.channels, best["policy"][g.name])
+        assert entry["sparse_ratio"] == pytest.approx(removed / g.channels, abs=1e-12)
+        assert int(entry["sparse_ratio"] * g.channels) == removed
+    manifest = json.loads((tmp_path / "export.json").read_text())
+    assert manifest["policies"][0]["episode"] == best["episode"]
+    assert manifest["exact_channels"] is False, "NNI picks its own channels; the manifest says so"
+    assert manifest["policies"][0]["channel_selection"]["tool"] == "L1NormPruner"
 
 
 def test_export_errors(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -252,12 +285,13 @@ def test_export_errors(store: dict, tmp_path: Path, capsys: pytest.CaptureFixtur
              (["--pareto", "--episode", "1"], "--episode picks an episode of --run-id"),
              (["--run-id", store["runs"][0], "--episode", "99"], "has no episode 99"),
              (["--run-id", store["runs"][0], "--all"], "--all exports every Pareto-optimal policy"),
-             (["--pareto", "--format", "onnx"], "unknown export format 'onnx'")]
+             (["--pareto", "--format", "onnx"], "unknown export format 'onnx'"),
+             (["--pareto", "--run-id", store["runs"][0]], "--pareto or --run-id ID (one of them)"),
+             (["--pareto", "--policy", str(store["root"] / "s0" / "best_policy.json")], "give one source or the other")]
     for args, message in cases:
         assert main(["export", *args, *common]) == 2, args
         assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["export", "--pareto", "--run-id", store["runs"][0], *common])
+        assert not tmp_path.exists() or not any(tmp_path.iterdir()), f"{args} wrote files"
 
 
 # --------------------------------------------------------------------------- ui helpers

@@ -75,6 +75,71 @@ def test_interrupted_search_resumes_exactly(trained_resnet20: Path, tmp_path: Pa
     assert sorted(steps) == list(range(6)), "each episode logged to MLflow once"
 
 
+def _metric_steps(client, run_id: str) -> dict[str, dict[int, list[float]]]:
+    """Every metric of a run: name -> step -> the values logged at that step."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        for m in client.get_metric_history(run_id, key):
+            out.setdefault(key, {}).setdefault(m.step, []).append(m.value)
+    return out
+
+
+def test_resume_logs_every_metric_of_episodes_checkpointed_but_not_flushed(
+    trained_resnet20: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from agents.search import Search, _save_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = _config(trained_resnet20 / "model.pt")
+    straight = run_search(config, tmp_path / "straight", tracking_uri=uri, progress=False)
+    checkpoint = Search.checkpoint
+
+    def die_between_checkpoint_and_flush(self: Search) -> None:
+        if self.state.episode == 4:
+            _save_checkpoint(self.out, self.agent, self.state)  # episodes 2 and 3 are checkpointed ...
+            raise Interrupt  # ... but their buffered metrics never reach MLflow
+        checkpoint(self)
+
+    monkeypatch.setattr(Search, "checkpoint", die_between_checkpoint_and_flush)
+    with pytest.raises(Interrupt):
+        run_search(config, tmp_path / "cut", tracking_uri=uri, progress=False)
+    monkeypatch.undo()
+    client = MlflowClient(uri)
+    state = json.loads(next((tmp_path / "cut" / "checkpoint").glob("ep-*/state.json")).read_text())
+    assert state["version"] == 2 and sorted(state["agent_stats"]) == ["0", "1", "2", "3"]
+    assert client.get_run(state["run_id"]).info.status == "KILLED"
+    before = _metric_steps(client, state["run_id"])
+    assert sorted(before["reward"]) == [0, 1] and sorted(before["agent_sigma"]) == [0, 1], "the setup lost episodes 2, 3"
+
+    resumed = run_search(None, tmp_path / "cut", resume=True, tracking_uri=uri, progress=False)
+    assert resumed.run_id == state["run_id"] and client.get_run(resumed.run_id).info.status == "FINISHED"
+    expected, got = _metric_steps(client, straight.run_id), _metric_steps(client, resumed.run_id)
+    assert {"reward", "top1", "flops_ratio", "params_ratio", "best_reward", "best_top1", "agent_sigma", "agent_updates",
+            "agent_critic_loss", "agent_actor_loss"} <= set(expected)
+    assert sorted(got) == sorted(expected), "the resumed run has every metric of an uninterrupted one"
+    for key, steps in expected.items():
+        assert sorted(got[key]) == sorted(steps), f"{key}: logged for the same episodes"
+        for step, values in got[key].items():
+            assert len(values) == 1, f"{key} logged {len(values)} times for episode {step}"
+            assert values == pytest.approx(steps[step], rel=1e-6), f"{key} of episode {step}"
+    assert sorted(got["agent_critic_loss"]) == [2, 3, 4, 5], "agent statistics of the episodes after warm-up"
+
+
+def test_checkpoint_versions(tmp_path: Path) -> None:
+    from agents.search import checkpointed_agent_stats
+
+    where = tmp_path / "checkpoint" / "ep-000002"
+    where.mkdir(parents=True)
+    (tmp_path / "checkpoint" / "LATEST").write_text("ep-000002\n")
+    (where / "state.json").write_text(json.dumps({"episode": 2, "records": []}))
+    assert checkpointed_agent_stats(tmp_path) == {}, "a version 1 checkpoint (no agent statistics) still reads"
+    (where / "state.json").write_text(json.dumps({"version": 99, "episode": 2, "records": []}))
+    with pytest.raises(ConfigError, match="newer amc-search .* upgrade amc-search"):
+        checkpointed_agent_stats(tmp_path)
+
+
 def test_baseline_agents(trained_resnet20: Path, tmp_path: Path) -> None:
     uniform = run_search(_config(trained_resnet20 / "model.pt", "uniform"), tmp_path / "u", track=False, progress=False)
     assert uniform.episodes == 1, "the uniform baseline is one policy"

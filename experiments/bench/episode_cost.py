@@ -158,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="resnet20", help="registered model name")
     p.add_argument("--target", type=float, default=0.5, help="FLOPs target ratio")
     p.add_argument("--checkpoint", default=None, help="dense checkpoint (default: train / reuse a cached baseline)")
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/baselines"), help="baseline cache directory")
+    p.add_argument("--cache-dir", type=Path, default=None, help="baseline cache (default: $AMC_CACHE_DIR, else ~/.cache/amc)")
     p.add_argument("--epochs", type=int, default=15, help="epochs of the cached baseline")
     p.add_argument("--eval-batch-size", type=int, default=EnvConfig.eval_batch_size, help="images per evaluation batch")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")

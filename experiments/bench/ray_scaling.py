@@ -47,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     import ray
 
-    config = resolve_checkpoint(SearchConfig.from_yaml(CONFIG), Path(".cache/baselines"), progress=False)
+    config = resolve_checkpoint(SearchConfig.from_yaml(CONFIG), progress=False)
     ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
     results: dict = {"cpus": local_cpus(), "episodes": args.episodes, "eps_per_s": {}}
     try:

@@ -1,83 +1,208 @@
-"""Search quality on the embedded default: uniform vs random search vs DDPG, same episode budget.
+"""The project's search-quality table: DDPG against the baselines a user would otherwise run.
 
-For each FLOPs target and seed, each method runs one search; its best policy (by search-val top-1)
-is evaluated on the test split without fine-tuning. Prints a table and writes JSON:
-``dense_test_top1`` and, per target (``flops_0.2``, ``flops_0.5``), per method, ``test_top1`` (one per
-seed) and ``test_top1_mean``.
+For each model, dense baselines are trained with ``--seeds`` seeds (the seed of the dense model moves
+results by +-10 points, so every figure is a mean over dense models); each dense model is searched once per
+method and FLOPs target with the same episode budget, through the same harness (``amc search``'s code: the
+budget wall, pruning, BatchNorm re-estimation, search-val evaluation). Each method's best policy (by
+search-val) is evaluated on the test split without fine-tuning, and also with AMC's least-squares channel
+reconstruction; DDPG's and uniform's best policies also after a short fine-tune (best epoch by search-val).
+A second table compares the importance criteria (the uniform and the global policy under each criterion).
 
-    .venv/bin/python experiments/bench/search_quality.py            # 300 episodes, 3 seeds (~30 min on 2 cores)
-    .venv/bin/python experiments/bench/search_quality.py --episodes 60 --seeds 1   # a quick look
+Prints the tables, writes JSON (``--out``, merged per model so several invocations can fill one file) and one
+plot per model and target of best-so-far search-val top-1 against episode (mean over seeds) for every method.
+
+    .venv/bin/python experiments/bench/search_quality.py                          # full: ~1 h per model on 2 cores
+    .venv/bin/python experiments/bench/search_quality.py --models resnet20 --seeds 1 --episodes 60   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from agents.search import SearchConfig, run_search
-from amc.data import DataConfig
-from amc.engine import build_workspace
-from amc.train import evaluate
+from agents.search import SearchConfig, resolve_checkpoint, run_search
+from amc.engine import FinetuneSchedule, build_workspace, prune_and_finetune
+from amc.policy import load_policy
+from amc.train import TrainConfig, evaluate
+from envs import ChannelPruningEnv
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits-resnet20-flops50.yaml"
-METHODS = ("uniform", "random", "ddpg")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+MODELS = {"resnet20": CONFIGS / "digits-resnet20-flops50.yaml", "mobilenetv2_small": CONFIGS / "digits-mobilenetv2-flops50.yaml"}
+METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg")
+CRITERIA = ("l1", "l2", "bn_scale", "taylor")
+RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--seeds", type=int, default=3, help="dense models per model (seeds 0..N-1)")
+    parser.add_argument("--episodes", type=int, default=300, help="episode budget of random, tpe and ddpg")
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5], help="FLOPs ratios kept")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on small models)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "search_quality.json")
+    parser.add_argument("--criteria", nargs="*", default=list(CRITERIA), choices=CRITERIA,
+                        help="criteria for the criterion table (none: skip it)")
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "amc-bench-baselines")
+    parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    base = SearchConfig.from_yaml(CONFIG).replace(episodes=args.episodes)
-    results: dict = {"episodes": args.episodes, "seeds": list(range(args.seeds)), "model": base.env.model, "data": "digits"}
-    with tempfile.TemporaryDirectory() as tmp:
-        for target in args.targets:
-            key = f"flops_{target:g}"
-            results[key] = {}
-            for method in args.methods:
-                scores, seconds = [], []
-                for seed in range(args.seeds):
-                    config = base.replace(agent=method, seed=seed, env=base.env.replace(target_ratio=target))
-                    start = time.perf_counter()
-                    result = run_search(config, Path(tmp) / f"{key}-{method}-{seed}", track=False, progress=False)
-                    seconds.append(time.perf_counter() - start)
-                    scores.append(result.best_test_top1)
-                    print(f"{key:>9} {method:>8} seed {seed}: best val {result.best.top1:.2%}  test {result.best_test_top1:.2%}"
-                          f"  ({seconds[-1]:.0f} s)", flush=True)
-                    if "dense_test_top1" not in results:
-                        ws = build_workspace(config.env.model, DataConfig("digits"), config.env.checkpoint or _ckpt(config))
-                        results["dense_test_top1"] = evaluate(ws.model, ws.data.loader("test", 256))
-                results[key][method] = {"test_top1": scores, "test_top1_mean": statistics.fmean(scores), "seconds": seconds}
-    _report(results, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    torch.set_num_threads(1)  # small models: one thread per process is fastest and keeps runs comparable
+    for model in args.models:
+        started = time.perf_counter()
+        table = bench_model(model, args)
+        table["seconds"] = time.perf_counter() - started
+        _report(model, table, args)
+        _merge(args.out, model, table, args)
+        _plot(model, table, args)
     print(f"wrote {args.out}")
     return 0
 
 
-def _ckpt(config: SearchConfig) -> str:
-    from agents.search import resolve_checkpoint
+def bench_model(model: str, args: argparse.Namespace) -> dict:
+    base = SearchConfig.from_yaml(MODELS[model]).replace(episodes=args.episodes, workers=1)  # in-process: comparable
+    table: dict = {"dense_test_top1_per_seed": [], "criterion": base.env.criterion}
+    curves: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.seeds):
+            seeded = resolve_checkpoint(base.replace(seed=seed, baseline=TrainConfig(**{**vars(base.baseline), "seed": seed})),
+                                        args.cache, progress=False)
+            ws = build_workspace(model, seeded.env.data, seeded.env.checkpoint)
+            table["dense_test_top1_per_seed"].append(evaluate(ws.model, ws.data.loader("test", 256)))
+            for target in args.targets:
+                key = f"flops_{target:g}"
+                config = seeded.replace(env=seeded.env.replace(target_ratio=target))
+                for method in args.methods:
+                    row = _search(config.replace(agent=method), Path(tmp) / f"{key}-{method}-{seed}", ws, args)
+                    cell = table.setdefault(key, {}).setdefault(method, {})
+                    for name, value in row.items():
+                        if name != "curve":
+                            cell.setdefault(name, []).append(value)
+                    curves.setdefault(key, {}).setdefault(method, []).append(row["curve"])
+                    print(f"{model} seed {seed} {key:>9} {method:>11}: val {row['val_top1']:.2%}  test {row['test_top1']:.2%}"
+                          f"  recon {row['recon_test_top1']:.2%}  ({row['seconds']:.0f} s, {row['evaluations']} evals)", flush=True)
+                for criterion in args.criteria:
+                    crit = _criterion_row(config, criterion, Path(tmp) / f"{key}-crit-{criterion}-{seed}", args)
+                    cell = table.setdefault("criteria", {}).setdefault(key, {}).setdefault(criterion, {})
+                    for name, value in crit.items():
+                        cell.setdefault(name, []).append(value)
+    table["dense_test_top1"] = statistics.fmean(table["dense_test_top1_per_seed"])
+    _summarise(table, curves)
+    return table
 
-    return resolve_checkpoint(config, Path(".cache/baselines"), progress=False).env.checkpoint
+
+def _search(config: SearchConfig, out: Path, ws, args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    result = run_search(config, out, track=False, progress=False)
+    seconds = time.perf_counter() - start
+    episodes = json.loads((out / "search.json").read_text())["episodes"]
+    curve = list(np.maximum.accumulate([e["top1"] for e in episodes]))
+    recon = ChannelPruningEnv.from_workspace(ws, config.env.replace(reconstruct=True))
+    row = {"val_top1": result.best.top1, "test_top1": result.best_test_top1,
+           "recon_test_top1": recon.evaluate_ratios(result.best.ratios, "test")["top1"],
+           "flops_ratio": result.best.flops_ratio, "seconds": seconds, "curve": curve,
+           "evaluations": _evaluations(config.agent, len(episodes), len(ws.graph)),
+           "episodes_to_99pct": int(np.argmax(np.array(curve) >= 0.99 * curve[-1])) + 1}
+    if config.agent in ("ddpg", "uniform") and args.finetune_epochs:
+        _, acc = prune_and_finetune(ws, load_policy(out / "best_policy.json"),
+                                    FinetuneSchedule(epochs=args.finetune_epochs), progress=False)
+        row["finetuned_test_top1"] = acc["top1"]
+    return row
 
 
-def _report(results: dict, args: argparse.Namespace) -> None:
-    print(f"\ndense test top-1: {results['dense_test_top1']:.2%}   ({args.episodes} episodes, {args.seeds} seeds)")
+def _evaluations(agent: str, episodes: int, groups: int) -> int:
+    """Search-val evaluations a method spent (sensitivity evaluates each group alone before its episode)."""
+    if agent == "sensitivity":
+        return 1 + groups * 9 + 1
+    return episodes
+
+
+def _criterion_row(config: SearchConfig, criterion: str, out: Path, args: argparse.Namespace) -> dict:
+    """Test top-1 of the uniform and the global policy when ``criterion`` picks the channels."""
+    env_config = config.env.replace(criterion=criterion)
+    row = {}
+    for method in ("uniform", "global"):
+        result = run_search(config.replace(agent=method, env=env_config), out / method, track=False, progress=False)
+        row[f"{method}_test_top1"] = result.best_test_top1
+    return row
+
+
+def _summarise(table: dict, curves: dict) -> None:
+    for key, methods in curves.items():
+        for method, per_seed in methods.items():
+            cell = table[key][method]
+            for name in list(cell):
+                if name.endswith("top1") or name in ("episodes_to_99pct", "seconds", "evaluations"):
+                    cell[f"{name}_mean"] = statistics.fmean(cell[name])
+            cell["episodes_to_99pct_per_seed"] = cell.pop("episodes_to_99pct")
+            cell["episodes_to_99pct"] = cell.pop("episodes_to_99pct_mean")
+            length = min(len(c) for c in per_seed)
+            cell["best_so_far_val_mean"] = list(np.mean([c[:length] for c in per_seed], axis=0))
+    for key, crits in table.get("criteria", {}).items():
+        for cell in crits.values():
+            for name in list(cell):
+                cell[f"{name}_mean"] = statistics.fmean(cell[name])
+
+
+def _report(model: str, table: dict, args: argparse.Namespace) -> None:
+    print(f"\n{model}: dense test top-1 {table['dense_test_top1']:.2%} (mean of {args.seeds} seeds), "
+          f"criterion {table['criterion']}, {args.episodes} episodes, test top-1 without fine-tuning (mean of seeds)")
     for target in args.targets:
         key = f"flops_{target:g}"
-        row = "  ".join(f"{m} {results[key][m]['test_top1_mean']:.2%}" for m in args.methods)
-        print(f"{key}: {row}")
+        print(f"  {key}:")
+        for method in args.methods:
+            c = table[key][method]
+            ft = f"  fine-tuned {c['finetuned_test_top1_mean']:.2%}" if "finetuned_test_top1_mean" in c else ""
+            print(f"    {method:>11}  test {c['test_top1_mean']:.2%}  recon {c['recon_test_top1_mean']:.2%}"
+                  f"  val {c['val_top1_mean']:.2%}  to-99% {c['episodes_to_99pct']:.0f} ep{ft}")
+        for criterion, c in table.get("criteria", {}).get(key, {}).items():
+            print(f"    criterion {criterion:>8}: uniform {c['uniform_test_top1_mean']:.2%}  "
+                  f"global {c['global_test_top1_mean']:.2%}")
+
+
+def _merge(path: Path, model: str, table: dict, args: argparse.Namespace) -> None:
+    """Adds this model's table to the JSON file (other models' entries kept), under a file lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if "models" not in data:
+            data = {"models": {}}
+        data["models"][model] = {**table, "episodes": args.episodes, "seeds": args.seeds, "data": "digits"}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(path)
+
+
+def _plot(model: str, table: dict, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.targets), figsize=(6 * len(args.targets), 4.5), squeeze=False)
+    for ax, target in zip(axes[0], args.targets):
+        key = f"flops_{target:g}"
+        for method in args.methods:
+            curve = table[key][method]["best_so_far_val_mean"]
+            xs = np.arange(1, len(curve) + 1)
+            if len(curve) == 1:  # one-episode methods: a flat line at their value
+                xs, curve = [1, args.episodes], [curve[0], curve[0]]
+            ax.plot(xs, np.array(curve) * 100, label=method, lw=1.5, ls="--" if len(xs) == 2 else "-")
+        ax.set_title(f"{model}, FLOPs <= {target:g}: best so far (mean of {args.seeds} dense seeds)")
+        ax.set_xlabel("episode (policies evaluated)")
+        ax.set_ylabel("best search-val top-1 (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out.parent / f"search_quality_{model}.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
