@@ -246,10 +246,17 @@ def test_actor_state_round_trip() -> None:
     np.testing.assert_array_equal(source.act_deterministic(obs), sink.act_deterministic(obs))
 
 
-def test_defaults_are_amc_values() -> None:
+def test_defaults_keep_amc_networks_and_match_the_shipped_configs() -> None:
+    """Networks, tau, batch and gamma are AMC's; the measured exploration settings are the ones the configs ship."""
+    import yaml
+
     cfg = DDPGConfig()
-    assert (cfg.hidden, cfg.actor_lr, cfg.critic_lr, cfg.warmup_episodes) == ((300, 300), 1e-4, 1e-3, 100)
-    assert (cfg.tau, cfg.batch_size, cfg.gamma, cfg.noise_decay, cfg.noise_sigma) == (0.01, 64, 1.0, 0.95, 1.0)
+    assert (cfg.hidden, cfg.tau, cfg.batch_size, cfg.gamma, cfg.bootstrap) == ((300, 300), 0.01, 64, 1.0, False)
+    configs = sorted((Path(__file__).parents[1] / "experiments" / "configs").glob("digits-*.yaml"))
+    assert configs
+    for path in configs:
+        for key, value in yaml.safe_load(path.read_text())["ddpg"].items():
+            assert getattr(cfg, key) == value, f"{path.name}: ddpg.{key} differs from DDPGConfig's default"
     assert DDPGConfig(hidden=[16, 8]).hidden == (16, 8)  # type: ignore[arg-type]
 
 

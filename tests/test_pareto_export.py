@@ -274,7 +274,9 @@ def test_export_nni_config_list(store: dict, tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "export.json").read_text())
     assert manifest["policies"][0]["episode"] == best["episode"]
     assert manifest["exact_channels"] is False, "NNI picks its own channels; the manifest says so"
-    assert manifest["policies"][0]["channel_selection"]["tool"] == "L1NormPruner"
+    from amc.pruning import DEFAULT_CRITERION  # the searches here use the default criterion
+
+    assert manifest["policies"][0]["channel_selection"]["tool"] == {"l1": "L1NormPruner", "l2": "L2NormPruner"}[DEFAULT_CRITERION]
 
 
 def test_export_errors(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
