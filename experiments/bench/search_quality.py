@@ -13,6 +13,7 @@ plot per model and target of best-so-far search-val top-1 against episode (mean 
 
     .venv/bin/python experiments/bench/search_quality.py                          # full: ~1 h per model on 2 cores
     .venv/bin/python experiments/bench/search_quality.py --models resnet20 --seeds 1 --episodes 60   # a quick look
+    .venv/bin/python experiments/bench/search_quality.py --reconstruct --targets 0.2 --criteria  # searches with reconstruction
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ def main() -> int:
                         help="criteria for the criterion table (none: skip it)")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "amc-bench-baselines")
-    parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.json")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="search with AMC's channel reconstruction on (env.reconstruct), every episode")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default: results/search_quality.json, or search_quality_reconstruct.json)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS / ("search_quality_reconstruct.json" if args.reconstruct else "search_quality.json")
     torch.set_num_threads(1)  # small models: one thread per process is fastest and keeps runs comparable
     for model in args.models:
         started = time.perf_counter()
@@ -68,7 +74,9 @@ def main() -> int:
 
 def bench_model(model: str, args: argparse.Namespace) -> dict:
     base = SearchConfig.from_yaml(MODELS[model]).replace(episodes=args.episodes, workers=1)  # in-process: comparable
-    table: dict = {"dense_test_top1_per_seed": [], "criterion": base.env.criterion}
+    if args.reconstruct:
+        base = base.replace(env=base.env.replace(reconstruct=True))
+    table: dict = {"dense_test_top1_per_seed": [], "criterion": base.env.criterion, "reconstruct": base.env.reconstruct}
     curves: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
@@ -201,7 +209,7 @@ def _plot(model: str, table: dict, args: argparse.Namespace) -> None:
         ax.set_ylabel("best search-val top-1 (%)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out.parent / f"search_quality_{model}.png", dpi=110)
+    fig.savefig(args.out.parent / f"{args.out.stem}_{model}.png", dpi=110)
     plt.close(fig)
 
 
