@@ -164,5 +164,3 @@ def create_agent(name: str, env: ChannelPruningEnv, ddpg_config: object, seed: i
     if name not in AGENTS:
         raise ConfigError(f"unknown agent {name!r}; choose one of: {', '.join(AGENTS.names())}")
     return AGENTS.get(name)(env, ddpg_config, seed)
-
-import agents.baselines  # noqa: E402,F401  (registers global, sensitivity and tpe)

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
-from amc.plots import policy_bars, search_curves
+from agents.records import SearchConfig, SearchResult, SearchState
 from amc.files import write_json_atomic
-
-if TYPE_CHECKING:
-    from agents.search import Search, SearchResult
+from amc.service.plots import policy_bars, search_curves
 
 
-def write_outputs(search: "Search") -> "SearchResult":
-    from agents.search import SearchResult
+def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path, tracker: Any = None) -> SearchResult:
+    """Evaluates the best policy on the test split, writes the search's files and logs them to ``tracker``.
 
-    env, state, config, out = search.env, search.state, search.config, search.out
+    Args:
+        env: The search's environment (a :class:`envs.ChannelPruningEnv`).
+        state: The finished search's state.
+        config: The search config.
+        out: Search directory.
+        tracker: An :class:`amc.service.tracking.RunTracker`, or None (no MLflow).
+    """
     best = state.best
     test = env.evaluate_ratios(best.ratios, "test")
     uniform_ratios = env.uniform_ratios()
@@ -42,15 +47,16 @@ def write_outputs(search: "Search") -> "SearchResult":
                        f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {config.env.target_ratio:g}")
     search_curves(out / "search_curves.png", [r.episode for r in state.records], [r.reward for r in state.records],
                            [r.top1 for r in state.records], config.ddpg.warmup_episodes if config.agent == "ddpg" else 0)
-    if search.tracker is not None:
-        _log_final(search.tracker, out, summary)
+    if tracker is not None:
+        log_final(tracker, out, summary)
     return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode)
 
 
 ARTIFACTS = ("search.json", "best_policy.json", "config.yaml", "best_policy.png", "search_curves.png")
 
 
-def _log_final(tracker, out, summary: dict) -> None:
+def log_final(tracker: Any, out: Path, summary: dict) -> None:
+    """Logs a finished search's final metrics, artifacts and tags to its run, and ends the run."""
     best, uniform = summary["best"], summary["uniform"]
     tracker.log_metrics({"best_test_top1": best["test_top1"], "uniform_top1": uniform["top1"],
                          "uniform_test_top1": uniform["test_top1"]}, step=len(summary["episodes"]))
@@ -60,34 +66,4 @@ def _log_final(tracker, out, summary: dict) -> None:
     tracker.finish()
 
 
-def log_search_dir(uri: str, experiment: str, out, parent_run_id: str | None = None,
-                   artifact_root: str | None = None) -> str:
-    """Logs a finished search directory as one MLflow run (used by sweeps, whose trials do not track).
-
-    The run gets what a tracked search logs: params, every episode's metrics (the agent's ``agent_*``
-    statistics from the search's final checkpoint), the final metrics and the artifacts.
-
-    Args:
-        uri: Tracking URI.
-        experiment: Experiment name.
-        out: The finished search directory.
-        parent_run_id: Makes the run a child of this one (the sweep's run).
-        artifact_root: Artifact root of the experiment if it is created now.
-    """
-    import json
-
-    from agents.search import SearchConfig, checkpointed_agent_stats, search_metrics
-    from amc.config import flatten
-    from amc.tracking import RunTracker
-
-    config = SearchConfig.from_yaml(out / "config.yaml")
-    summary = json.loads((out / "search.json").read_text())
-    name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}-{config.env.reward}"
-    tracker = RunTracker(uri, experiment, run_name=name, parent_run_id=parent_run_id,
-                         tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
-                         artifact_root=artifact_root)
-    tracker.log_params(flatten(config))
-    for episode, metrics in search_metrics(summary["episodes"], checkpointed_agent_stats(out)):
-        tracker.log_metrics(metrics, step=episode)
-    _log_final(tracker, out, summary)
-    return tracker.run_id
+__all__ = ["ARTIFACTS", "log_final", "write_outputs"]

@@ -16,8 +16,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,99 +24,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agents.base import SearchAgent, create_agent
-from agents.ddpg import DDPGConfig
-from amc.config import flatten, load_yaml, save_yaml
+from agents.outputs import write_outputs
+from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState
+from amc.config import flatten, save_yaml
 from amc.errors import ConfigError
 from amc.files import write_json_atomic, write_text_atomic
-from amc.train import TrainConfig
-from envs import ChannelPruningEnv, EnvConfig
+from envs import ChannelPruningEnv
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_VERSION = 2
 """Version of a checkpoint's ``state.json`` (1, without a version field: no per-episode agent statistics)."""
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """One search: the environment, the agent and its budget.
-
-    Attributes:
-        env: Model, data, checkpoint, target, ratio bounds, reward and evaluation settings.
-        agent: ``ddpg``, ``random`` or ``uniform``.
-        episodes: Episodes in the search (warm-up included).
-        seed: Seed of the agent.
-        ddpg: DDPG settings (AMC's values by default).
-        baseline: Training settings of the dense baseline, trained and cached when ``env.checkpoint`` is empty.
-        checkpoint_every: Episodes between search checkpoints (and MLflow metric writes).
-        experiment: MLflow experiment name.
-        workers: Rollout workers (Ray actors); 1 runs in-process without Ray, 0 uses the local CPUs.
-        threads: torch threads per rollout worker (0: local CPUs divided by workers).
-    """
-
-    env: EnvConfig = field(default_factory=EnvConfig)
-    agent: str = "ddpg"
-    episodes: int = 300
-    seed: int = 0
-    ddpg: DDPGConfig = field(default_factory=DDPGConfig)
-    baseline: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint_every: int = 10
-    experiment: str = "amc-search"
-    workers: int = 1
-    threads: int = 0
-
-    def __post_init__(self) -> None:
-        from agents.base import AGENTS
-
-        AGENTS.get(self.agent)
-        if self.episodes < 1:
-            raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
-        if self.workers < 0 or self.threads < 0:
-            raise ConfigError(f"workers and threads must be >= 0 (0: automatic), got {self.workers}, {self.threads}")
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "SearchConfig":
-        return load_yaml(cls, path)
-
-    def replace(self, **changes: Any) -> "SearchConfig":
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class EpisodeRecord:
-    """What one episode found."""
-
-    episode: int
-    reward: float
-    top1: float
-    flops_ratio: float
-    params_ratio: float
-    ratios: dict[str, float]
-
-
-@dataclass
-class SearchState:
-    """Everything a checkpoint restores besides the agent.
-
-    Attributes:
-        episode: Episodes finished.
-        records: One record per finished episode, in episode order.
-        run_id: The search's MLflow run (None: not tracked).
-        tracking_uri: The MLflow store of ``run_id``.
-        agent_stats: Episode -> the agent's statistics of it (logged as ``agent_*`` metrics; finite values only).
-    """
-
-    episode: int = 0
-    records: list[EpisodeRecord] = field(default_factory=list)
-    run_id: str | None = None
-    tracking_uri: str | None = None
-    agent_stats: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def best(self) -> EpisodeRecord | None:
-        return max(self.records, key=lambda r: r.reward, default=None)
 
 
 def resolve_checkpoint(config: SearchConfig, cache_dir: Path | None = None, progress: bool = True) -> SearchConfig:
@@ -212,28 +129,13 @@ def _record(episode: int, reward: float, info: dict[str, Any]) -> EpisodeRecord:
                          float(info["params_ratio"]), {k: float(v) for k, v in info["ratios"].items()})
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    """Where the outputs are and what was found."""
-
-    out: Path
-    best: EpisodeRecord
-    best_test_top1: float
-    uniform: dict[str, float]
-    run_id: str | None
-    episodes: int
-
-
-Hook = Callable[[EpisodeRecord, dict[str, float]], None]
-
-
 class Search:
     """Runs (or resumes) one search and writes its outputs.
 
     Args:
         config: The search config (the env's checkpoint must be set; see :func:`resolve_checkpoint`).
         out: Search directory.
-        tracker: An :class:`amc.tracking.RunTracker` or None (no MLflow).
+        tracker: An :class:`amc.service.tracking.RunTracker` or None (no MLflow).
         progress: Show a progress bar.
     """
 
@@ -324,9 +226,7 @@ class Search:
 
     def finish(self) -> SearchResult:
         """Evaluates the best policy on the test split and writes the outputs."""
-        from agents.outputs import write_outputs
-
-        return write_outputs(self)
+        return write_outputs(self.env, self.state, self.config, self.out, self.tracker)
 
 
 EPISODE_METRICS = ("reward", "top1", "flops_ratio", "params_ratio")
@@ -387,13 +287,13 @@ def start_tracker(config: SearchConfig, state: SearchState, tracking_uri: str | 
     Args:
         config: The search config.
         state: The search's state (a resumed search carries its run id and store).
-        tracking_uri: MLflow store of a new run (see :func:`amc.tracking.resolve_tracking_uri`).
+        tracking_uri: MLflow store of a new run (see :func:`amc.service.tracking.resolve_tracking_uri`).
         out: Search directory (tagged on the run).
         parent_run_id: Makes a new run the child of this one.
         artifact_root: Artifact root of the experiment if it is created now (see
-            :func:`amc.tracking.experiment_artifact_location`).
+            :func:`amc.service.tracking.experiment_artifact_location`).
     """
-    from amc.tracking import RunTracker, resolve_tracking_uri
+    from amc.service.tracking import RunTracker, resolve_tracking_uri
 
     uri = state.tracking_uri or resolve_tracking_uri(tracking_uri)
     if state.run_id:
@@ -438,7 +338,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_u
         config: The search config (with ``resume``: None, or overrides of the stored one's episodes and workers).
         out: Search directory; nothing is written outside it except the baseline cache and the MLflow store.
         resume: Continue the interrupted search in ``out``.
-        tracking_uri: MLflow store (see :func:`amc.tracking.resolve_tracking_uri`).
+        tracking_uri: MLflow store (see :func:`amc.service.tracking.resolve_tracking_uri`).
         track: Log to MLflow.
         progress: Show progress bars.
         cache_dir: Cache directory of the dense baseline (None: :func:`amc.baseline.default_cache_dir`).
@@ -446,7 +346,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_u
         on_episode: Called after every episode with its record and the agent's statistics.
         address: Ray cluster to join (None: start Ray locally when more than one worker is used).
         artifact_root: Artifact root of the MLflow experiment if it is created now (None:
-            ``$AMC_ARTIFACT_ROOT``, else next to a SQLite store; see :func:`amc.tracking.experiment_artifact_location`).
+            ``$AMC_ARTIFACT_ROOT``, else next to a SQLite store; see :func:`amc.service.tracking.experiment_artifact_location`).
     """
     check_out_dir(out, resume)
     if resume:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.search import SearchConfig, resolve_checkpoint, run_search
-from amc.config import load_yaml
+from agents.outputs import log_final
+from agents.search import SearchConfig, checkpointed_agent_stats, resolve_checkpoint, run_search, search_metrics
+from amc.config import flatten, load_yaml
 from amc.errors import ConfigError
 
 
@@ -94,7 +95,7 @@ def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: s
         sweep: The grid.
         base: The search config every trial starts from.
         out: Sweep directory (``trials/`` and ``tune/`` inside).
-        tracking_uri: MLflow store (see :func:`amc.tracking.resolve_tracking_uri`).
+        tracking_uri: MLflow store (see :func:`amc.service.tracking.resolve_tracking_uri`).
         address: Ray cluster to join (None: start Ray locally).
         cache_dir: Cache directory of the shared dense baseline (None: :func:`amc.baseline.default_cache_dir`).
         artifact_root: Artifact root of the MLflow experiment if it is created now.
@@ -138,8 +139,7 @@ def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: s
 def log_sweep(sweep: SweepConfig, base: SearchConfig, results: list[dict[str, Any]], tracking_uri: str | None,
               artifact_root: str | None = None) -> str:
     """The single MLflow writer: a parent run for the sweep, one child run per finished trial."""
-    from agents.outputs import log_search_dir
-    from amc.tracking import RunTracker, resolve_tracking_uri
+    from amc.service.tracking import RunTracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     parent = RunTracker(uri, base.experiment, run_name=f"sweep-{sweep.name}", tags={"amc.kind": "sweep"},
@@ -153,3 +153,32 @@ def log_sweep(sweep: SweepConfig, base: SearchConfig, results: list[dict[str, An
         parent.log_metrics({"best_top1": best}, step=0)
     parent.finish()
     return parent.run_id
+
+
+def log_search_dir(uri: str, experiment: str, out: Path, parent_run_id: str | None = None,
+                   artifact_root: str | None = None) -> str:
+    """Logs a finished search directory as one MLflow run (used by sweeps, whose trials do not track).
+
+    The run gets what a tracked search logs: params, every episode's metrics (the agent's ``agent_*``
+    statistics from the search's final checkpoint), the final metrics and the artifacts.
+
+    Args:
+        uri: Tracking URI.
+        experiment: Experiment name.
+        out: The finished search directory.
+        parent_run_id: Makes the run a child of this one (the sweep's run).
+        artifact_root: Artifact root of the experiment if it is created now.
+    """
+    from amc.service.tracking import RunTracker
+
+    config = SearchConfig.from_yaml(out / "config.yaml")
+    summary = json.loads((out / "search.json").read_text())
+    name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}-{config.env.reward}"
+    tracker = RunTracker(uri, experiment, run_name=name, parent_run_id=parent_run_id,
+                         tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
+                         artifact_root=artifact_root)
+    tracker.log_params(flatten(config))
+    for episode, metrics in search_metrics(summary["episodes"], checkpointed_agent_stats(out)):
+        tracker.log_metrics(metrics, step=episode)
+    log_final(tracker, out, summary)
+    return tracker.run_id

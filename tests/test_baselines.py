@@ -12,9 +12,9 @@ import pytest
 
 from agents.base import AGENTS, create_agent
 from agents.baselines import action_for_kept, global_kept, sensitivity_curves, sensitivity_kept
-from agents.cli import AGENT_NAMES
 from agents.ddpg import DDPGConfig
 from agents.search import SearchConfig, run_episode, run_search
+from amc.cli.search import AGENT_NAMES
 from amc.pruning import kept_channels
 from envs import ChannelPruningEnv, EnvConfig
 

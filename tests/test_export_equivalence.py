@@ -20,10 +20,10 @@ import torch
 from amc.checkpoint import load_model
 from amc.cli import main
 from amc.data import DataConfig, load_data
-from amc.export import DenseSource, select_channels
 from amc.groups import ModelGraph
 from amc.policy import Policy, load_policy
 from amc.pruning import CRITERIA, kept_channels
+from amc.service.export import DenseSource, select_channels
 
 RATIOS = (0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75)
 

@@ -15,7 +15,7 @@ from amc.baseline import baseline_dir, cached_baseline, default_cache_dir, train
 from amc.cli import main
 from amc.data import DataConfig
 from amc.errors import ConfigError
-from amc.tracking import experiment_artifact_location
+from amc.service.tracking import experiment_artifact_location
 from amc.train import TrainConfig
 
 

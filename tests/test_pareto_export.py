@@ -22,13 +22,14 @@ from amc.checkpoint import load_model
 from amc.cli import main
 from amc.cost import count_cost
 from amc.errors import ConfigError
-from amc.export import load_ratio_mapping, removed_fraction, torch_pruning_ratio
-from amc.groups import ModelGraph
-from amc.pareto import Candidate, ParetoFront, pareto_front, read_front_csv, update_pareto
 from amc.files import write_json_atomic
+from amc.groups import ModelGraph
 from amc.policy import load_policy
 from amc.pruning import kept_channels, replay_history
-from amc.results_cli import check_port_free, check_store, ui_command, ui_urls
+from amc.service.export import load_ratio_mapping, removed_fraction, torch_pruning_ratio
+from amc.service.front import Candidate, ParetoFront, pareto_front, read_front_csv
+from amc.service.pareto import update_pareto
+from amc.service.ui import check_port_free, check_store, ui_command, ui_urls
 from envs import EnvConfig
 
 EXPERIMENT = "test-pareto"

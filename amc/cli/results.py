@@ -1,28 +1,23 @@
 """``amc pareto``, ``amc export`` and ``amc ui``: look at and take away what the searches found.
 
-Registered into the ``amc`` command line when ``amc.cli`` builds its parser.
+The work is done in :mod:`amc.service` (MLflow, moocore, matplotlib), imported inside the commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
-import socket
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlparse
 
-from amc.cli import command
+from amc.cli.commands import command
 from amc.errors import ConfigError
+from amc.service.ui import PARETO_FILTER
 
 if TYPE_CHECKING:
-    from amc.pareto import Candidate
+    from amc.service.front import Candidate
 
-UI_HOST = "127.0.0.1"
-PARETO_FILTER = 'tags.amc.pareto = "true"'
 _TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
 
 
@@ -47,7 +42,7 @@ def _pareto_args(p: argparse.ArgumentParser) -> None:
 
 @_pareto_args.run
 def _pareto(args: argparse.Namespace) -> int:
-    from amc.pareto import update_pareto
+    from amc.service.pareto import update_pareto
 
     report = update_pareto(args.experiment, args.tracking_uri, args.out, log_to_mlflow=not args.no_log)
     front = report.front
@@ -88,7 +83,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                         help="with --pareto: every front policy within the budget, one directory each")
     source.add_argument("--tracking-uri", help=_TRACKING_HELP)
     p.add_argument("--format", default="amc", help="amc (default), torch-pruning, nni, or a format registered in "
-                   "amc.export.EXPORT_FORMATS")
+                   "amc.service.export.EXPORT_FORMATS")
     dense = p.add_argument_group("the dense model (torch-pruning reads its weights to record amc's exact channels)")
     dense.add_argument("--checkpoint", type=Path, help="dense model file the policy was made for (default for a "
                        "search run: the checkpoint it searched)")
@@ -103,7 +98,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 @_export_args.run
 def _export(args: argparse.Namespace) -> int:
     from amc.data import DataConfig
-    from amc.export import ExportRequest, export_policies
+    from amc.service.export import ExportRequest, export_policies
 
     data = DataConfig(args.data, args.data_dir, args.input_size) if args.data else None
     if data is None and (args.data_dir or args.input_size):
@@ -122,43 +117,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- ui
-def ui_command(tracking_uri: str, port: int) -> list[str]:
-    """The ``mlflow server`` command line serving ``tracking_uri`` on 127.0.0.1:``port``."""
-    hosts = f"{UI_HOST}:{port},localhost:{port},{UI_HOST},localhost"
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri, "--host", UI_HOST,
-            "--port", str(port), "--workers", "1", "--allowed-hosts", hosts]
-
-
-def check_store(tracking_uri: str) -> None:
-    """Refuses a store that is already a server, or a SQLite file that does not exist."""
-    scheme = urlparse(tracking_uri).scheme
-    if scheme in ("http", "https", "databricks"):
-        raise ConfigError(f"{tracking_uri} is already an MLflow server; open it in a browser instead of `amc ui`")
-    if scheme == "sqlite":
-        path = Path(tracking_uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise ConfigError(f"there is no MLflow store at {path}; run `amc search` first or pass --tracking-uri")
-
-
-def check_port_free(port: int) -> None:
-    """Raises ConfigError when 127.0.0.1:``port`` is taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((UI_HOST, port))
-        except OSError:
-            raise ConfigError(f"port {port} on {UI_HOST} is in use; pass another --port") from None
-
-
-def ui_urls(port: int, experiment_id: str | None = None) -> list[str]:
-    """The UI's address and, for an experiment, its runs table and its Pareto-front runs in chart view."""
-    base = f"http://{UI_HOST}:{port}/"
-    if experiment_id is None:
-        return [base]
-    runs = f"{base}#/experiments/{experiment_id}/runs"
-    return [base, runs, f"{runs}?searchFilter={quote(PARETO_FILTER)}&compareRunsMode=CHART"]
-
-
 @command("ui", "start the MLflow UI on this project's store (bound to 127.0.0.1) and print its address")
 def _ui_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help=_TRACKING_HELP)
@@ -168,14 +126,15 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 
 @_ui_args.run
 def _ui(args: argparse.Namespace) -> int:
-    from amc.tracking import resolve_tracking_uri
+    from amc.service.tracking import resolve_tracking_uri
+    from amc.service.ui import check_port_free, check_store, serve, ui_command, ui_urls
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_store(uri)
     check_port_free(args.port)
     experiment_id = None
     if args.experiment:
-        from amc.pareto import find_experiment, mlflow_client
+        from amc.service.candidates import find_experiment, mlflow_client
 
         experiment_id = find_experiment(mlflow_client(uri), args.experiment).experiment_id
     labels = ("", f"runs of {args.experiment!r}", f"its Pareto front ({PARETO_FILTER}, chart view)")
@@ -183,18 +142,4 @@ def _ui(args: argparse.Namespace) -> int:
     for url, label in zip(ui_urls(args.port, experiment_id), labels):
         print(f"  {url}   {label}".rstrip())
     sys.stdout.flush()
-    return _serve(ui_command(uri, args.port))
-
-
-def _serve(cmd: list[str]) -> int:
-    """Runs the server in the foreground; SIGTERM and Ctrl-C stop it too."""
-    proc = subprocess.Popen(cmd)
-    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return serve(ui_command(uri, args.port))

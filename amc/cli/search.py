@@ -1,11 +1,11 @@
-"""``amc search`` (registered into the ``amc`` command line when this package is importable)."""
+"""``amc search`` and ``amc sweep``: the RL search of ``agents/``, imported inside the commands that run it."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from amc.cli import command
+from amc.cli.commands import command
 from amc.errors import ConfigError
 
 AGENT_NAMES = ("ddpg", "random", "uniform", "global", "sensitivity", "tpe")

@@ -50,9 +50,8 @@ from torch import nn
 from amc.data import DataConfig
 from amc.errors import ConfigError
 from amc.files import write_json_atomic, write_text_atomic
-from amc.pareto import (
-    Candidate, SearchRun, best_within, find_experiment, front_of_runs, load_search_runs, mlflow_client, read_json_artifact,
-)
+from amc.service.candidates import find_experiment, load_search_runs, mlflow_client, read_json_artifact
+from amc.service.front import Candidate, SearchRun, best_within, front_of_runs
 from amc.policy import Policy, load_policy
 from amc.registry import Registry
 
@@ -681,7 +680,7 @@ def _run_data(params: Mapping[str, str]) -> DataConfig:
 
 
 def _mlflow_items(request: ExportRequest, fmt: ExportFormat) -> tuple[list[ExportItem], str]:
-    from amc.tracking import resolve_tracking_uri
+    from amc.service.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(request.tracking_uri)
     client = mlflow_client(uri)
@@ -715,7 +714,7 @@ def _directory(request: ExportRequest, item: ExportItem) -> Path:
 
 
 def _write(directory: Path, rendered: Rendered, item: ExportItem) -> tuple[Path, ...]:
-    from amc.plots import policy_bars
+    from amc.service.plots import policy_bars
 
     directory.mkdir(parents=True, exist_ok=True)
     files = []

@@ -1,43 +1,23 @@
-"""The ``amc`` command line: train, prune, sensitivity (and search / sweep / export / ui once installed).
+"""``amc train``, ``amc prune`` and ``amc sensitivity``: the pruning / fine-tune engine's commands.
 
-Bad input exits with code 2 and a one-line message that says what to fix.
+Only argparse code runs at import time; torch and the engine are imported inside the commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import re
-import sys
 import warnings
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amc.errors import AmcError, ConfigError
+from amc.cli.commands import command
+from amc.errors import ConfigError
 
 if TYPE_CHECKING:
     from amc.engine import Workspace
     from amc.policy import Policy
-
-log = logging.getLogger("amc")
-Command = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
-
-
-def command(name: str, help_text: str) -> Callable:
-    """Registers a subcommand: the decorated function adds its flags, ``run`` executes it."""
-
-    def deco(add_args: Callable[[argparse.ArgumentParser], None]) -> Callable:
-        def with_run(run: Command) -> Command:
-            _COMMANDS[name] = (add_args, run, help_text)
-            return run
-
-        add_args.run = with_run  # type: ignore[attr-defined]
-        return add_args
-
-    return deco
 
 
 # --------------------------------------------------------------------------- shared flags
@@ -280,49 +260,3 @@ def _sensitivity(args: argparse.Namespace) -> int:
     csv_path, png_path = write_sensitivity(args.out, dense, rows)
     print(f"dense search-val top-1 {dense:.2%}; wrote {csv_path} and {png_path}")
     return 0
-
-
-# --------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amc", description="AMC-style search for per-layer pruning ratios, and the pruning / fine-tune engine.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _load_optional_commands()
-    for name, (add_args, _, help_text) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
-        add_args(p)
-    return parser
-
-
-def _load_optional_commands() -> None:
-    """Commands that live with the search (agents/) register themselves when importable."""
-    import importlib
-
-    for module in ("agents.cli", "amc.results_cli"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (module, module.split(".")[0]):
-                raise
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"amc: warning: {msg}\n"
-    try:
-        return _COMMANDS[args.command][1](args)
-    except AmcError as exc:
-        print(f"amc {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("amc: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    # under `python -m amc.cli` this file is `__main__`; commands in other modules register into `amc.cli`
-    from amc.cli import main as _main
-
-    sys.exit(_main())

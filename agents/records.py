@@ -1,0 +1,119 @@
+"""The search's config and what it records: episodes, the state a checkpoint restores, the result.
+
+Shared by the search loop (:mod:`agents.search`) and its outputs (:mod:`agents.outputs`), which import
+this module and not each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.ddpg import DDPGConfig
+from amc.config import load_yaml
+from amc.errors import ConfigError
+from amc.train import TrainConfig
+from envs import EnvConfig
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search: the environment, the agent and its budget.
+
+    Attributes:
+        env: Model, data, checkpoint, target, ratio bounds, reward and evaluation settings.
+        agent: ``ddpg``, ``random`` or ``uniform``.
+        episodes: Episodes in the search (warm-up included).
+        seed: Seed of the agent.
+        ddpg: DDPG settings (AMC's values by default).
+        baseline: Training settings of the dense baseline, trained and cached when ``env.checkpoint`` is empty.
+        checkpoint_every: Episodes between search checkpoints (and MLflow metric writes).
+        experiment: MLflow experiment name.
+        workers: Rollout workers (Ray actors); 1 runs in-process without Ray, 0 uses the local CPUs.
+        threads: torch threads per rollout worker (0: local CPUs divided by workers).
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: str = "ddpg"
+    episodes: int = 300
+    seed: int = 0
+    ddpg: DDPGConfig = field(default_factory=DDPGConfig)
+    baseline: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint_every: int = 10
+    experiment: str = "amc-search"
+    workers: int = 1
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        from agents.base import AGENTS
+
+        AGENTS.get(self.agent)
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
+        if self.workers < 0 or self.threads < 0:
+            raise ConfigError(f"workers and threads must be >= 0 (0: automatic), got {self.workers}, {self.threads}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "SearchConfig":
+        return load_yaml(cls, path)
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """What one episode found."""
+
+    episode: int
+    reward: float
+    top1: float
+    flops_ratio: float
+    params_ratio: float
+    ratios: dict[str, float]
+
+
+@dataclass
+class SearchState:
+    """Everything a checkpoint restores besides the agent.
+
+    Attributes:
+        episode: Episodes finished.
+        records: One record per finished episode, in episode order.
+        run_id: The search's MLflow run (None: not tracked).
+        tracking_uri: The MLflow store of ``run_id``.
+        agent_stats: Episode -> the agent's statistics of it (logged as ``agent_*`` metrics; finite values only).
+    """
+
+    episode: int = 0
+    records: list[EpisodeRecord] = field(default_factory=list)
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    agent_stats: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def best(self) -> EpisodeRecord | None:
+        return max(self.records, key=lambda r: r.reward, default=None)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Where the outputs are and what was found."""
+
+    out: Path
+    best: EpisodeRecord
+    best_test_top1: float
+    uniform: dict[str, float]
+    run_id: str | None
+    episodes: int
+
+
+Hook = Callable[[EpisodeRecord, dict[str, float]], None]
+
+
+__all__ = ["EpisodeRecord", "Hook", "SearchConfig", "SearchResult", "SearchState"]

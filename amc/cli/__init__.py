@@ -1,0 +1,52 @@
+"""The ``amc`` command line: one parser, one module per command group.
+
+- :mod:`amc.cli.engine`: ``train``, ``prune``, ``sensitivity`` (the pruning / fine-tune engine);
+- :mod:`amc.cli.search`: ``search``, ``sweep`` (the RL search in ``agents/``, imported inside the commands);
+- :mod:`amc.cli.results`: ``pareto``, ``export``, ``ui`` (the service parts in :mod:`amc.service`).
+
+Importing this package builds only argparse code: torch, MLflow, Ray and SB3 are imported by the command
+that runs. Bad input exits with code 2 and a one-line message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+# each module declares its commands in COMMANDS; this order is the order of `amc --help`
+from amc.cli import engine, search, results  # noqa: F401, I001
+from amc.cli.commands import COMMANDS
+from amc.errors import AmcError
+
+log = logging.getLogger("amc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amc", description="AMC-style search for per-layer pruning ratios, and the pruning / fine-tune engine.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_args, _, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
+        add_args(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"amc: warning: {msg}\n"
+    try:
+        return COMMANDS[args.command][1](args)
+    except AmcError as exc:
+        print(f"amc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("amc: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["build_parser", "main"]
