@@ -1,7 +1,8 @@
 """Dependency groups: the prunable units of a model, traced with Torch-Pruning behind our own adapter.
 
 A group is a set of coupled channels (a conv's outputs plus everything that must shrink with them:
-BatchNorms, the next layers' inputs, residual adds, depthwise convs, concatenations). Each group gets a
+BatchNorms, the next layers' inputs, residual adds, depthwise convs, concatenations). A group that feeds
+or leaves a grouped conv shrinks in steps of its ``groups`` (:attr:`PrunableGroup.multiple`). Each group gets a
 stable, human-readable name: the name of the first conv / linear module (in execution order) whose
 output channels it removes. The classifier's outputs are never pruned.
 
@@ -11,9 +12,11 @@ configuration are known without building the pruned model (tests check it agains
 
 from __future__ import annotations
 
+import math
 import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 import torch_pruning as tp
@@ -22,7 +25,8 @@ from torch import nn
 from amc.cost import Cost, count_cost
 from amc.errors import ConfigError, TraceError
 
-PRUNABLE_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PRUNABLE_TYPES = (*CONV_TYPES, nn.Linear)
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -41,6 +45,10 @@ class PrunableGroup:
         stride: Stride of the named module (1 for linear).
         spatial: Output height x width of the named module (1 for linear).
         flops: Dense FLOPs of all layers whose input or output channels the group scales.
+        multiple: Kept channel counts must be a multiple of this: the least common multiple of the
+            ``groups`` of the grouped convs (and ``num_groups`` of the GroupNorms) the group touches, since
+            each conv group keeps the same number of channels (1 when nothing is grouped; the whole
+            group when it cannot shrink at all).
     """
 
     name: str
@@ -53,13 +61,14 @@ class PrunableGroup:
     stride: int
     spatial: int
     flops: int
+    multiple: int = 1
 
 
 @dataclass
 class _ModuleCost:
     """Dense cost of one conv / linear / norm module and which groups scale its channels."""
 
-    kind: str  # conv | depthwise | linear | norm
+    kind: str  # conv | depthwise | linear | norm (also a loose parameter: params per channel, no FLOPs)
     flops_unit: int  # FLOPs per (input-channel-per-group x output-channel) pair
     in_features: int
     out_features: int
@@ -155,11 +164,13 @@ class ModelGraph:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
         self.example_inputs = example_inputs[:1].detach().clone()
-        _reject_grouped_convs(model)
+        _reject_unsupported_modules(model)
         order, shapes = execution_order(model, self.example_inputs)
         self.classifier = output_layer(model, order)
-        self._order = {name: i for i, name in enumerate(order)}
+        self._order: dict[str, int] = {name: i for i, name in enumerate(order)}
         self._names = {id(m): n for n, m in model.named_modules()}
+        self._names.update({id(p): n for n, p in model.named_parameters()})
+        self._param_dims: dict[int, int] = {}
         raw_groups = self._trace(model)
         self.groups = self._describe(model, raw_groups, shapes)
         self.dense_cost = count_cost(model, self.example_inputs)
@@ -173,12 +184,18 @@ class ModelGraph:
         classifier = model.get_submodule(self.classifier)
         try:
             graph = tp.DependencyGraph().build_dependency(model, self.example_inputs, verbose=False)
+            # parameters used outside a module's forward (ConvNeXt's layer_scale, ViT's class token) shrink too
+            self._param_dims = {id(u.parameters): int(u.pruning_dim) for u in graph.unwrapped_parameters}
             found = graph.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES)
             groups = [[(dep.target.module, dep.handler.__name__, len(idxs)) for dep, idxs in g.items] for g in found]
         except Exception as exc:  # Torch-Pruning raises anything; name the place instead
+            where = _failing_location(exc, model)
+            hint = ""
+            if "View" in where or "Reshape" in where:
+                hint = "; reshapes that mix channels (e.g. ShuffleNet's channel shuffle) cannot be pruned"
             raise TraceError(
                 f"cannot trace the dependency groups of {type(model).__name__}: "
-                f"{type(exc).__name__}: {exc} while handling {_failing_location(exc, model)}"
+                f"{type(exc).__name__}: {exc} while handling {where}{hint}"
             ) from exc
         keyed = []
         for items in groups:
@@ -198,7 +215,7 @@ class ModelGraph:
             ]
             outs = sorted(set(outs), key=lambda n: self._order.get(n, 10**9))
             root = model.get_submodule(outs[0])
-            depthwise = any(_is_depthwise(m) for m, _, _ in items)
+            depthwise = any(is_depthwise(m) for m, _, _ in items)
             kind = "depthwise" if depthwise else ("linear" if isinstance(root, nn.Linear) else "conv")
             shape = shapes.get(outs[0], torch.Size())
             described.append(
@@ -207,6 +224,7 @@ class ModelGraph:
                     in_channels=int(getattr(root, "in_channels", getattr(root, "in_features", 0))),
                     kernel=int(getattr(root, "kernel_size", (1,))[0]), stride=int(getattr(root, "stride", (1,))[0]),
                     spatial=int(torch.Size(shape[2:]).numel()) if len(shape) > 2 else 1, flops=0,
+                    multiple=_channel_multiple(items),
                 )
             )
         return described
@@ -221,6 +239,9 @@ class ModelGraph:
         for index, items in enumerate(raw):
             for module, handler, n in items:
                 name = self._names.get(id(module))
+                if isinstance(module, nn.Parameter) and id(module) in self._param_dims and name not in table:
+                    size = int(module.shape[self._param_dims[id(module)]])
+                    table[name] = _ModuleCost("norm", 0, size, size, 1, 0, False, module.numel() // size)
                 if name not in table:
                     continue
                 mc = table[name]
@@ -254,6 +275,15 @@ class ModelGraph:
         return iter(self.groups)
 
     @property
+    def order(self) -> Mapping[str, int]:
+        """Execution order of the dense model's leaf modules: module name -> position in a forward pass.
+
+        Read-only (a mapping proxy); group names are ordered by it, and the pruning uses it to name the
+        groups Torch-Pruning finds on a copy of the model.
+        """
+        return MappingProxyType(self._order)
+
+    @property
     def names(self) -> list[str]:
         return [g.name for g in self.groups]
 
@@ -276,24 +306,76 @@ class ModelGraph:
         return {g.name: g.channels for g in self.groups}
 
 
-def _reject_grouped_convs(model: nn.Module) -> None:
+ATTENTION_TYPES = frozenset(
+    {"Attention", "MultiheadAttention", "ShiftedWindowAttention", "ShiftedWindowAttentionV2",
+     "RelativePositionalMultiHeadAttention"}
+)
+"""Class names of attention layers (PyTorch, torchvision's Swin / MaxViT, timm-style ``Attention``), refused."""
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return any(cls.__name__ in ATTENTION_TYPES for cls in type(module).__mro__)
+
+
+def _reject_unsupported_modules(model: nn.Module) -> None:
+    """Refuses what the pruning cannot keep consistent or the cost table cannot count exactly.
+
+    Attention layers (ViT, Swin, MaxViT): their heads and embedding width would need head-aware pruning
+    and attention FLOPs in the cost table. Transposed convs, and depthwise convs with a channel multiplier.
+    """
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and 1 < module.groups != module.in_channels:
+        if _is_attention(module):
             raise TraceError(
-                f"module {name!r} is a grouped convolution (groups={module.groups}); grouped (non-depthwise) "
-                "convolutions are not supported yet: choose a model without them (e.g. not ResNeXt / RegNet)"
+                f"module {name!r} ({type(module).__name__}) is an attention layer; pruning attention heads and "
+                "embedding widths is not supported: choose a convolutional model (ResNet, RegNet, MobileNet, ...)"
             )
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            raise TraceError(
+                f"module {name!r} is a transposed convolution ({type(module).__name__}); transposed convolutions are "
+                "not supported: choose a classifier without them"
+            )
+        if isinstance(module, CONV_TYPES) and module.groups > 1 and not is_depthwise(module):
+            if module.groups in (module.in_channels, module.out_channels):
+                raise TraceError(
+                    f"module {name!r} is a depthwise convolution with a channel multiplier (in_channels="
+                    f"{module.in_channels}, out_channels={module.out_channels}, groups={module.groups}); only "
+                    "depthwise convs with out_channels == in_channels and grouped convs with several channels per "
+                    "group on both sides are supported"
+                )
 
 
-def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+def is_depthwise(module: nn.Module) -> bool:
+    """A Conv1d / Conv2d / Conv3d with one input and one output channel per group."""
+    return (
+        isinstance(module, CONV_TYPES) and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+def _channel_multiple(items: list[tuple[nn.Module, str, int]]) -> int:
+    """Kept channels of a group must be a multiple of this (see :attr:`PrunableGroup.multiple`).
+
+    A grouped conv keeps its ``groups``: the same channel positions are removed from every conv group
+    (Torch-Pruning's rule for grouped convs), so every group it touches shrinks in steps of ``groups``.
+    When the group covers only part of such a conv's channels (e.g. one input of a concatenation) that
+    rule cannot hold, and the group is kept whole.
+    """
+    channels = items[0][2]
+    multiple = 1
+    for module, handler, n in items:
+        if isinstance(module, CONV_TYPES) and module.groups > 1 and not is_depthwise(module):
+            size = module.out_channels if handler == "prune_out_channels" else module.in_channels
+            multiple = math.lcm(multiple, module.groups if n == size else channels)
+        elif isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+            multiple = math.lcm(multiple, module.num_groups if n == module.num_channels else channels)
+    return multiple if channels % multiple == 0 else channels
 
 
 def _module_cost(module: nn.Module, shape: torch.Size | None) -> _ModuleCost | None:
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, CONV_TYPES):
         spatial = int(torch.Size(shape[2:]).numel()) if shape is not None else 0
         kernel = int(torch.Size(module.kernel_size).numel())
-        kind = "depthwise" if _is_depthwise(module) else "conv"
+        kind = "depthwise" if is_depthwise(module) else "conv"
         return _ModuleCost(
             kind, 2 * spatial * kernel, module.in_channels, module.out_channels, module.groups, kernel,
             module.bias is not None, 0,

@@ -45,7 +45,7 @@ def group_importance(
     classifier = work.get_submodule(graph.classifier)
     scores: dict[str, torch.Tensor] = {}
     for group in dg.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES):
-        name = _group_name(group.items, names, graph._order)
+        name = _group_name(group.items, names, graph.order)
         if name is None or name not in graph.names:
             continue
         with torch.no_grad():

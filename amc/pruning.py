@@ -19,7 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from amc.errors import ConfigError
-from amc.groups import PRUNABLE_TYPES, ModelGraph
+from amc.groups import PRUNABLE_TYPES, ModelGraph, PrunableGroup, is_depthwise
 from amc.registry import Registry
 
 GRANULARITIES = ("channel", "unstructured", "nm")
@@ -66,9 +66,23 @@ def kept_channels(channels: int, ratio: float, round_to: int = 1) -> int:
     return min(keep, channels)
 
 
+def group_round_to(group: PrunableGroup, round_to: int = 1) -> int:
+    """The channel multiple ``group`` is rounded to: ``round_to`` combined with the group's own multiple.
+
+    A group touching grouped convs keeps a multiple of their ``groups`` (:attr:`PrunableGroup.multiple`),
+    so that every conv group keeps the same number of channels.
+    """
+    return math.lcm(max(1, int(round_to)), group.multiple)
+
+
 def widths_for(graph: ModelGraph, ratios: Mapping[str, float], round_to: int = 1) -> dict[str, int]:
-    """Kept channels per group for per-group pruning ratios (missing groups stay dense)."""
-    return {g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to) for g in graph}
+    """Kept channels per group for per-group pruning ratios (missing groups stay dense).
+
+    Each group is rounded to :func:`group_round_to` (``round_to`` and the group's grouped-conv multiple).
+    """
+    return {
+        g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), group_round_to(g, round_to)) for g in graph
+    }
 
 
 class KeptChannels(NamedTuple):
@@ -77,8 +91,8 @@ class KeptChannels(NamedTuple):
     Attributes:
         outputs: Indices of the original module's output channels that remain, ascending.
         inputs: Indices of the original module's input channels (features, for a linear) that remain,
-            ascending. For a depthwise conv these are the channels of its input tensor (equal to
-            ``outputs``), not an index into its weight's second dimension.
+            ascending. For a depthwise or grouped conv these are the channels of its input tensor (for a
+            depthwise conv equal to ``outputs``), not an index into its weight's second dimension.
     """
 
     outputs: tuple[int, ...]
@@ -95,7 +109,7 @@ class PruneResult:
         history: Torch-Pruning's pruning history (replayable onto the dense model).
         kept: For every conv / linear module that lost input or output channels, the original model's
             channels it kept, so that ``pruned.weight == original.weight[outputs][:, inputs]`` (not for
-            depthwise convs, whose weight has one input channel per group).
+            depthwise or grouped convs, whose weight holds only one conv group's input channels).
     """
 
     model: nn.Module
@@ -142,7 +156,7 @@ class _KeptTracker:
 
     @staticmethod
     def _dims(module: nn.Module, handler: str) -> tuple[int, ...]:
-        if isinstance(module, nn.Conv2d | nn.Conv1d) and module.groups > 1 and module.groups == module.in_channels:
+        if is_depthwise(module):
             return (0, 1)  # depthwise: Torch-Pruning removes the same channels on both sides
         return (0,) if handler == "prune_out_channels" else (1,)
 
@@ -191,15 +205,12 @@ def prune_channels(
     tracker = _KeptTracker(names)
     classifier = pruned.get_submodule(graph.classifier)
     for group in dg.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES):
-        name = _group_name(group.items, names, graph._order)
+        name = _group_name(group.items, names, graph.order)
         current = len(group.items[0].idxs)
         target = int(widths.get(name, current)) if name is not None else current
         if target >= current:
             continue
-        scores = importance(group)
-        if scores is None:  # e.g. bn_scale on a group without BatchNorm: fall back to L1
-            scores = tp.importance.GroupMagnitudeImportance(p=1)(group)
-        idxs = sorted(torch.argsort(scores)[: current - target].tolist())
+        idxs = _channels_to_remove(group, importance, current - target, graph.group(name).multiple, name)
         dep = group.items[0].dep
         pruning_group = dg.get_pruning_group(dep.target.module, dep.handler, idxs)
         tracker.record(pruning_group)
@@ -208,6 +219,31 @@ def prune_channels(
     history = [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in dg.pruning_history()]
     widths_out = {g.name: int(widths.get(g.name, g.channels)) for g in graph}
     return PruneResult(pruned, widths_out, history, tracker.result())
+
+
+def _channels_to_remove(
+    group: tp.Group, importance: tp.importance.Importance, n_remove: int, multiple: int, name: str
+) -> list[int]:
+    """The ``n_remove`` least important channels of ``group``, as a plain sorted list.
+
+    With ``multiple`` > 1 (the group feeds or leaves grouped convs) the channels are split into
+    ``multiple`` equal conv groups, the importance is averaged over them, and the same positions are
+    removed from every one (as Torch-Pruning's ``MetaPruner`` does), so each conv group keeps the same
+    number of channels and ``groups`` stays valid.
+    """
+    current = len(group.items[0].idxs)
+    if current % multiple or n_remove % multiple:
+        raise ConfigError(
+            f"group {name!r} touches grouped convolutions: its kept channels must be a multiple of {multiple}, "
+            f"got {current - n_remove} of {current}; round the widths with amc.pruning.widths_for"
+        )
+    scores = importance(group)
+    if scores is None:  # e.g. bn_scale on a group without BatchNorm: fall back to L1
+        scores = tp.importance.GroupMagnitudeImportance(p=1)(group)
+    size = current // multiple
+    per_group = scores.detach().float().reshape(multiple, size).mean(dim=0)
+    positions = torch.argsort(per_group)[: n_remove // multiple].tolist()
+    return sorted(int(p) + g * size for g in range(multiple) for p in positions)
 
 
 def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: History) -> nn.Module:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from amc.errors import BudgetError, ConfigError
 from amc.groups import PrunableGroup
-from amc.pruning import kept_channels
+from amc.pruning import group_round_to, kept_channels
 
 from envs.costs import CostModel
 
@@ -68,7 +68,8 @@ class BudgetWall:
         target_ratio: Fraction of the dense cost the pruned model may keep.
         min_ratio: Smallest pruning ratio an action maps to.
         max_ratio: Largest pruning ratio an action maps to.
-        round_to: Kept channel counts are multiples of this (or the whole group).
+        round_to: Kept channel counts are multiples of this (or the whole group); a group touching grouped
+            convs is rounded to :func:`amc.pruning.group_round_to` (a multiple of their ``groups`` too).
 
     Raises:
         BudgetError: when the target is not met even with every group at ``max_ratio``.
@@ -82,7 +83,9 @@ class BudgetWall:
         self.cost = cost
         self.target_ratio = target_ratio
         self.round_to = round_to
-        self._options = {g.name: _candidates(g.channels, min_ratio, max_ratio, round_to) for g in self.groups}
+        self._options = {
+            g.name: _candidates(g.channels, min_ratio, max_ratio, group_round_to(g, round_to)) for g in self.groups
+        }
         self.fewest = {g.name: self._options[g.name][0][0] for g in self.groups}
         floor = cost.ratio(self.fewest)
         if floor > target_ratio:
@@ -110,7 +113,7 @@ class BudgetWall:
             ratio: Requested pruning ratio, already within ``[min_ratio, max_ratio]``.
         """
         group = self.groups[index]
-        wanted = kept_channels(group.channels, ratio, self.round_to)
+        wanted = kept_channels(group.channels, ratio, group_round_to(group, self.round_to))
         if self._feasible(decided, index, wanted):
             return Choice(wanted, ratio, False)
         kept, ratios = self._options[group.name]

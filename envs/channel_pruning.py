@@ -255,9 +255,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._step_index: int | None = None
         self._kept: dict[str, int] = {}
         self._ratios: dict[str, float] = {}
-        self.last_policy_ratios: dict[str, float] = {}
-        self.last_info: dict[str, Any] = {}
-        self.last_model: nn.Module | None = None
+        self._last_model: nn.Module | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -308,12 +306,24 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ``top1``, ``flops``, ``params``, ``flops_ratio``, ``params_ratio``, ``cost_ratio`` and
             ``meets_target`` (1.0 or 0.0).
         """
+        outcome = self.evaluation(ratios, split).outcome
+        widths = widths_for(self.graph, ratios, self.config.round_to)
+        return {**_outcome_dict(outcome), "meets_target": float(self.wall.meets(widths))}
+
+    def evaluation(self, ratios: Mapping[str, float], split: str = "val") -> Evaluation:
+        """Like :meth:`evaluate_ratios`, but returns the pruned, recalibrated model with its outcome."""
         unknown = sorted(set(ratios) - set(self.group_names))
         if unknown:
             raise ConfigError(f"no prunable groups named {', '.join(unknown)}; groups: {', '.join(self.group_names)}")
-        widths = widths_for(self.graph, ratios, self.config.round_to)
-        outcome = self._evaluate_widths(widths, split).outcome
-        return {**_outcome_dict(outcome), "meets_target": float(self.wall.meets(widths))}
+        return self._evaluate_widths(widths_for(self.graph, ratios, self.config.round_to), split)
+
+    @property
+    def last_model(self) -> nn.Module | None:
+        """The pruned model of the last finished episode (``None`` before one); read-only.
+
+        The last step's ``info`` carries everything else about the episode (``ratios``, ``top1``, costs).
+        """
+        return self._last_model
 
     def uniform_ratios(self) -> dict[str, float]:
         """The smallest ratio, the same for every group, that meets the target (the uniform baseline)."""
@@ -377,9 +387,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         reward = self.reward_fn(evaluation.outcome)
         info.update(_outcome_dict(evaluation.outcome))
         info["ratios"] = dict(self._ratios)
-        self.last_model = evaluation.model
-        self.last_policy_ratios = dict(self._ratios)
-        self.last_info = {**info, "ratios": dict(self._ratios), "reward": reward}
+        self._last_model = evaluation.model
         return reward
 
     def _evaluate_widths(self, widths: Mapping[str, int], split: str) -> Evaluation:

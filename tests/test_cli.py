@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ def test_train_command(tmp_path: Path) -> None:
     assert load_model(tmp_path / "model.pt").spec.name == "vgg_small"
 
 
-def test_prune_uniform_report_matches_saved_model(trained_resnet20: Path, tmp_path: Path) -> None:
+def test_prune_uniform_report_matches_saved_model(trained_resnet20: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pruned"
     code = main(["prune", "--model", "resnet20", "--data", "digits", "--checkpoint", str(trained_resnet20 / "model.pt"),
                  "--uniform", "0.5", "--finetune-epochs", "1", "--out", str(out)])
@@ -45,6 +47,13 @@ def test_prune_uniform_report_matches_saved_model(trained_resnet20: Path, tmp_pa
     report = json.loads((out / "report.json").read_text())
     for key in ("top1_before_finetune", "top1", "flops", "flops_ratio", "params", "params_ratio", "latency_ms", "dense_latency_ms"):
         assert key in report
+    # latency: measured for the pruned and the dense model alike (values only, never compared as timings)
+    for key in ("latency_ms", "dense_latency_ms", "latency_ratio"):
+        assert isinstance(report[key], float) and math.isfinite(report[key]) and report[key] > 0, (key, report[key])
+    assert report["latency_ratio"] == pytest.approx(report["latency_ms"] / report["dense_latency_ms"])
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("latency (ms)"))
+    assert f"{report['dense_latency_ms']:.3f}" in row and f"{report['latency_ms']:.3f}" in row, row
     saved = load_model(out / "model.pt")
     recount = count_cost(saved.model, saved.spec.example_inputs())
     assert recount.flops == report["flops"]

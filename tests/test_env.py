@@ -82,6 +82,34 @@ def test_budget_holds_on_exact_and_physical_count(model: str, metric: str, targe
     assert walled > 0, "the target should be tight enough for the wall to act in some episodes"
 
 
+# Concatenation (densenet121: 120 groups), squeeze-excite multiplications (efficientnet_b0), a deep residual net
+# (resnet56) and a plain one (plain20); torchvision nets need 32x32 inputs. Episodes per model: few for the slow ones.
+RANDOM_BUDGET_CASES = [  # model, input size, metric, target, episodes
+    ("torchvision:densenet121", 32, "flops", 0.5, 3), ("torchvision:efficientnet_b0", 32, "flops", 0.5, 5),
+    ("resnet56", 0, "flops", 0.4, 12), ("resnet56", 0, "params", 0.4, 6), ("plain20", 0, "flops", 0.3, 12),
+]
+
+
+@pytest.mark.parametrize(("model", "size", "metric", "target", "episodes"), RANDOM_BUDGET_CASES)
+def test_budget_holds_under_random_actions(model: str, size: int, metric: str, target: float, episodes: int) -> None:
+    config = EnvConfig(model=model, data=DataConfig("digits", input_size=size), target_metric=metric,
+                       target_ratio=target, max_ratio=0.8, **TINY)
+    env = ChannelPruningEnv.from_config(config)
+    n = len(env.group_names)
+    rng = np.random.default_rng(7)
+    # the first episode asks for no pruning at all (the wall must do all the work); the rest are random
+    plans = [np.full((n, 1), -1.0, dtype=np.float32)] + [rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+                                                          for _ in range(episodes - 1)]
+    for episode, actions in enumerate(plans):
+        _, _, infos = _episode(env, actions, seed=episode)
+        last = infos[-1]
+        assert 0 < last["cost_ratio"] <= target, f"{model}: episode {episode} keeps {last['cost_ratio']:.4f} > {target}"
+        assert last[f"{metric}_ratio"] == last["cost_ratio"]
+        assert all(config.min_ratio <= r <= config.max_ratio for r in last["ratios"].values())
+    counted = count_cost(env.last_model, env.graph.example_inputs)  # the last pruned model, physically counted
+    assert (counted.flops, counted.params) == (last["flops"], last["params"])
+
+
 @pytest.mark.parametrize("round_to", [1, 4])
 def test_wall_keeps_the_most_channels_the_budget_allows(round_to: int) -> None:
     ws = build_workspace("torchvision:mobilenet_v2", DataConfig("digits"))
@@ -106,11 +134,11 @@ def test_wall_keeps_the_most_channels_the_budget_allows(round_to: int) -> None:
 def test_applied_actions_replay_the_walled_episode() -> None:
     env = ChannelPruningEnv.from_config(EnvConfig(target_ratio=0.4, min_ratio=0.05, **TINY))
     _, _, infos = _episode(env, np.full((len(env.group_names), 1), -1.0))
-    first = env.last_policy_ratios
+    first = infos[-1]["ratios"]
     assert any(i["walled"] for i in infos[1:])
     applied = np.array([[i["applied_action"]] for i in infos[1:]], np.float32)  # as a replay buffer stores them
     _, _, replayed = _episode(env, applied)
-    assert env.last_policy_ratios == pytest.approx(first) and not any(i["walled"] for i in replayed[1:])
+    assert replayed[-1]["ratios"] == pytest.approx(first) and not any(i["walled"] for i in replayed[1:])
     assert [i["kept"] for i in replayed[1:]] == [i["kept"] for i in infos[1:]]
 
 
@@ -137,7 +165,7 @@ def test_same_seed_same_rollout(checkpoint: str) -> None:
         obs_b, rew_b, info_b = _episode(b, actions, seed)
         assert all(np.array_equal(x, y) for x, y in zip(obs_a, obs_b, strict=True))
         assert rew_a == rew_b and info_a == info_b
-        assert obs_a[0] is not obs_a[1] and info_a[-1]["ratios"] is not a.last_policy_ratios
+        assert obs_a[0] is not obs_a[1] and info_a[-1] is not info_a[-2]
 
 
 @pytest.mark.parametrize("reward", REWARDS.names())
@@ -233,9 +261,9 @@ def test_fixed_shape_evaluation_matches_the_engine(checkpoint: str) -> None:
 def test_episode_result_matches_direct_evaluation_and_engine(checkpoint: str) -> None:
     env = ChannelPruningEnv.from_config(EnvConfig(checkpoint=checkpoint, bn_batches=2, eval_batches=1))
     _, rewards, infos = _episode(env, np.random.default_rng(2).uniform(-1, 1, (len(env.group_names), 1)))
-    direct = env.evaluate_ratios(env.last_policy_ratios)
+    direct = env.evaluate_ratios(infos[-1]["ratios"])
     assert direct["top1"] == infos[-1]["top1"] == rewards[-1] and direct["flops"] == infos[-1]["flops"]
-    policy = env.to_policy(env.last_policy_ratios, {"top1": direct["top1"]})
+    policy = env.to_policy(infos[-1]["ratios"], {"top1": direct["top1"]})
     pruned = apply_policy(env.model, policy, env.graph.example_inputs, graph=env.graph)
     assert count_cost(pruned, env.graph.example_inputs) == count_cost(env.last_model, env.graph.example_inputs)
 
@@ -248,7 +276,7 @@ def test_built_from_your_own_model_and_loaders(checkpoint: str) -> None:
         EnvConfig(bn_batches=2, eval_batches=1, target_ratio=0.6),
     )
     assert env.group_names == ws.graph.names and env.identity.arch_hash == ws.identity.arch_hash
-    _, rewards, _ = _episode(env, np.zeros((len(env.group_names), 1)))
-    assert 0.0 <= rewards[-1] <= 1.0 and env.last_info["flops_ratio"] <= 0.6
+    _, rewards, infos = _episode(env, np.zeros((len(env.group_names), 1)))
+    assert 0.0 <= rewards[-1] <= 1.0 and infos[-1]["flops_ratio"] <= 0.6
     with pytest.raises(ConfigError, match="test_loader"):
-        env.evaluate_ratios(env.last_policy_ratios, split="test")
+        env.evaluate_ratios(infos[-1]["ratios"], split="test")

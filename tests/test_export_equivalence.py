@@ -183,3 +183,50 @@ def test_export_policy_file_as_amc(trained_resnet20: Path, tmp_path: Path, capsy
     manifest = json.loads((tmp_path / "x" / "export.json").read_text())
     assert manifest["format"] == "amc" and manifest["exact_channels"] is True and manifest["experiment"] is None
     assert manifest["policies"][0]["files"] == ["policy.json", "policy.png"]
+
+
+def test_torch_pruning_export_of_grouped_convs_equals_amc_prune(tmp_path: Path) -> None:
+    """RegNet's grouped convs keep a multiple of their groups; the export must keep the same channels."""
+    from amc.checkpoint import save_model
+    from amc.engine import make_policy
+    from amc.models import ModelSpec, create_model
+
+    spec = ModelSpec("torchvision:regnet_x_400mf", 1, 10, 32)
+    torch.manual_seed(0)
+    dense = create_model(spec).eval()
+    graph = ModelGraph(dense, spec.example_inputs())
+    assert max(g.multiple for g in graph) > 1, "the model must have grouped (non-depthwise) convs"
+    rng = random.Random(0)
+    ckpt = save_model(tmp_path / "model.pt", dense, spec)
+    policy = make_policy(dense, spec.example_inputs(), {g.name: rng.choice((0.0, 0.3, 0.5)) for g in graph}, spec.name)
+    policy_file = policy.save(tmp_path / "policy.json")
+
+    assert main(["export", "--policy", str(policy_file), "--checkpoint", str(ckpt), "--format", "torch-pruning",
+                 "--out", str(tmp_path / "tp")]) == 0
+    assert main(["prune", "--checkpoint", str(ckpt), "--policy", str(policy_file), "--input-size", "32",
+                 "--finetune-epochs", "0", "--bn-batches", "0", "--latency-batch", "1",
+                 "--out", str(tmp_path / "pruned")]) == 0
+    reference = load_model(tmp_path / "pruned" / "model.pt").model.eval()
+    fresh = load_model(ckpt).model
+    _snippet(tmp_path / "tp" / "apply_torch_pruning.py", "apply_grouped").prune(fresh, torch.zeros(1, 1, 32, 32))
+    fresh.eval()
+    ours, theirs = fresh.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert sum(t.numel() for t in theirs.values()) < sum(t.numel() for t in dense.state_dict().values())
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), f"{name} differs from amc prune's model"
+
+    # NNI's config list holds ratios only; they must give the channel counts amc prune kept (grouped multiples)
+    assert main(["export", "--policy", str(policy_file), "--checkpoint", str(ckpt), "--format", "nni",
+                 "--out", str(tmp_path / "nni")]) == 0
+    config = json.loads((tmp_path / "nni" / "nni_config_list.json").read_text())
+    pruned_modules = dict(reference.named_modules())
+    checked = 0
+    for entry in config:
+        for name in entry["op_names"]:
+            module = dict(dense.named_modules())[name]
+            channels = module.out_channels if hasattr(module, "out_channels") else module.out_features
+            kept = getattr(pruned_modules[name], "out_channels", getattr(pruned_modules[name], "out_features", None))
+            assert channels - int(entry["sparse_ratio"] * channels) == kept, name
+            checked += 1
+    assert checked >= len(graph)

@@ -7,14 +7,18 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 
+from agents.base import RandomAgent
 from agents.ddpg import DDPGConfig
-from agents.search import Search, SearchConfig, run_search, save_yaml
+from agents.parallel import PlanExecutor, build_env
+from agents.search import EpisodeRecord, Search, SearchConfig, run_search, save_yaml
 from agents.sweep import SweepConfig, run_sweep
+from amc.engine import build_workspace
 from envs import EnvConfig
 
-ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
+SEED = 1
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,24 +28,94 @@ def ray_runtime():
     ray.shutdown()
 
 
-def _config(checkpoint: Path, workers: int, episodes: int = 8) -> SearchConfig:
+def _config(checkpoint: Path, workers: int, episodes: int = 8, agent: str = "ddpg") -> SearchConfig:
     env = EnvConfig(model="resnet20", checkpoint=str(checkpoint), target_ratio=0.4, eval_batches=1, bn_batches=2)
     ddpg = DDPGConfig(hidden=(32, 32), warmup_episodes=3, batch_size=8)
-    return SearchConfig(env=env, agent="ddpg", episodes=episodes, seed=1, ddpg=ddpg, checkpoint_every=4,
+    return SearchConfig(env=env, agent=agent, episodes=episodes, seed=SEED, ddpg=ddpg, checkpoint_every=2,
                         experiment="test-ray", workers=workers, threads=1)
 
 
-def test_parallel_search_matches_serial_form(trained_resnet20: Path, tmp_path: Path) -> None:
-    serial = run_search(_config(trained_resnet20 / "model.pt", 1), tmp_path / "serial", track=False, progress=False)
-    parallel = run_search(_config(trained_resnet20 / "model.pt", 2), tmp_path / "par", track=False, progress=False)
-    a = json.loads((tmp_path / "serial" / "search.json").read_text())
+@pytest.fixture(scope="module")
+def in_process(trained_resnet20: Path):
+    """Runs the random plan of an episode (seeded per episode, as a Ray worker gets it) in this process."""
+    config = _config(trained_resnet20 / "model.pt", 1)
+    ws = build_workspace(config.env.model, config.env.data, config.env.checkpoint)
+    executor, agent, cache = PlanExecutor(build_env({"ws": ws, "env_config": config.env}), config.ddpg), RandomAgent(SEED), {}
+
+    def run(episode: int) -> EpisodeRecord:
+        if episode not in cache:
+            r = executor.run(agent.plan(episode))
+            cache[episode] = EpisodeRecord(episode, r.reward, r.info["top1"], r.info["flops_ratio"],
+                                           r.info["params_ratio"], {k: float(v) for k, v in r.info["ratios"].items()})
+        return cache[episode]
+
+    return run
+
+
+def _assert_same_episodes(records: list[dict], in_process) -> None:
+    for got in records:
+        want = in_process(got["episode"])
+        assert got["ratios"] == want.ratios, f"episode {want.episode}: other ratios than in-process"
+        for key in ("reward", "top1", "flops_ratio", "params_ratio"):
+            assert got[key] == pytest.approx(getattr(want, key), rel=1e-9, abs=1e-12), f"episode {want.episode}: {key}"
+
+
+@pytest.fixture(scope="module")
+def ray_random(trained_resnet20: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The episode records of a 4-episode random search on 2 Ray workers."""
+    out = tmp_path_factory.mktemp("ray-random") / "s"
+    run_search(_config(trained_resnet20 / "model.pt", 2, 4, "random"), out, track=False, progress=False)
+    return json.loads((out / "search.json").read_text())["episodes"]
+
+
+def test_parallel_search_matches_in_process(ray_random: list[dict], in_process) -> None:
+    assert [e["episode"] for e in ray_random] == list(range(4))
+    assert all(e["flops_ratio"] <= 0.4 for e in ray_random), "the budget holds on every worker"
+    assert len({tuple(e["ratios"].values()) for e in ray_random}) == 4, "workers explore different policies"
+    _assert_same_episodes(ray_random, in_process)
+
+
+def test_parallel_ddpg_search(trained_resnet20: Path, tmp_path: Path, in_process) -> None:
+    result = run_search(_config(trained_resnet20 / "model.pt", 2, episodes=5), tmp_path / "par", track=False,
+                        progress=False)
     b = json.loads((tmp_path / "par" / "search.json").read_text())
-    assert set(a) == set(b) and set(a["best"]) == set(b["best"])
-    assert [e["episode"] for e in b["episodes"]] == list(range(8))
+    assert [e["episode"] for e in b["episodes"]] == list(range(5))
     assert all(e["flops_ratio"] <= 0.4 for e in b["episodes"]), "the budget holds on every worker"
-    assert set(b["episodes"][0]["ratios"]) == set(a["episodes"][0]["ratios"])
-    assert parallel.best.flops_ratio <= 0.4 and serial.best.flops_ratio <= 0.4
-    assert len({tuple(e["ratios"].values()) for e in b["episodes"]}) == 8, "workers explore different policies"
+    assert len({tuple(e["ratios"].values()) for e in b["episodes"]}) == 5, "workers explore different policies"
+    # warm-up plans are random plans seeded per episode with the search seed: the same episodes as in-process
+    _assert_same_episodes(b["episodes"][:3], in_process)
+    assert result.best.flops_ratio <= 0.4 and result.best.reward == max(e["reward"] for e in b["episodes"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_with_workers_and_more_episodes(trained_resnet20: Path, tmp_path: Path, ray_random: list[dict],
+                                               in_process) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cut"
+    config = _config(trained_resnet20 / "model.pt", 2, 4, "random")
+
+    def interrupt_in_episode_2(record, stats) -> None:
+        if record.episode == 2:  # after the checkpoint at 2 episodes
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_search(config, out, tracking_uri=uri, progress=False, on_episode=interrupt_in_episode_2)
+    run_id = json.loads(next((out / "checkpoint").glob("ep-*/state.json")).read_text())["run_id"]
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    resumed = run_search(config.replace(episodes=6), out, resume=True, tracking_uri=uri, progress=False)
+    assert resumed.run_id == run_id and resumed.episodes == 6
+    assert client.get_run(run_id).info.status == "FINISHED"
+    records = json.loads((out / "search.json").read_text())["episodes"]
+    assert [e["episode"] for e in records] == list(range(6)), "nothing duplicated, nothing missing"
+    assert records[:4] == ray_random, "the resumed search continues exactly as an uninterrupted one"
+    _assert_same_episodes(records[4:], in_process)
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "reward"))
+    assert steps == list(range(6)), "each episode logged to MLflow once"
 
 
 def test_killed_worker_is_survived(trained_resnet20: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from amc.engine import (
 )
 from amc.errors import ConfigError
 from amc.policy import Target
-from amc.pruning import prune_channels, widths_for
+from amc.pruning import prune_channels, replay_history, widths_for
 from amc.train import calibration_batches, evaluate, finetune, recalibrate_bn, warmup_cosine_factor
 
 
@@ -65,6 +65,18 @@ def test_one_shot_and_iterative_finetune(trained_resnet20: Path) -> None:
         assert acc["top1"] >= 0.9 and acc["val_top1"] >= 0.9
     # iterative: the history holds both rounds and replays to the same shapes
     assert len(two.history) > len(one.history)
+    x = ws.data.test.tensors[0][:32]
+    for result in (one, two):
+        fresh = build_workspace("resnet20", DataConfig("digits"), str(trained_resnet20 / "model.pt")).model
+        replayed = replay_history(fresh, ws.example_inputs(), result.history)
+        assert [(n, p.shape) for n, p in replayed.named_parameters()] == \
+            [(n, p.shape) for n, p in result.model.named_parameters()]
+        assert [(n, b.shape) for n, b in replayed.named_buffers()] == [(n, b.shape) for n, b in result.model.named_buffers()]
+        replayed.load_state_dict(result.model.state_dict())  # strict: same names, same shapes
+        replayed.eval()
+        result.model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(replayed(x), result.model(x), rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")

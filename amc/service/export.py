@@ -270,13 +270,14 @@ def _require_channel(policy: Policy) -> None:
 
 def group_exports(policy: Policy) -> tuple[list[GroupExport], str]:
     """Each group's member modules with the fraction of channels amc removes, and the classifier's name."""
-    from amc.pruning import kept_channels
+    from amc.pruning import widths_for
 
     _require_channel(policy)
     graph = dense_graph(policy)
+    widths = widths_for(graph, policy.ratios, policy.round_to)  # the engine's rounding, grouped convs included
     groups = []
     for g in graph:
-        kept = kept_channels(g.channels, float(policy.ratios.get(g.name, 0.0)), policy.round_to)
+        kept = widths[g.name]
         groups.append(GroupExport(g.name, tuple(g.modules), g.channels, kept, removed_fraction(g.channels, kept)))
     return groups, graph.classifier
 

@@ -1,0 +1,197 @@
+"""Model-zoo walk: every torchvision classifier traced, pruned uniformly, counted and replayed.
+
+For each name in ``torchvision.models.list_models(module=torchvision.models)`` (random weights, 10
+classes, the smallest square input of 64 / 96 / 128 / 224 pixels the model accepts) it
+
+* traces the dependency groups (:class:`amc.groups.ModelGraph`),
+* prunes every group at the same ratio (default 0.5) with :func:`amc.pruning.prune_channels`,
+* checks the analytic cost table: ``graph.estimate(widths)`` equals the count on the pruned model,
+* replays the saved pruning history onto a fresh dense model with the same weights
+  (:func:`amc.pruning.replay_history`) and checks that both give identical outputs.
+
+A model is ``pruned`` when all of this holds, ``refused`` when amc-search raised one of its own errors
+(:class:`amc.errors.AmcError`, whose message names the operator / module), and ``failed`` otherwise (a
+bug: a raw exception or a check that did not hold). Each model runs in its own forked process, so the
+largest ones (``regnet_y_128gf``, ``vit_h_14``) free their memory.
+
+Usage::
+
+    python experiments/bench/model_zoo.py                  # every classifier; writes results/model_zoo.json
+    python experiments/bench/model_zoo.py --models resnext50_32x4d,regnet_x_400mf --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import multiprocessing
+import multiprocessing.connection
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from amc.cost import count_cost
+from amc.errors import AmcError
+from amc.groups import ModelGraph
+from amc.models import ModelSpec, create_model
+from amc.pruning import prune_channels, replay_history, widths_for
+
+SIZES = (64, 96, 128, 224)
+RESULTS = Path(__file__).parent / "results" / "model_zoo.json"
+
+
+@dataclass(frozen=True)
+class ZooResult:
+    """The outcome of one model.
+
+    Attributes:
+        model: torchvision name.
+        status: ``pruned``, ``refused`` or ``failed``.
+        size: Input side used (0 when no size worked).
+        groups: Prunable groups found (0 when not traced).
+        grouped: Groups whose widths are tied to grouped convs (kept in multiples of their ``groups``).
+        flops_ratio: FLOPs of the pruned model over the dense FLOPs (physically counted).
+        params_ratio: The same for params.
+        seconds: Wall time of trace + prune + count + replay (model construction excluded).
+        detail: The error message for refused / failed models.
+    """
+
+    model: str
+    status: str
+    size: int = 0
+    groups: int = 0
+    grouped: int = 0
+    flops_ratio: float = 1.0
+    params_ratio: float = 1.0
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def _build(name: str, size: int) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(ModelSpec(f"torchvision:{name}", 3, 10, size)).eval()
+
+
+@torch.no_grad()
+def smallest_size(model: nn.Module, sizes: tuple[int, ...] = SIZES) -> int:
+    """The smallest input side in ``sizes`` the model runs on (0 when none)."""
+    for size in sizes:
+        try:
+            model(torch.randn(1, 3, size, size))
+            return size
+        except Exception:  # noqa: BLE001 - probing: too small inputs raise anything
+            continue
+    return 0
+
+
+def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -> ZooResult:
+    """Traces, prunes uniformly at ``ratio``, counts and replays torchvision model ``name``."""
+    model = _build(name, sizes[0])
+    size = smallest_size(model, sizes)
+    if size == 0:
+        return ZooResult(name, "failed", detail=f"runs on none of the input sizes {sizes}")
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    start = time.perf_counter()
+    graph: ModelGraph | None = None
+    try:
+        graph = ModelGraph(model, x)
+        widths = widths_for(graph, {g.name: ratio for g in graph})
+        result = prune_channels(model, graph, widths)
+        counted = count_cost(result.model, x)
+        fresh = _build(name, size)
+        fresh.load_state_dict(model.state_dict())
+        replay_history(fresh, x, result.history)
+        with torch.no_grad():
+            same = torch.equal(fresh(x), result.model(x))
+    except AmcError as exc:
+        return ZooResult(name, "refused", size, len(graph) if graph else 0, seconds=time.perf_counter() - start,
+                         detail=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a bug to report, not to hide
+        return ZooResult(name, "failed", size, len(graph) if graph else 0, seconds=time.perf_counter() - start,
+                         detail=f"{type(exc).__name__}: {exc}")
+    seconds = time.perf_counter() - start
+    dense = graph.dense_cost
+    problems = []
+    if counted != graph.estimate(widths):
+        problems.append(f"estimate {graph.estimate(widths)} != counted {counted}")
+    if not same:
+        problems.append("the replayed model's outputs differ from the pruned model's")
+    return ZooResult(
+        name, "failed" if problems else "pruned", size, len(graph), sum(g.multiple > 1 for g in graph),
+        counted.flops / dense.flops, counted.params / dense.params, seconds, "; ".join(problems),
+    )
+
+
+def _check_in_child(name: str, ratio: float, conn: multiprocessing.connection.Connection) -> None:
+    torch.set_num_threads(1)
+    try:
+        conn.send(check_model(name, ratio))
+    except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
+        conn.send(ZooResult(name, "failed", detail=f"{type(exc).__name__}: {exc}"))
+
+
+def walk(names: list[str], ratio: float, timeout: float) -> list[ZooResult]:
+    """Checks each model in a fresh forked process (memory of the large ones is given back)."""
+    context = multiprocessing.get_context("fork")
+    results = []
+    for name in names:
+        start = time.perf_counter()
+        receive, send = context.Pipe(duplex=False)
+        worker = context.Process(target=_check_in_child, args=(name, ratio, send))
+        worker.start()
+        send.close()  # the child holds the only writer: its death reads as EOF
+        if receive.poll(timeout):
+            try:
+                result = receive.recv()
+            except EOFError:
+                worker.join()
+                result = ZooResult(name, "failed", detail=f"worker died (exit code {worker.exitcode}; out of memory?)")
+        else:
+            result = ZooResult(name, "failed", seconds=time.perf_counter() - start,
+                               detail=f"timed out after {timeout:.0f} s (worker exit code {worker.exitcode})")
+        worker.kill()
+        worker.join()
+        print(_row(result), flush=True)
+        results.append(result)
+    return results
+
+
+def _row(r: ZooResult) -> str:
+    detail = r.detail if len(r.detail) < 110 else r.detail[:107] + "..."
+    return (f"{r.model:<22} {r.status:<8} {r.size:>4} {r.groups:>6} {r.grouped:>7} {r.flops_ratio:>7.3f} "
+            f"{r.seconds:>7.1f}  {detail}")
+
+
+def main() -> None:
+    import torchvision
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="", help="comma-separated names (default: every classifier)")
+    parser.add_argument("--ratio", type=float, default=0.5, help="uniform pruning ratio")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per model before it counts as failed")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
+    args = parser.parse_args()
+    names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
+    print(f"{'model':<22} {'status':<8} {'size':>4} {'groups':>6} {'grouped':>7} {'flops':>7} {'seconds':>7}  detail")
+    results = walk(names, args.ratio, args.timeout)
+    counts = {s: sum(r.status == s for r in results) for s in ("pruned", "refused", "failed")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "ratio": args.ratio, "counts": counts, "threads": 1, "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "torch_pruning": importlib.metadata.version("torch-pruning"), "machine": platform.machine(), "processor": platform.processor(),
+            "results": [asdict(r) for r in results],
+        }
+        RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""`amc search` as a user runs it: Ctrl-C in the middle of a search, then `amc search --resume DIR --episodes N`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.search import SearchConfig, save_yaml
+from amc.cli import main
+from envs import EnvConfig
+
+pytestmark = pytest.mark.slow
+# the `amc` entry point, run by this interpreter
+AMC = [sys.executable, "-c", "import sys; from amc.cli import main; sys.exit(main())"]
+EPISODES, MORE = 16, 18
+START_S = 180  # imports and the first checkpoint take ~10 s on 2 idle cores
+
+
+def _latest_episode(out: Path) -> int | None:
+    latest = out / "checkpoint" / "LATEST"
+    if not latest.is_file():
+        return None
+    return int(json.loads((out / "checkpoint" / latest.read_text().strip() / "state.json").read_text())["episode"])
+
+
+def test_ctrl_c_kills_the_run_and_the_search_resumes_with_more_episodes(trained_resnet20: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    env = EnvConfig(model="resnet20", checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.5, eval_batches=1,
+                    bn_batches=1)
+    save_yaml(SearchConfig(env=env, agent="random", episodes=EPISODES, seed=2, checkpoint_every=2,
+                           experiment="test-search-cli", workers=1), tmp_path / "config.yaml")
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "search"
+    proc = subprocess.Popen([*AMC, "search", "--config", str(tmp_path / "config.yaml"), "--out", str(out),
+                             "--tracking-uri", uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + START_S
+        while _latest_episode(out) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"amc search ended before the test could interrupt it:\n{proc.communicate()[1]}"
+        assert _latest_episode(out) is not None, f"no checkpoint within {START_S} s"
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, f"exit code {proc.returncode} after Ctrl-C:\n{stderr[-3000:]}"
+    assert "interrupted" in stderr
+    done = _latest_episode(out)
+    assert done is not None and done < EPISODES and not (out / "search.json").exists(), "stopped mid-search"
+    state = json.loads(next((out / "checkpoint").glob("ep-*/state.json")).read_text())
+    client = MlflowClient(uri)
+    assert client.get_run(state["run_id"]).info.status == "KILLED"
+
+    # the interrupted search resumes from the command line, with a larger episode budget
+    assert main(["search", "--resume", str(out), "--episodes", str(MORE), "--tracking-uri", uri]) == 0
+    summary = json.loads((out / "search.json").read_text())
+    assert [e["episode"] for e in summary["episodes"]] == list(range(MORE)), "nothing duplicated, nothing missing"
+    assert SearchConfig.from_yaml(out / "config.yaml").episodes == MORE
+    assert all(e["flops_ratio"] <= 0.5 for e in summary["episodes"])
+    run = client.get_run(state["run_id"])
+    assert run.info.status == "FINISHED", "the resumed run ends FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(state["run_id"], "reward"))
+    assert steps == list(range(MORE)), "each episode logged to MLflow once"
+    assert len(client.search_runs([run.info.experiment_id])) == 1, "the resume continued the run, no new one"
