@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench browser
+.PHONY: demo test lint format install clean bench browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,15 @@ browser:
 	  echo "installing chromium (apt-get) for the MLflow UI test"; \
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "make: could not install chromium (needs apt-get and root); the MLflow UI test cannot run" >&2; }
+
+# ruff (configured in pyproject.toml): lint and format check, as CI runs them; `make format` rewrites in place
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q

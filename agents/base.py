@@ -59,7 +59,9 @@ class SearchAgent:
     def act(self, obs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def end_episode(self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float) -> dict[str, float]:
+    def end_episode(
+        self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
+    ) -> dict[str, float]:
         """Called after the last step with the episode's observations, actions and reward."""
         return {}
 
@@ -133,12 +135,16 @@ class DDPGAgent(SearchAgent):
     def plan(self, episode: int) -> EpisodePlan:
         if episode < self.impl.config.warmup_episodes:
             return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
-        return EpisodePlan(episode, "actor", episode_seed(self.seed, episode), self.impl.sigma, self.impl.get_actor_state())
+        return EpisodePlan(
+            episode, "actor", episode_seed(self.seed, episode), self.impl.sigma, self.impl.get_actor_state()
+        )
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.impl.act(obs)
 
-    def end_episode(self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float) -> dict[str, float]:
+    def end_episode(
+        self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
+    ) -> dict[str, float]:
         return self.impl.end_episode(list(observations), list(actions), final_reward)
 
     @property

@@ -65,7 +65,9 @@ class PolicyAgent(SearchAgent):
         self._step += 1
         return np.array([action], dtype=np.float32)
 
-    def end_episode(self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float) -> dict[str, float]:
+    def end_episode(
+        self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
+    ) -> dict[str, float]:
         self._step = 0
         return {"evaluations": float(self.evaluations)}
 
@@ -101,7 +103,9 @@ def global_kept(env: ChannelPruningEnv) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- sensitivity
-def sensitivity_curves(env: ChannelPruningEnv, levels: Sequence[float] = SENSITIVITY_LEVELS) -> dict[str, list[tuple[float, float]]]:
+def sensitivity_curves(
+    env: ChannelPruningEnv, levels: Sequence[float] = SENSITIVITY_LEVELS
+) -> dict[str, list[tuple[float, float]]]:
     """Search-val top-1 drop of each group pruned alone, as (ratio, drop) points from ratio 0."""
     dense = env.evaluate_ratios({})["top1"]
     ratios = sorted({r for r in levels if env.config.min_ratio < r < env.config.max_ratio} | {env.config.max_ratio})
@@ -138,8 +142,9 @@ def sensitivity_kept(env: ChannelPruningEnv, curves: Mapping[str, Sequence[tuple
             saved = cost - new_cost
             if saved <= 0:
                 continue
-            loss = (_predicted_drop(curves[name], 1 - fewer / channels[name])
-                    - _predicted_drop(curves[name], 1 - kept[name] / channels[name]))
+            loss = _predicted_drop(curves[name], 1 - fewer / channels[name]) - _predicted_drop(
+                curves[name], 1 - kept[name] / channels[name]
+            )
             score = max(loss, 0.0) / saved
             if best_score is None or score < best_score or (score == best_score and new_cost < best_cost):
                 best, best_score, best_cost = name, score, new_cost
@@ -205,7 +210,9 @@ class TPEAgent(SearchAgent):
     def plan(self, episode: int) -> EpisodePlan:
         return EpisodePlan(episode, "sequence", 0, actions=self._ask())
 
-    def end_episode(self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float) -> dict[str, float]:
+    def end_episode(
+        self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
+    ) -> dict[str, float]:
         self.study.tell(self._asked.popleft(), float(final_reward))
         self._step = 0
         return {"trials": float(len(self.study.trials))}
@@ -224,8 +231,11 @@ class TPEAgent(SearchAgent):
         self.study = self._new_study(self.seed + len(data["trials"]))
         dist = optuna.distributions.FloatDistribution(-1.0, 1.0)
         for trial in data["trials"]:
-            self.study.add_trial(optuna.trial.create_trial(
-                params=trial["params"], distributions=dict.fromkeys(trial["params"], dist), value=trial["value"]))
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    params=trial["params"], distributions=dict.fromkeys(trial["params"], dist), value=trial["value"]
+                )
+            )
         self._asked.clear()
         self._step = 0
 

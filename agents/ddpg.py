@@ -225,7 +225,9 @@ class AMCDDPG:
         updates: Gradient steps taken so far.
     """
 
-    def __init__(self, env: gymnasium.Env, config: DDPGConfig = DDPGConfig(), seed: int = 0, device: str = "cpu") -> None:
+    def __init__(
+        self, env: gymnasium.Env, config: DDPGConfig = DDPGConfig(), seed: int = 0, device: str = "cpu"
+    ) -> None:
         _check_spaces(env.observation_space, env.action_space)
         self._setup(_build_model(env, config, seed, device), config, seed)
 
@@ -268,8 +270,10 @@ class AMCDDPG:
         """SB3's replay buffer (the seeded subclass) holding the relabelled transitions."""
         buffer = self._model.replay_buffer
         if not isinstance(buffer, SeededReplayBuffer):
-            raise ConfigError(f"the DDPG model holds a {type(buffer).__name__}, expected SeededReplayBuffer; "
-                              "the checkpoint was written by another version: start the search again")
+            raise ConfigError(
+                f"the DDPG model holds a {type(buffer).__name__}, expected SeededReplayBuffer; "
+                "the checkpoint was written by another version: start the search again"
+            )
         return buffer
 
     def _apply_learning_rates(self) -> None:
@@ -278,8 +282,10 @@ class AMCDDPG:
         SB3 builds both Adam optimizers with ``lr_schedule(1)``; it would overwrite them again in
         ``_update_learning_rate``, which only its own ``train()`` calls and this class never does.
         """
-        for optimizer, lr in ((self._model.actor.optimizer, self.config.actor_lr),
-                              (self._model.critic.optimizer, self.config.critic_lr)):
+        for optimizer, lr in (
+            (self._model.actor.optimizer, self.config.actor_lr),
+            (self._model.critic.optimizer, self.config.critic_lr),
+        ):
             for group in optimizer.param_groups:
                 group["lr"] = lr
 

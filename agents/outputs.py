@@ -27,26 +27,56 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
     uniform_ratio = next(iter(uniform_ratios.values()))
     uniform_val = env.evaluate_ratios(uniform_ratios, "val")
     uniform_test = env.evaluate_ratios(uniform_ratios, "test")
-    uniform = {"ratio": uniform_ratio, "top1": uniform_val["top1"], "test_top1": uniform_test["top1"],
-               "flops_ratio": uniform_val["flops_ratio"], "params_ratio": uniform_val["params_ratio"]}
-    measured = {"top1": best.top1, "test_top1": test["top1"], "flops": test["flops"], "params": test["params"],
-                "flops_ratio": best.flops_ratio, "params_ratio": best.params_ratio}
+    uniform = {
+        "ratio": uniform_ratio,
+        "top1": uniform_val["top1"],
+        "test_top1": uniform_test["top1"],
+        "flops_ratio": uniform_val["flops_ratio"],
+        "params_ratio": uniform_val["params_ratio"],
+    }
+    measured = {
+        "top1": best.top1,
+        "test_top1": test["top1"],
+        "flops": test["flops"],
+        "params": test["params"],
+        "flops_ratio": best.flops_ratio,
+        "params_ratio": best.params_ratio,
+    }
     policy = env.to_policy(best.ratios, measured)
     policy.save(out / "best_policy.json")
     summary = {
         "target": {"metric": config.env.target_metric, "ratio": config.env.target_ratio},
-        "agent": config.agent, "seed": config.seed, "model": config.env.model, "data": config.env.data.name,
-        "best": {"episode": best.episode, "reward": best.reward, "policy": best.ratios, "top1": best.top1,
-                 "test_top1": test["top1"], "flops_ratio": best.flops_ratio, "params_ratio": best.params_ratio},
+        "agent": config.agent,
+        "seed": config.seed,
+        "model": config.env.model,
+        "data": config.env.data.name,
+        "best": {
+            "episode": best.episode,
+            "reward": best.reward,
+            "policy": best.ratios,
+            "top1": best.top1,
+            "test_top1": test["top1"],
+            "flops_ratio": best.flops_ratio,
+            "params_ratio": best.params_ratio,
+        },
         "uniform": uniform,
         "episodes": [dataclasses.asdict(r) for r in state.records],
         "mlflow_run_id": state.run_id,
     }
     write_json_atomic(out / "search.json", summary)
-    policy_bars(out / "best_policy.png", best.ratios, uniform_ratio,
-                       f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {config.env.target_ratio:g}")
-    search_curves(out / "search_curves.png", [r.episode for r in state.records], [r.reward for r in state.records],
-                           [r.top1 for r in state.records], config.ddpg.warmup_episodes if config.agent == "ddpg" else 0)
+    policy_bars(
+        out / "best_policy.png",
+        best.ratios,
+        uniform_ratio,
+        f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {config.env.target_ratio:g}",
+    )
+    search_curves(
+        out / "search_curves.png",
+        [r.episode for r in state.records],
+        [r.reward for r in state.records],
+        [r.top1 for r in state.records],
+        config.ddpg.warmup_episodes if config.agent == "ddpg" else 0,
+    )
     if tracker is not None:
         log_final(tracker, out, summary)
     return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode)
@@ -58,8 +88,14 @@ ARTIFACTS = ("search.json", "best_policy.json", "config.yaml", "best_policy.png"
 def log_final(tracker: Any, out: Path, summary: dict) -> None:
     """Logs a finished search's final metrics, artifacts and tags to its run, and ends the run."""
     best, uniform = summary["best"], summary["uniform"]
-    tracker.log_metrics({"best_test_top1": best["test_top1"], "uniform_top1": uniform["top1"],
-                         "uniform_test_top1": uniform["test_top1"]}, step=len(summary["episodes"]))
+    tracker.log_metrics(
+        {
+            "best_test_top1": best["test_top1"],
+            "uniform_top1": uniform["top1"],
+            "uniform_test_top1": uniform["test_top1"],
+        },
+        step=len(summary["episodes"]),
+    )
     for name in ARTIFACTS:
         tracker.log_artifact(out / name)
     tracker.set_tags({"amc.best_top1": f"{best['top1']:.4f}", "amc.best_test_top1": f"{best['test_top1']:.4f}"})

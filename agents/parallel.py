@@ -78,7 +78,9 @@ class PlanExecutor:
         if self._actor is None:
             self._actor = AMCDDPG(self.env, self.ddpg_config)
         self._actor.set_actor_state(plan.actor_state)
-        return lambda obs: truncated_normal_action(self._actor.act_deterministic(obs).astype(np.float64), plan.sigma, rng)
+        return lambda obs: truncated_normal_action(
+            self._actor.act_deterministic(obs).astype(np.float64), plan.sigma, rng
+        )
 
 
 def build_env(payload: dict) -> Any:

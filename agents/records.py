@@ -7,7 +7,7 @@ this module and not each other.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,10 +59,11 @@ class SearchConfig:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "SearchConfig":
-        return load_yaml(cls, path)
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> SearchConfig:
+        """Reads a search YAML, with ``dotted.key=value`` overrides (``amc search --set``) applied on top."""
+        return load_yaml(cls, path, overrides)
 
-    def replace(self, **changes: Any) -> "SearchConfig":
+    def replace(self, **changes: Any) -> SearchConfig:
         return dataclasses.replace(self, **changes)
 
 

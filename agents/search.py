@@ -60,11 +60,17 @@ def _save_checkpoint(out: Path, agent: SearchAgent, state: SearchState) -> None:
     tmp = root / f".tmp-{state.episode:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     agent.save(tmp / "agent")
-    write_json_atomic(tmp / "state.json", {
-        "version": CHECKPOINT_VERSION, "episode": state.episode, "run_id": state.run_id,
-        "tracking_uri": state.tracking_uri, "records": [dataclasses.asdict(r) for r in state.records],
-        "agent_stats": {str(k): v for k, v in sorted(state.agent_stats.items())},
-    })
+    write_json_atomic(
+        tmp / "state.json",
+        {
+            "version": CHECKPOINT_VERSION,
+            "episode": state.episode,
+            "run_id": state.run_id,
+            "tracking_uri": state.tracking_uri,
+            "records": [dataclasses.asdict(r) for r in state.records],
+            "agent_stats": {str(k): v for k, v in sorted(state.agent_stats.items())},
+        },
+    )
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     write_text_atomic(root / "LATEST", target.name + "\n")  # the switch to the new checkpoint is atomic
@@ -83,8 +89,10 @@ def _latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
     data = json.loads((where / "state.json").read_text())
     version = int(data.get("version", 1))
     if version > CHECKPOINT_VERSION:
-        raise ConfigError(f"{where} is a version {version} checkpoint, written by a newer amc-search (this one reads "
-                          f"up to version {CHECKPOINT_VERSION}); upgrade amc-search to resume this search")
+        raise ConfigError(
+            f"{where} is a version {version} checkpoint, written by a newer amc-search (this one reads "
+            f"up to version {CHECKPOINT_VERSION}); upgrade amc-search to resume this search"
+        )
     return where, data
 
 
@@ -125,8 +133,14 @@ def run_episode(env: ChannelPruningEnv, agent: SearchAgent, episode: int) -> tup
 
 
 def _record(episode: int, reward: float, info: dict[str, Any]) -> EpisodeRecord:
-    return EpisodeRecord(episode, float(reward), float(info["top1"]), float(info["flops_ratio"]),
-                         float(info["params_ratio"]), {k: float(v) for k, v in info["ratios"].items()})
+    return EpisodeRecord(
+        episode,
+        float(reward),
+        float(info["top1"]),
+        float(info["flops_ratio"]),
+        float(info["params_ratio"]),
+        {k: float(v) for k, v in info["ratios"].items()},
+    )
 
 
 class Search:
@@ -155,8 +169,13 @@ class Search:
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
         """Runs the remaining episodes, then writes search.json, best_policy.json and the plots."""
-        self._bar = tqdm(total=self.total, initial=self.state.episode, desc=f"search {self.config.agent}",
-                         disable=None if self.progress else True, unit="ep")
+        self._bar = tqdm(
+            total=self.total,
+            initial=self.state.episode,
+            desc=f"search {self.config.agent}",
+            disable=None if self.progress else True,
+            unit="ep",
+        )
         self._on_episode = on_episode
         if self.workers > 1 and self.state.episode < self.total:
             self._run_parallel()
@@ -251,8 +270,9 @@ def finite_stats(stats: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def search_metrics(records: Iterable[Mapping[str, Any]], agent_stats: Mapping[int, Mapping[str, float]]
-                   ) -> Iterator[tuple[int, dict[str, float]]]:
+def search_metrics(
+    records: Iterable[Mapping[str, Any]], agent_stats: Mapping[int, Mapping[str, float]]
+) -> Iterator[tuple[int, dict[str, float]]]:
     """``(episode, metrics)`` of every record (dicts of :class:`EpisodeRecord`): what a live search logs."""
     for record, best in with_running_best(records):
         episode = int(record["episode"])
@@ -280,8 +300,14 @@ def check_out_dir(out: Path, resume: bool) -> None:
         raise ConfigError(f"{out} already holds a search; continue it with --resume {out} or choose another --out")
 
 
-def start_tracker(config: SearchConfig, state: SearchState, tracking_uri: str | None, out: Path,
-                  parent_run_id: str | None = None, artifact_root: str | None = None) -> Any:
+def start_tracker(
+    config: SearchConfig,
+    state: SearchState,
+    tracking_uri: str | None,
+    out: Path,
+    parent_run_id: str | None = None,
+    artifact_root: str | None = None,
+) -> Any:
     """Opens the MLflow run of a search (a new one, or the resumed search's run).
 
     Args:
@@ -301,9 +327,14 @@ def start_tracker(config: SearchConfig, state: SearchState, tracking_uri: str | 
         _relog_missing(tracker, state)
     else:
         name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}"
-        tracker = RunTracker(uri, config.experiment, run_name=name, parent_run_id=parent_run_id,
-                             tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
-                             artifact_root=artifact_root)
+        tracker = RunTracker(
+            uri,
+            config.experiment,
+            run_name=name,
+            parent_run_id=parent_run_id,
+            tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
+            artifact_root=artifact_root,
+        )
         tracker.log_params(flatten(config))
         state.run_id, state.tracking_uri = tracker.run_id, uri
     return tracker
@@ -328,10 +359,19 @@ def _relog_missing(tracker: Any, state: SearchState) -> None:
     tracker.flush()
 
 
-def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_uri: str | None = None,
-               track: bool = True, progress: bool = True, cache_dir: Path | None = None,
-               parent_run_id: str | None = None, on_episode: Hook | None = None,
-               address: str | None = None, artifact_root: str | None = None) -> SearchResult:
+def run_search(
+    config: SearchConfig,
+    out: Path,
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+    parent_run_id: str | None = None,
+    on_episode: Hook | None = None,
+    address: str | None = None,
+    artifact_root: str | None = None,
+) -> SearchResult:
     """Runs a search end to end (or resumes the one in ``out``).
 
     Args:
@@ -351,7 +391,11 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, tracking_u
     check_out_dir(out, resume)
     if resume:
         stored = SearchConfig.from_yaml(out / "config.yaml")
-        config = stored.replace(episodes=max(config.episodes, stored.episodes), workers=config.workers) if config is not None else stored
+        config = (
+            stored.replace(episodes=max(config.episodes, stored.episodes), workers=config.workers)
+            if config is not None
+            else stored
+        )
         save_yaml(config, out / "config.yaml")
     else:
         config = resolve_checkpoint(config, cache_dir, progress)
@@ -388,4 +432,4 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
-__all__ = ["SearchConfig", "EpisodeRecord", "SearchResult", "Search", "run_search", "run_episode", "save_yaml"]
+__all__ = ["EpisodeRecord", "Search", "SearchConfig", "SearchResult", "run_episode", "run_search", "save_yaml"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,13 +59,14 @@ def with_field(config: Any, dotted: str, value: Any) -> Any:
     return dataclasses.replace(config, **{head: value})
 
 
-def load_sweep(path: str | Path) -> tuple[SweepConfig, SearchConfig]:
-    """Reads a sweep file and its base search config (with the fixed overrides applied)."""
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepConfig, SearchConfig]:
+    """Reads a sweep file and its base search config (with ``dotted.key=value`` ``overrides``, then the
+    sweep's fixed overrides applied)."""
     sweep = load_yaml(SweepConfig, path)
     base_path = Path(sweep.base)
     if not base_path.is_absolute():
         base_path = Path(path).parent / base_path
-    base = SearchConfig.from_yaml(base_path)
+    base = SearchConfig.from_yaml(base_path, overrides)
     for key, value in sweep.overrides.items():
         base = with_field(base, key, value)
     for key, values in sweep.grid.items():
@@ -82,13 +84,26 @@ def _trial(params: dict[str, Any], base: SearchConfig, root: str) -> None:
     tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted(params.items()))
     out = Path(root) / tag
     result = run_search(config, out, track=False, progress=False)
-    tune.report({"best_top1": result.best.top1, "best_test_top1": result.best_test_top1,
-                 "best_flops_ratio": result.best.flops_ratio, "episodes": result.episodes, "out": str(out)})
+    tune.report(
+        {
+            "best_top1": result.best.top1,
+            "best_test_top1": result.best_test_top1,
+            "best_flops_ratio": result.best.flops_ratio,
+            "episodes": result.episodes,
+            "out": str(out),
+        }
+    )
 
 
-def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: str | None = None,
-              address: str | None = None, cache_dir: Path | None = None,
-              artifact_root: str | None = None) -> list[dict[str, Any]]:
+def run_sweep(
+    sweep: SweepConfig,
+    base: SearchConfig,
+    out: Path,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    cache_dir: Path | None = None,
+    artifact_root: str | None = None,
+) -> list[dict[str, Any]]:
     """Runs every trial of the grid on Ray Tune, then logs the sweep to MLflow; returns the trials' results.
 
     Args:
@@ -110,13 +125,18 @@ def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: s
     out = out.resolve()
     started = not ray.is_initialized()
     if started:
-        kwargs = {"address": address} if address else {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
+        kwargs = (
+            {"address": address}
+            if address
+            else {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
+        )
         ray.init(log_to_driver=False, **kwargs)
     try:
         workers = base.workers or 1
         bundles = [{"CPU": 1}] + ([{"CPU": 1}] * workers if workers > 1 else [])
-        trainable = tune.with_resources(tune.with_parameters(_trial, base=base, root=str(out / "trials")),
-                                        tune.PlacementGroupFactory(bundles))
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, base=base, root=str(out / "trials")), tune.PlacementGroupFactory(bundles)
+        )
         tuner = tune.Tuner(
             trainable,
             param_space={k: tune.grid_search(list(v)) for k, v in sweep.grid.items()},
@@ -127,8 +147,14 @@ def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: s
     finally:
         if started:
             ray.shutdown()
-    results = [{**r.config, **{k: r.metrics.get(k) for k in ("best_top1", "best_test_top1", "best_flops_ratio", "out")},
-                "error": str(r.error) if r.error else None} for r in grid]
+    results = [
+        {
+            **r.config,
+            **{k: r.metrics.get(k) for k in ("best_top1", "best_test_top1", "best_flops_ratio", "out")},
+            "error": str(r.error) if r.error else None,
+        }
+        for r in grid
+    ]
     failed = [r for r in results if r["error"]]
     log_sweep(sweep, base, results, tracking_uri, artifact_root)
     if failed:
@@ -136,18 +162,26 @@ def run_sweep(sweep: SweepConfig, base: SearchConfig, out: Path, tracking_uri: s
     return results
 
 
-def log_sweep(sweep: SweepConfig, base: SearchConfig, results: list[dict[str, Any]], tracking_uri: str | None,
-              artifact_root: str | None = None) -> str:
+def log_sweep(
+    sweep: SweepConfig,
+    base: SearchConfig,
+    results: list[dict[str, Any]],
+    tracking_uri: str | None,
+    artifact_root: str | None = None,
+) -> str:
     """The single MLflow writer: a parent run for the sweep, one child run per finished trial."""
     from amc.service.tracking import RunTracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    parent = RunTracker(uri, base.experiment, run_name=f"sweep-{sweep.name}", tags={"amc.kind": "sweep"},
-                        artifact_root=artifact_root)
+    parent = RunTracker(
+        uri, base.experiment, run_name=f"sweep-{sweep.name}", tags={"amc.kind": "sweep"}, artifact_root=artifact_root
+    )
     parent.log_params({"sweep.name": sweep.name, **{f"grid.{k}": json.dumps(v) for k, v in sweep.grid.items()}})
     for r in results:
         if r.get("out") and not r["error"]:
-            log_search_dir(uri, base.experiment, Path(r["out"]), parent_run_id=parent.run_id, artifact_root=artifact_root)
+            log_search_dir(
+                uri, base.experiment, Path(r["out"]), parent_run_id=parent.run_id, artifact_root=artifact_root
+            )
     best = max((r["best_top1"] for r in results if r.get("best_top1") is not None), default=None)
     if best is not None:
         parent.log_metrics({"best_top1": best}, step=0)
@@ -155,8 +189,9 @@ def log_sweep(sweep: SweepConfig, base: SearchConfig, results: list[dict[str, An
     return parent.run_id
 
 
-def log_search_dir(uri: str, experiment: str, out: Path, parent_run_id: str | None = None,
-                   artifact_root: str | None = None) -> str:
+def log_search_dir(
+    uri: str, experiment: str, out: Path, parent_run_id: str | None = None, artifact_root: str | None = None
+) -> str:
     """Logs a finished search directory as one MLflow run (used by sweeps, whose trials do not track).
 
     The run gets what a tracked search logs: params, every episode's metrics (the agent's ``agent_*``
@@ -174,9 +209,14 @@ def log_search_dir(uri: str, experiment: str, out: Path, parent_run_id: str | No
     config = SearchConfig.from_yaml(out / "config.yaml")
     summary = json.loads((out / "search.json").read_text())
     name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}-{config.env.reward}"
-    tracker = RunTracker(uri, experiment, run_name=name, parent_run_id=parent_run_id,
-                         tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
-                         artifact_root=artifact_root)
+    tracker = RunTracker(
+        uri,
+        experiment,
+        run_name=name,
+        parent_run_id=parent_run_id,
+        tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
+        artifact_root=artifact_root,
+    )
     tracker.log_params(flatten(config))
     for episode, metrics in search_metrics(summary["episodes"], checkpointed_agent_stats(out)):
         tracker.log_metrics(metrics, step=episode)

@@ -34,13 +34,25 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _API: dict[str, str] = {
-    "SavedModel": "amc.checkpoint", "load_model": "amc.checkpoint", "save_model": "amc.checkpoint",
-    "Cost": "amc.cost", "count_cost": "amc.cost", "measure_latency": "amc.cost",
-    "apply_policy": "amc.engine", "make_policy": "amc.engine", "uniform_policy": "amc.engine",
+    "SavedModel": "amc.checkpoint",
+    "load_model": "amc.checkpoint",
+    "save_model": "amc.checkpoint",
+    "Cost": "amc.cost",
+    "count_cost": "amc.cost",
+    "measure_latency": "amc.cost",
+    "apply_policy": "amc.engine",
+    "make_policy": "amc.engine",
+    "uniform_policy": "amc.engine",
     "AmcError": "amc.errors",
-    "ModelGraph": "amc.groups", "PrunableGroup": "amc.groups",
-    "ModelIdentity": "amc.policy", "Policy": "amc.policy", "Target": "amc.policy", "load_policy": "amc.policy",
-    "evaluate": "amc.train", "finetune": "amc.train", "recalibrate_bn": "amc.train",
+    "ModelGraph": "amc.groups",
+    "PrunableGroup": "amc.groups",
+    "ModelIdentity": "amc.policy",
+    "Policy": "amc.policy",
+    "Target": "amc.policy",
+    "load_policy": "amc.policy",
+    "evaluate": "amc.train",
+    "finetune": "amc.train",
+    "recalibrate_bn": "amc.train",
 }
 
 
@@ -66,7 +78,24 @@ def prunable_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Prun
 
 
 __all__ = [
-    "AmcError", "Cost", "ModelGraph", "ModelIdentity", "Policy", "PrunableGroup", "SavedModel", "Target",
-    "apply_policy", "count_cost", "evaluate", "finetune", "load_model", "load_policy", "make_policy", "measure_latency",
-    "prunable_groups", "recalibrate_bn", "save_model", "uniform_policy",
+    "AmcError",
+    "Cost",
+    "ModelGraph",
+    "ModelIdentity",
+    "Policy",
+    "PrunableGroup",
+    "SavedModel",
+    "Target",
+    "apply_policy",
+    "count_cost",
+    "evaluate",
+    "finetune",
+    "load_model",
+    "load_policy",
+    "make_policy",
+    "measure_latency",
+    "prunable_groups",
+    "recalibrate_bn",
+    "save_model",
+    "uniform_policy",
 ]

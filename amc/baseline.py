@@ -20,25 +20,37 @@ from amc.checkpoint import save_model
 from amc.cost import count_cost
 from amc.data import DataConfig, load_data
 from amc.engine import spec_for
-from amc.models import create_model
 from amc.files import write_json_atomic
+from amc.models import create_model
 from amc.train import TrainConfig, evaluate, train
 
 
-def train_baseline(model_name: str, data_config: DataConfig, config: TrainConfig, out: Path, device: str = "cpu", progress: bool = True) -> dict:
+def train_baseline(
+    model_name: str, data_config: DataConfig, config: TrainConfig, out: Path, device: str = "cpu", progress: bool = True
+) -> dict:
     """Trains a dense model and writes ``out/model.pt`` and ``out/report.json``; returns the report."""
     data = load_data(data_config)
     spec = spec_for(model_name, data)
     torch.manual_seed(config.seed)
     model = create_model(spec).to(device)
-    train(model, data.loader("train", config.batch_size, shuffle=True, seed=config.seed), config,
-          desc=f"train {model_name}", progress=progress)
+    train(
+        model,
+        data.loader("train", config.batch_size, shuffle=True, seed=config.seed),
+        config,
+        desc=f"train {model_name}",
+        progress=progress,
+    )
     model.cpu().eval()
     cost = count_cost(model, spec.example_inputs())
     report = {
-        "model": model_name, "data": data.name, "top1": evaluate(model, data.loader("test", 256)),
-        "val_top1": evaluate(model, data.loader("val", 256)), "flops": cost.flops, "params": cost.params,
-        "train": asdict(config), "data_config": asdict(data_config),
+        "model": model_name,
+        "data": data.name,
+        "top1": evaluate(model, data.loader("test", 256)),
+        "val_top1": evaluate(model, data.loader("val", 256)),
+        "flops": cost.flops,
+        "params": cost.params,
+        "train": asdict(config),
+        "data_config": asdict(data_config),
     }
     out.mkdir(parents=True, exist_ok=True)
     save_model(out / "model.pt", model, spec)
@@ -52,8 +64,10 @@ BASELINE_VERSION = 2
 
 
 def baseline_key(model_name: str, data_config: DataConfig, config: TrainConfig) -> str:
-    blob = json.dumps({"model": model_name, "data": asdict(data_config), "train": asdict(config),
-                       "version": BASELINE_VERSION}, sort_keys=True)
+    blob = json.dumps(
+        {"model": model_name, "data": asdict(data_config), "train": asdict(config), "version": BASELINE_VERSION},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -43,7 +43,12 @@ def save_model(
     payload = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
-        "spec": {"name": spec.name, "in_channels": spec.in_channels, "num_classes": spec.num_classes, "input_size": spec.input_size},
+        "spec": {
+            "name": spec.name,
+            "in_channels": spec.in_channels,
+            "num_classes": spec.num_classes,
+            "input_size": spec.input_size,
+        },
         "policy": policy.to_dict() if policy is not None else None,
         "history": [[n, bool(o), list(idx)] for n, o, idx in history],
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -70,29 +75,41 @@ def _read(path: Path) -> dict:
         raise ModelFileError(f"{path} is not a readable model file: {type(exc).__name__}: {first}") from None
     if isinstance(payload, dict) and isinstance(payload.get("format"), str) and payload["format"] == MODEL_FORMAT:
         return _checked(payload, path)
-    if isinstance(payload, dict) and payload and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
+    if (
+        isinstance(payload, dict)
+        and payload
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items())
+    ):
         return {"state_dict": payload}  # a bare state_dict
     raise ModelFileError(f"{path} is not an amc model file or a state_dict")
 
 
 def _bad(path: Path, field: str, expected: str, value: object) -> ModelFileError:
-    return ModelFileError(f"model file {path}: field {field} must be {expected}, got {show(value)}; the file is "
-                          "damaged or was not written by amc-search, so save the model again")
+    return ModelFileError(
+        f"model file {path}: field {field} must be {expected}, got {show(value)}; the file is "
+        "damaged or was not written by amc-search, so save the model again"
+    )
 
 
 def _checked(payload: dict, path: Path) -> dict:
     """Validates every field of an amc model file before anything is built from it."""
     unknown = sorted((k for k in payload if k not in _PAYLOAD_KEYS), key=str)
     if unknown:
-        raise ModelFileError(f"model file {path}: unknown field {show(unknown[0])}; valid fields: {', '.join(_PAYLOAD_KEYS)}")
+        raise ModelFileError(
+            f"model file {path}: unknown field {show(unknown[0])}; valid fields: {', '.join(_PAYLOAD_KEYS)}"
+        )
     version = payload.get("format_version")
     if type(version) is not int or version != MODEL_FORMAT_VERSION:
-        raise ModelFileError(f"model file {path}: format version {show(version)} is not supported "
-                             f"(this version reads {MODEL_FORMAT_VERSION})")
+        raise ModelFileError(
+            f"model file {path}: format version {show(version)} is not supported "
+            f"(this version reads {MODEL_FORMAT_VERSION})"
+        )
     _check_spec(payload.get("spec"), path)
     _check_history(payload.get("history", []), path)
     state = payload.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise _bad(path, "state_dict", "a mapping of parameter name to tensor", type(state).__name__)
     policy = payload.get("policy")
     if policy is not None:
@@ -118,7 +135,12 @@ def _check_history(history: object, path: Path) -> None:
     if not isinstance(history, list):
         raise _bad(path, "history", "a list of [module name, is output channels, [indices]]", history)
     for i, step in enumerate(history):
-        ok = isinstance(step, (list, tuple)) and len(step) == 3 and isinstance(step[0], str) and isinstance(step[1], bool)
+        ok = (
+            isinstance(step, (list, tuple))
+            and len(step) == 3
+            and isinstance(step[0], str)
+            and isinstance(step[1], bool)
+        )
         ok = ok and isinstance(step[2], (list, tuple)) and all(type(j) is int and 0 <= j < 2**31 for j in step[2])
         if not ok:
             raise _bad(path, f"history[{i}]", "[module name, true/false, [channel indices >= 0]]", step)
@@ -142,7 +164,9 @@ def load_model(path: str | Path, spec: ModelSpec | None = None, dense: nn.Module
         s = payload["spec"]
         stored = ModelSpec(s["name"], s["in_channels"], s["num_classes"], s["input_size"])
         if spec is not None and spec != stored:
-            raise ModelFileError(f"{p} holds {stored}, not the requested {spec}; drop --model/--data or pass the matching ones")
+            raise ModelFileError(
+                f"{p} holds {stored}, not the requested {spec}; drop --model/--data or pass the matching ones"
+            )
         spec = stored
     if spec is None:
         raise ModelFileError(f"{p} is a bare state_dict; say which model it is (--model and --data)")
@@ -169,5 +193,6 @@ def _replay(path: Path, model: nn.Module, spec: ModelSpec, history: History) -> 
         raise
     except Exception as exc:  # Torch-Pruning raises many types for a history that does not fit
         first = " ".join(str(exc).split())[:200]
-        raise ModelFileError(f"model file {path}: its pruning history does not fit model {spec.name!r}: "
-                             f"{type(exc).__name__}: {first}") from None
+        raise ModelFileError(
+            f"model file {path}: its pruning history does not fit model {spec.name!r}: {type(exc).__name__}: {first}"
+        ) from None

@@ -18,7 +18,7 @@ import os
 import reprlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,7 +49,7 @@ class _ShortRepr(reprlib.Repr):
     def repr_bool(self, x: bool, level: int) -> str:
         return "true" if x else "false"
 
-    def repr_NoneType(self, x: None, level: int) -> str:  # noqa: N802 (reprlib's naming)
+    def repr_NoneType(self, x: None, level: int) -> str:
         return "null"
 
 
@@ -87,7 +87,9 @@ def check_input_path(
     p = Path(text)
     try:
         if p.is_symlink() and not p.exists():
-            raise error(f"{what} {p} is a symbolic link to {os.readlink(p)}, which does not resolve (its target is missing or the link loops); fix the link or pass the file itself")
+            raise error(
+                f"{what} {p} is a symbolic link to {os.readlink(p)}, which does not resolve (its target is missing or the link loops); fix the link or pass the file itself"
+            )
         if not p.exists():
             raise error(f"{what} {p} does not exist; check the path")
         if p.is_dir():
@@ -147,7 +149,9 @@ def _describe(hint: Any) -> str:
         return f"a mapping ({_describe(args[0])} -> {_describe(args[1])})" if args else "a mapping"
     if dataclasses.is_dataclass(hint):
         return f"a mapping of {hint.__name__} fields"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
 
 
 def _fail(path: str, hint: Any, value: Any, extra: str = "") -> ConfigError:
@@ -164,7 +168,9 @@ def _scalar(value: Any, hint: type, path: str) -> Any:
         extra = ""
         if isinstance(value, str) and _looks_numeric(value):
             exponent = "e" in value.lower() and "." not in value
-            extra = " (YAML reads 1e-4 as text: write 1.0e-4)" if exponent else " (text: write the number without quotes)"
+            extra = (
+                " (YAML reads 1e-4 as text: write 1.0e-4)" if exponent else " (text: write the number without quotes)"
+            )
         raise _fail(path, hint, value, extra)
     if hint is int:
         if not isinstance(value, int):
@@ -203,7 +209,7 @@ def _union(value: Any, args: tuple[Any, ...], path: str) -> Any:
     if value is None:
         if type(None) in args:
             return None
-        raise _fail(path, typing.Union[args], value)  # type: ignore[arg-type]
+        raise _fail(path, typing.Union[args], value)  # type: ignore[arg-type]  # noqa: UP007
     options = [a for a in args if a is not type(None)]
     if len(options) == 1:
         return coerce(value, options[0], path)
@@ -212,7 +218,7 @@ def _union(value: Any, args: tuple[Any, ...], path: str) -> Any:
             return coerce(value, option, path)
         except ConfigError:
             continue
-    raise _fail(path, typing.Union[args], value)  # type: ignore[arg-type]
+    raise _fail(path, typing.Union[args], value)  # type: ignore[arg-type]  # noqa: UP007
 
 
 def coerce(value: Any, hint: Any, path: str) -> Any:
@@ -253,7 +259,10 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise _fail(path, hint, value)
         key_hint, value_hint = args if args else (Any, Any)
-        return {coerce(k, key_hint, f"{path} key {show(k)}"): coerce(v, value_hint, f"{path}[{show(k)}]") for k, v in value.items()}
+        return {
+            coerce(k, key_hint, f"{path} key {show(k)}"): coerce(v, value_hint, f"{path}[{show(k)}]")
+            for k, v in value.items()
+        }
     if isinstance(hint, type):
         return _scalar(value, hint, path)
     return value
@@ -282,8 +291,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         section = f"in {where}" if where else "at the top of the config"
         raise ConfigError(f"unknown key {show(unknown[0])}{more} {section}; valid keys: {', '.join(fields)}")
-    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]  # type: ignore[misc]
     if missing:
         raise ConfigError(f"{_join(where, missing[0])} is missing; it has no default, so set it")
     hints = typing.get_type_hints(cls)
@@ -333,7 +345,9 @@ def field_hint(cls: type, dotted: str) -> Any:
             raise ConfigError(f"{'.'.join(done)} has no fields, so {dotted!r} is not a field")
         hints = typing.get_type_hints(hint)
         if part not in hints or part not in {f.name for f in dataclasses.fields(hint)}:
-            raise ConfigError(f"unknown field {dotted!r}: {hint.__name__} has {', '.join(f.name for f in dataclasses.fields(hint))}")
+            raise ConfigError(
+                f"unknown field {dotted!r}: {hint.__name__} has {', '.join(f.name for f in dataclasses.fields(hint))}"
+            )
         hint, done = hints[part], [*done, part]
     return hint
 
@@ -366,7 +380,8 @@ def _strict_loader() -> type:
                         continue  # unhashable: the base class reports it
                     if duplicate:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"key {show(key)} appears twice in one mapping", key_node.start_mark)
+                            None, None, f"key {show(key)} appears twice in one mapping", key_node.start_mark
+                        )
                     seen.add(key)
             return super().construct_mapping(node, deep)
 
@@ -378,7 +393,7 @@ def parse_yaml(text: str, where: str) -> Any:
     import yaml
 
     try:
-        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=_strict_loader())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -392,8 +407,42 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where} holds a value YAML cannot read: {exc}") from None
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Reads a YAML file into dataclass ``cls``.
+def apply_overrides(cls: type, data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``data`` with ``dotted.key=value`` overrides applied (``--set env.target_ratio=0.3``).
+
+    Each value is read as YAML (``0.3``, ``true``, ``[a, b]``, ``null``); the key must be a field of ``cls``
+    (a mistyped one names the valid keys of its section). Values are checked later, with the whole config.
+
+    Raises:
+        ConfigError: On an override without ``=``, a key that is not a field, or a value that is not YAML.
+    """
+    out = _deep_copy(data)
+    for item in overrides:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {show(item)}: write KEY=VALUE with a dotted key, e.g. env.target_ratio=0.3")
+        try:
+            field_hint(cls, key)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {key}: {exc}") from None
+        value = parse_yaml(text, f"--set {key}")
+        *parents, last = key.split(".")
+        node = out
+        for name in parents:
+            child = node.get(name)
+            node[name] = child = dict(child) if isinstance(child, Mapping) else {}
+            node = child
+        node[last] = value
+    return out
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
+    """Reads a YAML file into dataclass ``cls``, with ``dotted.key=value`` ``overrides`` applied on top.
 
     Raises:
         ConfigError: When the file is missing, unreadable, empty, not YAML, not a mapping at the top, or
@@ -405,14 +454,17 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         raise ConfigError(f"config file {p} holds no settings (only comments); write field: value lines")
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {p} must hold a mapping of field: value at the top, got {show(data)}")
+    data = apply_overrides(cls, data, overrides)
     try:
         return from_dict(cls, data)
     except AmcError as exc:
-        raise retyped(exc, f"config file {p}: {exc}") from None
+        where = "with --set " + ", ".join(overrides) if overrides else ""
+        raise retyped(exc, f"config file {p}{' ' + where if where else ''}: {exc}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """Plain nested dict of a dataclass (tuples become lists), for YAML and JSON."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]

@@ -149,9 +149,7 @@ def cifar10(config: DataConfig) -> DataBundle:
     test = torchvision.datasets.CIFAR10(str(root), train=False, transform=eval_tf, download=False)
     n_val = config.val_size or 5000
     tr, va = _split(len(train_aug), (len(train_aug) - n_val, n_val), config.seed)
-    return DataBundle(
-        Subset(train_aug, tr.tolist()), Subset(train_plain, va.tolist()), test, 3, 10, 32, "cifar10"
-    )
+    return DataBundle(Subset(train_aug, tr.tolist()), Subset(train_plain, va.tolist()), test, 3, 10, 32, "cifar10")
 
 
 @register_dataset("imagefolder")
@@ -179,6 +177,11 @@ def imagefolder(config: DataConfig) -> DataBundle:
     n_val = config.val_size or min(10000, max(len(train_aug) // 10, 1))
     tr, va = _split(len(train_aug), (len(train_aug) - n_val, n_val), config.seed)
     return DataBundle(
-        Subset(train_aug, tr.tolist()), Subset(train_plain, va.tolist()), test, 3,
-        len(train_aug.classes), size, "imagefolder",
+        Subset(train_aug, tr.tolist()),
+        Subset(train_plain, va.tolist()),
+        test,
+        3,
+        len(train_aug.classes),
+        size,
+        "imagefolder",
     )

@@ -35,18 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes:
         config = config.replace(episodes=args.episodes)
     out = args.out or Path("runs") / "demo" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    print(f"[1/3] search: {config.agent}, {config.episodes} episodes, {config.env.target_metric} <= {config.env.target_ratio:g} -> {out}")
+    print(
+        f"[1/3] search: {config.agent}, {config.episodes} episodes, {config.env.target_metric} <= {config.env.target_ratio:g} -> {out}"
+    )
     result = run_search(config, out / "search", tracking_uri=args.tracking_uri)
     searched = load_policy(out / "search" / "best_policy.json")
     stored = SearchConfig.from_yaml(out / "search" / "config.yaml")
     ws = build_workspace(stored.env.model, stored.env.data, stored.env.checkpoint)
     uniform = uniform_policy(ws.graph, ws.identity, result.uniform["ratio"], searched.criterion)
     print(f"[2/3] fine-tune the uniform and the searched policy ({args.finetune_epochs} epochs each)")
-    rows = [_row(ws, "uniform", uniform, args.finetune_epochs, out), _row(ws, "searched (DDPG)", searched, args.finetune_epochs, out)]
+    rows = [
+        _row(ws, "uniform", uniform, args.finetune_epochs, out),
+        _row(ws, "searched (DDPG)", searched, args.finetune_epochs, out),
+    ]
     print("[3/3] results (test split)\n")
     _table(ws, rows, result)
     print(f"\nsearch outputs: {out / 'search'}; pruned models: {out}/<name>/model.pt")
-    print("browse the search in MLflow: .venv/bin/amc ui   (the Pareto front: .venv/bin/amc pareto --experiment " + stored.experiment + ")")
+    print(
+        "browse the search in MLflow: .venv/bin/amc ui   (the Pareto front: .venv/bin/amc pareto --experiment "
+        + stored.experiment
+        + ")"
+    )
     return 0
 
 
@@ -66,8 +75,10 @@ def _table(ws: Workspace, rows: list[dict], result) -> None:
     print(header)
     print(f"{'dense':<17}{dense_top1:>13.2%}{'':>12}{'100%':>9}{'100%':>9}{rows[0]['dense_latency_ms']:>12.3f}")
     for r in rows:
-        print(f"{r['name']:<17}{r['top1_before_finetune']:>13.2%}{r['top1']:>12.2%}{r['flops_ratio']:>9.1%}"
-              f"{r['params_ratio']:>9.1%}{r['latency_ms']:>12.3f}")
+        print(
+            f"{r['name']:<17}{r['top1_before_finetune']:>13.2%}{r['top1']:>12.2%}{r['flops_ratio']:>9.1%}"
+            f"{r['params_ratio']:>9.1%}{r['latency_ms']:>12.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -67,7 +67,11 @@ def identity_of(spec: ModelSpec, model: nn.Module) -> ModelIdentity:
 
 
 def uniform_policy(
-    graph: ModelGraph, identity: ModelIdentity, ratio: float, criterion: str = DEFAULT_CRITERION, round_to: int = 1,
+    graph: ModelGraph,
+    identity: ModelIdentity,
+    ratio: float,
+    criterion: str = DEFAULT_CRITERION,
+    round_to: int = 1,
     granularity: str = "channel",
 ) -> Policy:
     """The same pruning ratio for every group: the baseline every search is compared against."""
@@ -112,6 +116,7 @@ def cost_ratio(graph: ModelGraph, widths: Mapping[str, int], metric: str) -> flo
 
 def uniform_ratio_for(graph: ModelGraph, target: Target, round_to: int = 1, max_ratio: float = 0.95) -> float:
     """The smallest uniform ratio whose exact cost meets ``target`` (bisection on the exact count)."""
+
     def meets(r: float) -> bool:
         return cost_ratio(graph, widths_for(graph, {g.name: r for g in graph}, round_to), target.metric) <= target.ratio
 
@@ -162,7 +167,9 @@ def apply_policy(
         pruned = sparsify(model, graph, policy.ratios, policy.granularity)
         pruned.amc_pruning_history = []
         return pruned
-    result = prune_channels(model, graph, widths_for(graph, policy.ratios, policy.round_to), policy.criterion, calib_batch)
+    result = prune_channels(
+        model, graph, widths_for(graph, policy.ratios, policy.round_to), policy.criterion, calib_batch
+    )
     result.model.amc_pruning_history = result.history
     return result.model
 
@@ -231,8 +238,13 @@ class _Splits:
     def of(cls, ws: Workspace, seed: int, bn_batches: int) -> _Splits:
         calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=seed + 1), bn_batches)
         calib_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=seed + 2)))
-        return cls(ws.data.loader("train", 64, shuffle=True, seed=seed), ws.data.loader("val", 256),
-                   ws.data.loader("test", 256), calib, calib_batch)
+        return cls(
+            ws.data.loader("train", 64, shuffle=True, seed=seed),
+            ws.data.loader("val", 256),
+            ws.data.loader("test", 256),
+            calib,
+            calib_batch,
+        )
 
 
 def _step_widths(graph: ModelGraph, final: Mapping[str, int], step: int, steps: int) -> dict[str, int]:
@@ -240,7 +252,9 @@ def _step_widths(graph: ModelGraph, final: Mapping[str, int], step: int, steps: 
     return {g.name: g.channels - (g.channels - final[g.name]) * step // steps for g in graph}
 
 
-def prune_and_finetune(ws: Workspace, policy: Policy, schedule: FinetuneSchedule, progress: bool = True) -> tuple[PruneResult, dict[str, float]]:
+def prune_and_finetune(
+    ws: Workspace, policy: Policy, schedule: FinetuneSchedule, progress: bool = True
+) -> tuple[PruneResult, dict[str, float]]:
     """Applies ``policy`` to the workspace's dense model (one-shot or iterative) and fine-tunes.
 
     Fine-tuning selects its best epoch on the search-val split (never test) and never returns weights
@@ -258,22 +272,46 @@ def prune_and_finetune(ws: Workspace, policy: Policy, schedule: FinetuneSchedule
     if policy.granularity != "channel":
         model = apply_policy(ws.model, policy, ws.example_inputs(), splits.calib_batch, ws.graph)
         before = _accuracies(model, splits)
-        report = finetune_sparse(model.to(schedule.device), splits.train, schedule.epochs, schedule.peak_lr, schedule.seed, progress,
-                                 val_loader=splits.val, warmup=schedule.warmup)
+        report = finetune_sparse(
+            model.to(schedule.device),
+            splits.train,
+            schedule.epochs,
+            schedule.peak_lr,
+            schedule.seed,
+            progress,
+            val_loader=splits.val,
+            warmup=schedule.warmup,
+        )
         model.cpu()
         return PruneResult(model, ws.graph.dense_widths(), []), _finetune_summary(model, splits, before, [report])
     final = widths_for(ws.graph, policy.ratios, policy.round_to)
     model, history, before, reports = ws.model, [], None, []
     for step, epochs in enumerate(schedule.round_epochs(), start=1):
-        result = prune_channels(model, ws.graph, _step_widths(ws.graph, final, step, schedule.iterative), policy.criterion, splits.calib_batch)
+        result = prune_channels(
+            model,
+            ws.graph,
+            _step_widths(ws.graph, final, step, schedule.iterative),
+            policy.criterion,
+            splits.calib_batch,
+        )
         model, history = result.model, history + result.history
         if schedule.bn_batches:
             recalibrate_bn(model, splits.calib)
         if before is None:
             before = _accuracies(model, splits)
         if epochs:
-            reports.append(finetune(model.to(schedule.device), splits.train, epochs, schedule.peak_lr, seed=schedule.seed + step,
-                                    progress=progress, val_loader=splits.val, warmup=schedule.warmup))
+            reports.append(
+                finetune(
+                    model.to(schedule.device),
+                    splits.train,
+                    epochs,
+                    schedule.peak_lr,
+                    seed=schedule.seed + step,
+                    progress=progress,
+                    val_loader=splits.val,
+                    warmup=schedule.warmup,
+                )
+            )
             model.cpu()
     model.amc_pruning_history = history
     return PruneResult(model, final, history), _finetune_summary(model, splits, before, reports)
@@ -284,16 +322,30 @@ def _accuracies(model: nn.Module, splits: _Splits) -> tuple[float, float]:
     return evaluate(model, splits.test), evaluate(model, splits.val)
 
 
-def _finetune_summary(model: nn.Module, splits: _Splits, before: tuple[float, float], reports: list[FinetuneReport]) -> dict[str, float]:
+def _finetune_summary(
+    model: nn.Module, splits: _Splits, before: tuple[float, float], reports: list[FinetuneReport]
+) -> dict[str, float]:
     test, val = _accuracies(model, splits)
     best_epoch = reports[-1].best_epoch if reports else 0
-    return {"top1_before_finetune": before[0], "val_top1_before_finetune": before[1], "top1": test, "val_top1": val,
-            "finetune_best_epoch": best_epoch}
+    return {
+        "top1_before_finetune": before[0],
+        "val_top1_before_finetune": before[1],
+        "top1": test,
+        "val_top1": val,
+        "finetune_best_epoch": best_epoch,
+    }
 
 
 def finetune_sparse(
-    model: nn.Module, loader: DataLoader, epochs: int, lr: float, seed: int, progress: bool, *,
-    val_loader: DataLoader | None = None, warmup: float = 0.1,
+    model: nn.Module,
+    loader: DataLoader,
+    epochs: int,
+    lr: float,
+    seed: int,
+    progress: bool,
+    *,
+    val_loader: DataLoader | None = None,
+    warmup: float = 0.1,
 ) -> FinetuneReport:
     """Fine-tunes a sparse model while keeping its zeroed weights at zero (see :func:`amc.train.finetune`)."""
     masks = [(p, p != 0) for p in model.parameters() if p.dim() > 1]
@@ -316,10 +368,14 @@ def cost_report(ws: Workspace, pruned: nn.Module, latency: LatencyConfig | None)
     dense = ws.graph.dense_cost
     nonzero = count_nonzero_params(pruned)
     report: dict[str, float] = {
-        "flops": cost.flops, "flops_ratio": cost.flops / dense.flops,
-        "params": cost.params, "params_ratio": cost.params / dense.params,
-        "nonzero_params": nonzero, "sparsity": 1.0 - nonzero / max(cost.params, 1),
-        "dense_flops": dense.flops, "dense_params": dense.params,
+        "flops": cost.flops,
+        "flops_ratio": cost.flops / dense.flops,
+        "params": cost.params,
+        "params_ratio": cost.params / dense.params,
+        "nonzero_params": nonzero,
+        "sparsity": 1.0 - nonzero / max(cost.params, 1),
+        "dense_flops": dense.flops,
+        "dense_params": dense.params,
     }
     if latency is not None:
         report["latency_ms"] = measure_latency(pruned, ws.spec.input_shape, latency)
@@ -329,6 +385,17 @@ def cost_report(ws: Workspace, pruned: nn.Module, latency: LatencyConfig | None)
 
 
 __all__ = [
-    "Workspace", "build_workspace", "make_policy", "apply_policy", "uniform_policy", "uniform_ratio_for", "prune_and_finetune",
-    "cost_report", "FinetuneSchedule", "kept_channels", "cost_ratio", "identity_of", "spec_for",
+    "FinetuneSchedule",
+    "Workspace",
+    "apply_policy",
+    "build_workspace",
+    "cost_ratio",
+    "cost_report",
+    "identity_of",
+    "kept_channels",
+    "make_policy",
+    "prune_and_finetune",
+    "spec_for",
+    "uniform_policy",
+    "uniform_ratio_for",
 ]

@@ -199,7 +199,9 @@ class ModelGraph:
             ) from exc
         keyed = []
         for items in groups:
-            outs = [self._names[id(m)] for m, h, _ in items if h == "prune_out_channels" and isinstance(m, PRUNABLE_TYPES)]
+            outs = [
+                self._names[id(m)] for m, h, _ in items if h == "prune_out_channels" and isinstance(m, PRUNABLE_TYPES)
+            ]
             if outs:
                 keyed.append((min(self._order.get(n, 10**9) for n in outs), items))
         keyed.sort(key=lambda pair: pair[0])
@@ -220,10 +222,16 @@ class ModelGraph:
             shape = shapes.get(outs[0], torch.Size())
             described.append(
                 PrunableGroup(
-                    name=outs[0], index=index, channels=items[0][2], modules=tuple(outs), kind=kind,
+                    name=outs[0],
+                    index=index,
+                    channels=items[0][2],
+                    modules=tuple(outs),
+                    kind=kind,
                     in_channels=int(getattr(root, "in_channels", getattr(root, "in_features", 0))),
-                    kernel=int(getattr(root, "kernel_size", (1,))[0]), stride=int(getattr(root, "stride", (1,))[0]),
-                    spatial=int(torch.Size(shape[2:]).numel()) if len(shape) > 2 else 1, flops=0,
+                    kernel=int(getattr(root, "kernel_size", (1,))[0]),
+                    stride=int(getattr(root, "stride", (1,))[0]),
+                    spatial=int(torch.Size(shape[2:]).numel()) if len(shape) > 2 else 1,
+                    flops=0,
                     multiple=_channel_multiple(items),
                 )
             )
@@ -307,8 +315,13 @@ class ModelGraph:
 
 
 ATTENTION_TYPES = frozenset(
-    {"Attention", "MultiheadAttention", "ShiftedWindowAttention", "ShiftedWindowAttentionV2",
-     "RelativePositionalMultiHeadAttention"}
+    {
+        "Attention",
+        "MultiheadAttention",
+        "ShiftedWindowAttention",
+        "ShiftedWindowAttentionV2",
+        "RelativePositionalMultiHeadAttention",
+    }
 )
 """Class names of attention layers (PyTorch, torchvision's Swin / MaxViT, timm-style ``Attention``), refused."""
 
@@ -347,7 +360,8 @@ def _reject_unsupported_modules(model: nn.Module) -> None:
 def is_depthwise(module: nn.Module) -> bool:
     """A Conv1d / Conv2d / Conv3d with one input and one output channel per group."""
     return (
-        isinstance(module, CONV_TYPES) and module.groups > 1
+        isinstance(module, CONV_TYPES)
+        and module.groups > 1
         and module.groups == module.in_channels == module.out_channels
     )
 
@@ -377,8 +391,14 @@ def _module_cost(module: nn.Module, shape: torch.Size | None) -> _ModuleCost | N
         kernel = int(torch.Size(module.kernel_size).numel())
         kind = "depthwise" if is_depthwise(module) else "conv"
         return _ModuleCost(
-            kind, 2 * spatial * kernel, module.in_channels, module.out_channels, module.groups, kernel,
-            module.bias is not None, 0,
+            kind,
+            2 * spatial * kernel,
+            module.in_channels,
+            module.out_channels,
+            module.groups,
+            kernel,
+            module.bias is not None,
+            0,
         )
     if isinstance(module, nn.Linear):
         tokens = int(shape[1:-1].numel()) if shape is not None and len(shape) > 2 else 1

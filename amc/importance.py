@@ -55,5 +55,7 @@ def group_importance(
         scores[name] = value.detach().float().cpu()
     missing = sorted(set(graph.names) - set(scores))
     if missing:
-        raise ConfigError(f"no importance scores for groups {', '.join(missing)}; the model changed since it was traced")
+        raise ConfigError(
+            f"no importance scores for groups {', '.join(missing)}; the model changed since it was traced"
+        )
     return scores

@@ -54,7 +54,7 @@ def model_names() -> list[str]:
 def create_model(spec: ModelSpec) -> nn.Module:
     """Builds the dense, randomly initialised model described by ``spec``."""
     if spec.name.startswith(TORCHVISION_PREFIX):
-        return _torchvision_model(spec.name[len(TORCHVISION_PREFIX):], spec)
+        return _torchvision_model(spec.name[len(TORCHVISION_PREFIX) :], spec)
     builder = MODELS.get(spec.name)
     return builder(spec.in_channels, spec.num_classes, spec.input_size)
 
@@ -82,8 +82,14 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             new = nn.Conv2d(
-                in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, module.dilation, 1, module.bias is not None,
+                in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                1,
+                module.bias is not None,
             )
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
@@ -106,9 +112,7 @@ class BasicBlock(nn.Module):
         self.residual = residual
         self.shortcut: nn.Module = nn.Identity()
         if residual and (stride != 1 or in_planes != planes):
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -226,8 +230,12 @@ class CifarMobileNetV2(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, stages: tuple[tuple[int, int, int, int], ...] = MOBILENETV2_SMALL,
-        stem: int = 16, last: int = 256,
+        self,
+        in_channels: int,
+        num_classes: int,
+        stages: tuple[tuple[int, int, int, int], ...] = MOBILENETV2_SMALL,
+        stem: int = 16,
+        last: int = 256,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Sequential(*_conv_bn(in_channels, stem, 3, 1))]

@@ -31,8 +31,19 @@ TARGET_METRICS = ("flops", "params", "latency")
 MAX_INT = 2**63
 MAX_NESTING = 64
 """JSON nested deeper than this is refused (a policy nests three levels)."""
-_POLICY_FIELDS = ("schema_version", "kind", "model", "ratios", "granularity", "criterion", "round_to", "target",
-                  "measured", "versions", "created")
+_POLICY_FIELDS = (
+    "schema_version",
+    "kind",
+    "model",
+    "ratios",
+    "granularity",
+    "criterion",
+    "round_to",
+    "target",
+    "measured",
+    "versions",
+    "created",
+)
 _MODEL_FIELDS = ("name", "input_shape", "num_classes", "arch_hash")
 _TARGET_FIELDS = ("metric", "ratio")
 
@@ -57,7 +68,9 @@ class ModelIdentity:
     arch_hash: str
 
     @classmethod
-    def of(cls, model: nn.Module, input_shape: tuple[int, ...], num_classes: int, name: str | None = None) -> "ModelIdentity":
+    def of(
+        cls, model: nn.Module, input_shape: tuple[int, ...], num_classes: int, name: str | None = None
+    ) -> ModelIdentity:
         return cls(name or f"python:{type(model).__name__}", tuple(input_shape), num_classes, architecture_hash(model))
 
 
@@ -72,7 +85,9 @@ class Target:
         if not isinstance(self.metric, str) or self.metric not in TARGET_METRICS:
             raise PolicyError(f"target metric {show(self.metric)} is unknown; use one of {', '.join(TARGET_METRICS)}")
         if not _is_number(self.ratio) or not 0.0 < self.ratio <= 1.0:
-            raise PolicyError(f"target ratio {show(self.ratio)} must be a number in (0, 1] (the fraction of the dense cost kept)")
+            raise PolicyError(
+                f"target ratio {show(self.ratio)} must be a number in (0, 1] (the fraction of the dense cost kept)"
+            )
 
 
 def package_versions() -> dict[str, str]:
@@ -112,7 +127,7 @@ class Policy:
     target: Target | None = None
     measured: Mapping[str, float] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=package_versions)
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def __post_init__(self) -> None:
         if not isinstance(self.granularity, str) or self.granularity not in GRANULARITIES:
@@ -139,7 +154,7 @@ class Policy:
         return {"schema_version": SCHEMA_VERSION, "kind": POLICY_KIND, **body}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Policy":
+    def from_dict(cls, data: Any) -> Policy:
         """Validates and builds a policy from its JSON form.
 
         Every field is checked for its type and range (a JSON ``true`` is not a number, numbers are
@@ -152,7 +167,7 @@ class Policy:
             raise PolicyError(f"a policy must be a JSON object at the top, got {show(data)}")
         if data.get("kind") != POLICY_KIND:
             found = f", not {show(data['kind'])}" if "kind" in data else ""
-            raise PolicyError(f"not an amc policy file (\"kind\" must be \"{POLICY_KIND}\"{found})")
+            raise PolicyError(f'not an amc policy file ("kind" must be "{POLICY_KIND}"{found})')
         version = data.get("schema_version")
         if type(version) is not int or version != SCHEMA_VERSION:
             raise PolicyError(
@@ -187,7 +202,9 @@ class Policy:
             )
         unknown = sorted(set(self.ratios) - set(group_names))
         if unknown:
-            raise PolicyMismatchError(f"policy names groups this model does not have: {', '.join(map(repr, unknown[:5]))}")
+            raise PolicyMismatchError(
+                f"policy names groups this model does not have: {', '.join(map(repr, unknown[:5]))}"
+            )
 
     def check_complete(self, group_names: Sequence[str], allow_partial: bool = False) -> tuple[str, ...]:
         """Checks that the policy gives every group of the model a ratio.
@@ -211,7 +228,7 @@ class Policy:
             )
         return missing
 
-    def completed(self, group_names: Sequence[str]) -> "Policy":
+    def completed(self, group_names: Sequence[str]) -> Policy:
         """This policy with ratio 0.0 (dense) for every group in ``group_names`` it leaves out."""
         ratios = {name: float(self.ratios.get(name, 0.0)) for name in group_names}
         ratios.update({name: float(r) for name, r in self.ratios.items() if name not in ratios})
@@ -234,12 +251,19 @@ def load_policy(path: str | Path) -> Policy:
     """
     p, text = read_input_text(path, "policy file", PolicyError, "a policy .json file")
     try:
-        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int,
-                          object_pairs_hook=_unique_keys)
+        data = json.loads(
+            text,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            object_pairs_hook=_unique_keys,
+        )
     except _BadJson as exc:
         raise PolicyError(f"policy file {p} is not valid policy JSON: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise PolicyError(f"policy file {p} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        raise PolicyError(
+            f"policy file {p} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
     except RecursionError:
         raise PolicyError(f"policy file {p} nests too deeply to be a policy") from None
     if _depth(data) > MAX_NESTING:
@@ -302,8 +326,10 @@ def _is_number(value: Any) -> bool:
 
 def _required(data: Mapping, key: str, where: str = "") -> Any:
     if key not in data:
-        fields = {"model": "the dense model it was made for: name, input_shape, num_classes, arch_hash",
-                  "ratios": "an object of group name -> pruning ratio"}
+        fields = {
+            "model": "the dense model it was made for: name, input_shape, num_classes, arch_hash",
+            "ratios": "an object of group name -> pruning ratio",
+        }
         what = f" ({fields[key]})" if key in fields else ""
         raise PolicyError(f"policy field {where}{key} is missing{what}")
     return data[key]
@@ -317,7 +343,9 @@ def _no_unknown(data: Mapping, known: Sequence[str], where: str) -> None:
 
 def _text(value: Any, path: str, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not allow_empty):
-        raise PolicyError(f"policy field {path} must be a {'' if allow_empty else 'non-empty '}string, got {show(value)}")
+        raise PolicyError(
+            f"policy field {path} must be a {'' if allow_empty else 'non-empty '}string, got {show(value)}"
+        )
     return value
 
 
@@ -344,7 +372,9 @@ def _identity(value: Any) -> ModelIdentity:
     _no_unknown(m, _MODEL_FIELDS, "model")
     shape = _required(m, "input_shape", "model.")
     if not isinstance(shape, list) or not 1 <= len(shape) <= 8:
-        raise PolicyError(f"policy field model.input_shape must be a list of 1 to 8 positive integers, got {show(shape)}")
+        raise PolicyError(
+            f"policy field model.input_shape must be a list of 1 to 8 positive integers, got {show(shape)}"
+        )
     return ModelIdentity(
         _text(_required(m, "name", "model."), "model.name"),
         tuple(_integer(v, f"model.input_shape[{i}]", 1) for i, v in enumerate(shape)),
@@ -361,8 +391,10 @@ def _ratios(value: Any) -> dict[str, float]:
     for name, ratio in ratios.items():
         path = f"ratios[{name!r}]"
         if not isinstance(ratio, (int, float)) or not _is_number(ratio) or not 0.0 <= ratio < 1.0:
-            raise PolicyError(f"policy field {path} is {show(ratio)}; ratios must be numbers in [0, 1) "
-                              "(the fraction of channels removed; 0 keeps the group dense)")
+            raise PolicyError(
+                f"policy field {path} is {show(ratio)}; ratios must be numbers in [0, 1) "
+                "(the fraction of channels removed; 0 keeps the group dense)"
+            )
         out[name] = float(ratio)
     return out
 

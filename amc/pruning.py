@@ -254,7 +254,9 @@ def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: Hist
     return model
 
 
-def _prunable_weights(model: nn.Module, graph: ModelGraph, ratios: Mapping[str, float]) -> list[tuple[torch.Tensor, float]]:
+def _prunable_weights(
+    model: nn.Module, graph: ModelGraph, ratios: Mapping[str, float]
+) -> list[tuple[torch.Tensor, float]]:
     weights = []
     for g in graph:
         ratio = float(ratios.get(g.name, 0.0))

@@ -102,7 +102,8 @@ def refit_targets(
         example: One input batch (a forward pass of it fixes the order and finds shared modules).
     """
     reduced = {
-        name for name, channels in kept.items()
+        name
+        for name, channels in kept.items()
         if _refittable(pruned.get_submodule(name)) and len(channels.inputs) < _in_channels(dense.get_submodule(name))
     }
     if not reduced:
@@ -139,8 +140,12 @@ def output_errors(
 
 # --------------------------------------------------------------------------- validation and helpers
 def _validate(
-    dense: nn.Module, pruned: nn.Module, kept: Mapping[str, KeptChannels], batches: Sequence[torch.Tensor],
-    samples_per_image: int | None, ridge: float,
+    dense: nn.Module,
+    pruned: nn.Module,
+    kept: Mapping[str, KeptChannels],
+    batches: Sequence[torch.Tensor],
+    samples_per_image: int | None,
+    ridge: float,
 ) -> None:
     if len(batches) == 0:
         raise ConfigError("reconstruction needs at least one calibration batch of inputs")
@@ -163,7 +168,9 @@ def _refittable(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
     return (
-        isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
         and not isinstance(module.padding, str)
     )
 
@@ -213,6 +220,7 @@ def _call_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     def factory(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
             counts[name] = counts.get(name, 0) + 1
+
         return hook
 
     with _eval_mode(model), torch.no_grad(), _hooks(model, names, factory, pre=True):
@@ -226,6 +234,7 @@ def _outputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[st
     def factory(name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             out[name] = output.detach()
+
         return hook
 
     with _hooks(model, names, factory):
@@ -283,8 +292,12 @@ def _patches_at(module: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> 
 
 
 def _dense_targets(
-    dense: nn.Module, targets: Sequence[str], kept: Mapping[str, KeptChannels], inputs: torch.Tensor,
-    samples: int | None, generator: torch.Generator,
+    dense: nn.Module,
+    targets: Sequence[str],
+    kept: Mapping[str, KeptChannels],
+    inputs: torch.Tensor,
+    samples: int | None,
+    generator: torch.Generator,
 ) -> tuple[Positions, dict[str, torch.Tensor]]:
     """Samples the positions of every target layer and collects the dense outputs there (one pass)."""
     outputs = _outputs(dense, targets, inputs)
@@ -299,8 +312,12 @@ def _dense_targets(
 
 
 def _refit_in_forward(
-    pruned: nn.Module, targets: Sequence[str], inputs: torch.Tensor, positions: Positions,
-    wanted: Mapping[str, torch.Tensor], ridge: float,
+    pruned: nn.Module,
+    targets: Sequence[str],
+    inputs: torch.Tensor,
+    positions: Positions,
+    wanted: Mapping[str, torch.Tensor],
+    ridge: float,
 ) -> None:
     """One pass of the pruned model that refits each target layer just before it runs."""
     last = targets[-1]
@@ -310,6 +327,7 @@ def _refit_in_forward(
             _refit(module, _input_rows(module, args[0], positions[name]), wanted[name], ridge)
             if name == last:
                 raise _Stop  # nothing after the last refitted layer matters
+
         return hook
 
     with _hooks(pruned, targets, factory, pre=True), contextlib.suppress(_Stop):

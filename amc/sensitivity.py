@@ -24,8 +24,12 @@ class SensitivityRow:
 
 
 def sensitivity(
-    ws: Workspace, ratios: tuple[float, ...] = DEFAULT_RATIOS, criterion: str = DEFAULT_CRITERION, bn_batches: int = 8,
-    progress: bool = True, device: str = "cpu",
+    ws: Workspace,
+    ratios: tuple[float, ...] = DEFAULT_RATIOS,
+    criterion: str = DEFAULT_CRITERION,
+    bn_batches: int = 8,
+    progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[float, list[SensitivityRow]]:
     """Returns the dense search-val top-1 and one row per (group, ratio).
 

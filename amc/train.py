@@ -61,10 +61,14 @@ def warmup_cosine_factor(total: int, warmup: int) -> LrLambda:
     if warmup <= 0:
         return cosine_factor(total)
     decay = max(total - warmup, 1)
-    return lambda step: (step + 1) / (warmup + 1) if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / decay))
+    return lambda step: (
+        (step + 1) / (warmup + 1) if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / decay))
+    )
 
 
-def _sgd(model: nn.Module, config: TrainConfig, factor: LrLambda) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def _sgd(
+    model: nn.Module, config: TrainConfig, factor: LrLambda
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     opt = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
     )
@@ -72,8 +76,12 @@ def _sgd(model: nn.Module, config: TrainConfig, factor: LrLambda) -> tuple[torch
 
 
 def _train_epoch(
-    model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-    bar: tqdm, epoch: int,
+    model: nn.Module,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    bar: tqdm,
+    epoch: int,
 ) -> None:
     """One pass over ``loader`` in train mode, one optimizer and scheduler step per batch."""
     device = _device_of(model)
@@ -93,7 +101,9 @@ def _bar(total: int, desc: str, progress: bool) -> tqdm:
     return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")
 
 
-def train(model: nn.Module, loader: DataLoader, config: TrainConfig, desc: str = "train", progress: bool = True) -> nn.Module:
+def train(
+    model: nn.Module, loader: DataLoader, config: TrainConfig, desc: str = "train", progress: bool = True
+) -> nn.Module:
     """Trains ``model`` in place with SGD and a cosine schedule; returns it."""
     if config.epochs == 0:
         return model

@@ -25,7 +25,23 @@ if ENV_ID not in gymnasium.registry:
     gymnasium.register(id=ENV_ID, entry_point="envs.channel_pruning:make_env")
 
 __all__ = [
-    "BudgetWall", "COST_MODELS", "ChannelPruningEnv", "Choice", "CostModel", "ENV_ID", "EvalBatch", "EnvConfig",
-    "FEATURES", "InvalidActionError", "LayerEmbedding", "Outcome", "REWARDS", "Reward", "create_cost_model",
-    "create_reward", "fixed_size_batches", "make_env", "top1",
+    "COST_MODELS",
+    "ENV_ID",
+    "FEATURES",
+    "REWARDS",
+    "BudgetWall",
+    "ChannelPruningEnv",
+    "Choice",
+    "CostModel",
+    "EnvConfig",
+    "EvalBatch",
+    "InvalidActionError",
+    "LayerEmbedding",
+    "Outcome",
+    "Reward",
+    "create_cost_model",
+    "create_reward",
+    "fixed_size_batches",
+    "make_env",
+    "top1",
 ]

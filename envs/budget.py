@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from amc.errors import BudgetError, ConfigError
 from amc.groups import PrunableGroup
 from amc.pruning import group_round_to, kept_channels
-
 from envs.costs import CostModel
 
 
@@ -76,8 +75,13 @@ class BudgetWall:
     """
 
     def __init__(
-        self, groups: Sequence[PrunableGroup], cost: CostModel, target_ratio: float,
-        min_ratio: float, max_ratio: float, round_to: int,
+        self,
+        groups: Sequence[PrunableGroup],
+        cost: CostModel,
+        target_ratio: float,
+        min_ratio: float,
+        max_ratio: float,
+        round_to: int,
     ) -> None:
         self.groups = list(groups)
         self.cost = cost

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import gymnasium
 import numpy as np
@@ -29,7 +29,6 @@ from amc.policy import ModelIdentity, Policy, Target
 from amc.pruning import CRITERIA, DEFAULT_CRITERION, prune_channels, widths_for
 from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
-
 from envs.budget import BudgetWall
 from envs.costs import COST_MODELS, CostModel, create_cost_model
 from envs.embedding import FEATURES, LayerEmbedding
@@ -111,17 +110,24 @@ class EnvConfig:
             except TypeError as exc:
                 raise ConfigError(f"env.data has an unknown field: {exc}") from None
         if not isinstance(self.data, DataConfig):
-            raise ConfigError(f"env.data must be a DataConfig or a mapping of its fields, got {type(self.data).__name__}")
+            raise ConfigError(
+                f"env.data must be a DataConfig or a mapping of its fields, got {type(self.data).__name__}"
+            )
         if not 0.0 <= self.min_ratio <= self.max_ratio < 1.0:
             raise ConfigError(
                 f"need 0 <= min_ratio <= max_ratio < 1 (fractions of channels removed), "
                 f"got min_ratio={self.min_ratio}, max_ratio={self.max_ratio}"
             )
         if not 0.0 < self.target_ratio <= 1.0:
-            raise ConfigError(f"target_ratio {self.target_ratio} must be in (0, 1] (the kept fraction of the dense cost)")
+            raise ConfigError(
+                f"target_ratio {self.target_ratio} must be in (0, 1] (the kept fraction of the dense cost)"
+            )
         for name, value, low in (
-            ("round_to", self.round_to, 1), ("bn_batches", self.bn_batches, 0), ("bn_batch_size", self.bn_batch_size, 1),
-            ("eval_batch_size", self.eval_batch_size, 1), ("eval_batches", self.eval_batches, 0),
+            ("round_to", self.round_to, 1),
+            ("bn_batches", self.bn_batches, 0),
+            ("bn_batch_size", self.bn_batch_size, 1),
+            ("eval_batch_size", self.eval_batch_size, 1),
+            ("eval_batches", self.eval_batches, 0),
         ):
             if int(value) != value or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -222,7 +228,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         BudgetError: when the target is out of reach even with every group at ``max_ratio``.
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(
         self,
@@ -241,8 +247,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.target = Target(self.config.target_metric, self.config.target_ratio)
         self.cost_model: CostModel = create_cost_model(self.config.target_metric, self.graph)
         self.wall = BudgetWall(
-            self.graph.groups, self.cost_model, self.config.target_ratio, self.config.min_ratio,
-            self.config.max_ratio, self.config.round_to,
+            self.graph.groups,
+            self.cost_model,
+            self.config.target_ratio,
+            self.config.min_ratio,
+            self.config.max_ratio,
+            self.config.round_to,
         )
         self.reward_fn: Reward = create_reward(self.config.reward, self.config.size_lambda)
         self.identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), _num_classes(model, self.graph))
@@ -327,6 +337,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     def uniform_ratios(self) -> dict[str, float]:
         """The smallest ratio, the same for every group, that meets the target (the uniform baseline)."""
+
         def meets(ratio: float) -> bool:
             return self.wall.meets(widths_for(self.graph, dict.fromkeys(self.group_names, ratio), self.config.round_to))
 
@@ -337,7 +348,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def to_policy(self, ratios: Mapping[str, float], measured: Mapping[str, float] | None = None) -> Policy:
         """A policy file object for ``ratios`` (for export and :func:`amc.apply_policy`)."""
         return Policy(
-            self.identity, dict(ratios), "channel", self.config.criterion, self.config.round_to, self.target,
+            self.identity,
+            dict(ratios),
+            "channel",
+            self.config.criterion,
+            self.config.round_to,
+            self.target,
             dict(measured or {}),
         )
 
@@ -352,7 +368,9 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         return evaluate(model, self._loader(split), max_batches=self.config.eval_batches or None)
 
     # ------------------------------------------------------------------ Gymnasium API
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Starts an episode at the first group; returns its observation and ``{"group": name}``."""
         super().reset(seed=seed)
         self._step_index = 0
@@ -371,13 +389,17 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._ratios[group.name] = choice.ratio
         self._step_index = index + 1
         info: dict[str, Any] = {
-            "group": group.name, "kept": choice.kept, "ratio": choice.ratio, "walled": choice.walled,
+            "group": group.name,
+            "kept": choice.kept,
+            "ratio": choice.ratio,
+            "walled": choice.walled,
             "applied_action": self.ratio_to_action(choice.ratio),
         }
         terminated = self._step_index == len(self.group_names)
         reward = self._finish(info) if terminated else 0.0
-        observation = self._embedding.observation(min(self._step_index, len(self.group_names) - 1),
-                                                  self._reduced(), choice.ratio)
+        observation = self._embedding.observation(
+            min(self._step_index, len(self.group_names) - 1), self._reduced(), choice.ratio
+        )
         return observation, reward, terminated, False, info
 
     # ------------------------------------------------------------------ internals
@@ -403,9 +425,13 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         accuracy = self.score_model(pruned, split)
         cost, dense = self.graph.estimate(widths), self.graph.dense_cost
         outcome = Outcome(
-            top1=float(accuracy), flops=int(cost.flops), params=int(cost.params),
-            flops_ratio=cost.flops / dense.flops, params_ratio=cost.params / dense.params,
-            cost_ratio=self.cost_model.ratio(widths), target_ratio=self.target.ratio,
+            top1=float(accuracy),
+            flops=int(cost.flops),
+            params=int(cost.params),
+            flops_ratio=cost.flops / dense.flops,
+            params_ratio=cost.params / dense.params,
+            cost_ratio=self.cost_model.ratio(widths),
+            target_ratio=self.target.ratio,
         )
         return Evaluation(pruned, outcome)
 
@@ -460,8 +486,12 @@ def single_threaded() -> Iterator[None]:
 
 def _outcome_dict(outcome: Outcome) -> dict[str, float]:
     return {
-        "top1": outcome.top1, "flops": outcome.flops, "params": outcome.params, "flops_ratio": outcome.flops_ratio,
-        "params_ratio": outcome.params_ratio, "cost_ratio": outcome.cost_ratio,
+        "top1": outcome.top1,
+        "flops": outcome.flops,
+        "params": outcome.params,
+        "flops_ratio": outcome.flops_ratio,
+        "params_ratio": outcome.params_ratio,
+        "cost_ratio": outcome.cost_ratio,
     }
 
 

@@ -21,8 +21,17 @@ import numpy as np
 from amc.groups import PrunableGroup
 
 FEATURES = (
-    "index", "kind", "in_channels", "out_channels", "spatial", "stride", "kernel", "flops",
-    "reduced", "rest", "previous_action",
+    "index",
+    "kind",
+    "in_channels",
+    "out_channels",
+    "spatial",
+    "stride",
+    "kernel",
+    "flops",
+    "reduced",
+    "rest",
+    "previous_action",
 )
 KIND_CODES = {"conv": 0.0, "depthwise": 1.0, "linear": 2.0}
 

@@ -52,7 +52,7 @@ def fixed_size_batches(
     targets = torch.cat([y for _, y in pairs])
     batches = []
     for start in itertools.islice(range(0, len(inputs), size), max_batches):
-        x, y = inputs[start:start + size], targets[start:start + size]
+        x, y = inputs[start : start + size], targets[start : start + size]
         count = len(x)
         if count < size:
             pad = torch.arange(size - count) % len(inputs)

@@ -106,11 +106,41 @@ def test_tpe_from_the_command_line(trained_resnet20: Path, tmp_path: Path) -> No
         f"agent: ddpg\nepisodes: 3\nworkers: 1\nenv:\n  checkpoint: {trained_resnet20 / 'model.pt'}\n  target_ratio: 0.5\n"
         + "".join(f"  {k}: {v}\n" for k, v in TINY.items())
     )
-    proc = subprocess.run([sys.executable, "-m", "amc.cli", "search", "--config", str(config), "--agent", "tpe",
-                           "--no-tracking", "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "amc.cli",
+            "search",
+            "--config",
+            str(config),
+            "--agent",
+            "tpe",
+            "--no-tracking",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(json.loads((tmp_path / "out" / "search.json").read_text())["episodes"]) == 3
-    bad = subprocess.run([sys.executable, "-m", "amc.cli", "search", "--config", str(config), "--agent", "tpee",
-                          "--no-tracking", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "amc.cli",
+            "search",
+            "--config",
+            str(config),
+            "--agent",
+            "tpee",
+            "--no-tracking",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -38,14 +38,39 @@ def test_train_command(tmp_path: Path) -> None:
     assert load_model(tmp_path / "model.pt").spec.name == "vgg_small"
 
 
-def test_prune_uniform_report_matches_saved_model(trained_resnet20: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune_uniform_report_matches_saved_model(
+    trained_resnet20: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "pruned"
-    code = main(["prune", "--model", "resnet20", "--data", "digits", "--checkpoint", str(trained_resnet20 / "model.pt"),
-                 "--uniform", "0.5", "--finetune-epochs", "1", "--out", str(out)])
+    code = main(
+        [
+            "prune",
+            "--model",
+            "resnet20",
+            "--data",
+            "digits",
+            "--checkpoint",
+            str(trained_resnet20 / "model.pt"),
+            "--uniform",
+            "0.5",
+            "--finetune-epochs",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    for key in ("top1_before_finetune", "top1", "flops", "flops_ratio", "params", "params_ratio", "latency_ms", "dense_latency_ms"):
+    for key in (
+        "top1_before_finetune",
+        "top1",
+        "flops",
+        "flops_ratio",
+        "params",
+        "params_ratio",
+        "latency_ms",
+        "dense_latency_ms",
+    ):
         assert key in report
     # latency: measured for the pruned and the dense model alike (values only, never compared as timings)
     for key in ("latency_ms", "dense_latency_ms", "latency_ratio"):
@@ -62,8 +87,22 @@ def test_prune_uniform_report_matches_saved_model(trained_resnet20: Path, tmp_pa
     assert report["top1"] >= 0.9
     # the written policy applies again through --policy
     again = tmp_path / "again"
-    assert main(["prune", "--checkpoint", str(trained_resnet20 / "model.pt"), "--policy", str(out / "policy.json"),
-                 "--finetune-epochs", "0", "--out", str(again)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                str(trained_resnet20 / "model.pt"),
+                "--policy",
+                str(out / "policy.json"),
+                "--finetune-epochs",
+                "0",
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert json.loads((again / "report.json").read_text())["flops"] == report["flops"]
 
 
@@ -74,7 +113,17 @@ def test_prune_without_checkpoint_warns(tmp_path: Path) -> None:
 
 
 def test_sensitivity_command(trained_resnet20: Path, tmp_path: Path) -> None:
-    code = main(["sensitivity", "--checkpoint", str(trained_resnet20 / "model.pt"), "--ratios", "0.2,0.8", "--out", str(tmp_path)])
+    code = main(
+        [
+            "sensitivity",
+            "--checkpoint",
+            str(trained_resnet20 / "model.pt"),
+            "--ratios",
+            "0.2,0.8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     lines = (tmp_path / "sensitivity.csv").read_text().strip().splitlines()
     assert lines[0] == "group,ratio,top1" and len(lines) == 1 + 12 * 2
@@ -89,14 +138,23 @@ def test_sensitivity_command(trained_resnet20: Path, tmp_path: Path) -> None:
         (["train", "--model", "resnet21", "--out", "X"], "unknown model 'resnet21'"),
         (["train", "--model", "resnet20", "--data", "mnist", "--out", "X"], "unknown data set 'mnist'"),
         (["train", "--model", "resnet20", "--data", "cifar10", "--out", "X"], "needs a directory: pass --data-dir"),
-        (["train", "--model", "resnet20", "--data", "cifar10", "--data-dir", "/nonexistent", "--out", "X"], "is not a directory"),
+        (
+            ["train", "--model", "resnet20", "--data", "cifar10", "--data-dir", "/nonexistent", "--out", "X"],
+            "is not a directory",
+        ),
         (["train", "--model", "resnet20", "--epochs", "-1", "--out", "X"], "epochs must be >= 0"),
         (["train", "--model", "resnet20", "--device", "cuda", "--out", "X"], None),
         (["prune", "--model", "resnet20", "--uniform", "1.5", "--out", "X"], "fraction of channels removed"),
         (["prune", "--model", "resnet20", "--policy", "missing.json", "--out", "X"], "does not exist"),
-        (["prune", "--model", "resnet20", "--checkpoint", "missing.pt", "--uniform", "0.5", "--out", "X"], "does not exist"),
+        (
+            ["prune", "--model", "resnet20", "--checkpoint", "missing.pt", "--uniform", "0.5", "--out", "X"],
+            "does not exist",
+        ),
         (["prune", "--model", "resnet20", "--out", "X"], "one of the arguments --policy --uniform is required"),
-        (["prune", "--model", "resnet20", "--uniform", "0.5", "--criterion", "magic", "--out", "X"], "criterion 'magic' is unknown"),
+        (
+            ["prune", "--model", "resnet20", "--uniform", "0.5", "--criterion", "magic", "--out", "X"],
+            "criterion 'magic' is unknown",
+        ),
         (["sensitivity", "--checkpoint", "missing.pt", "--out", "X"], "does not exist"),
         (["sensitivity", "--model", "resnet20", "--checkpoint", "x.pt", "--ratios", "0.5,2", "--out", "X"], "--ratios"),
     ],
@@ -123,13 +181,37 @@ def test_bad_input_exits_2_with_one_line(
 def test_bad_input_in_a_real_process() -> None:
     out = run_cli("train", "--model", "resnet21", "--out", "/tmp/never-written")
     assert out.returncode == 2
-    assert out.stderr.strip() == f"amc train: error: unknown model 'resnet21'; choose one of: {', '.join(model_names())}"
+    assert (
+        out.stderr.strip() == f"amc train: error: unknown model 'resnet21'; choose one of: {', '.join(model_names())}"
+    )
 
 
 def test_mismatched_policy_is_rejected_by_cli(trained_resnet20: Path, tmp_path: Path) -> None:
-    assert main(["prune", "--model", "vgg_small", "--uniform", "0.2", "--finetune-epochs", "0", "--out", str(tmp_path / "v")]) == 0
-    out = run_cli("prune", "--checkpoint", str(trained_resnet20 / "model.pt"), "--policy", str(tmp_path / "v" / "policy.json"),
-                  "--out", str(tmp_path / "o"))
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                "vgg_small",
+                "--uniform",
+                "0.2",
+                "--finetune-epochs",
+                "0",
+                "--out",
+                str(tmp_path / "v"),
+            ]
+        )
+        == 0
+    )
+    out = run_cli(
+        "prune",
+        "--checkpoint",
+        str(trained_resnet20 / "model.pt"),
+        "--policy",
+        str(tmp_path / "v" / "policy.json"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert out.returncode == 2 and "made for model 'vgg_small'" in out.stderr
 
 
@@ -147,13 +229,16 @@ def test_mismatched_policy_is_rejected_by_cli(trained_resnet20: Path, tmp_path: 
         (["sweep", "--config", "C"], "base: x.yaml\ngrid: {}\n", "non-empty grid"),
     ],
 )
-def test_search_bad_input(args: list[str], yaml_text: str | None, message: str, tmp_path: Path,
-                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_bad_input(
+    args: list[str], yaml_text: str | None, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "c.yaml"
     if yaml_text is not None:
         config.write_text(yaml_text)
     args = [str(config) if a == "C" else str(tmp_path / "r") if a == "R" else a for a in args]
-    assert main([*args, "--out", str(tmp_path / "out")] if args[0] == "search" and "--resume" not in args else args) == 2
+    assert (
+        main([*args, "--out", str(tmp_path / "out")] if args[0] == "search" and "--resume" not in args else args) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()

@@ -25,8 +25,11 @@ from envs import ChannelPruningEnv, EnvConfig
 
 
 def _filter_l1(model: nn.Module) -> dict[str, np.ndarray]:
-    return {name: m.weight.detach().abs().flatten(1).sum(1).numpy()
-            for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels > 1}
+    return {
+        name: m.weight.detach().abs().flatten(1).sum(1).numpy()
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.out_channels > 1
+    }
 
 
 def test_trained_filter_ranks_are_not_the_init_ranks(trained_resnet20: Path) -> None:
@@ -35,11 +38,14 @@ def test_trained_filter_ranks_are_not_the_init_ranks(trained_resnet20: Path) -> 
     init = _filter_l1(create_model(spec))
     trained = _filter_l1(load_model(trained_resnet20 / "model.pt", spec=spec).model)
     rho = float(np.mean([spearmanr(init[n], trained[n])[0] for n in init]))
-    assert rho < 0.6, f"L1 ranks after training still follow the init (mean Spearman {rho:.2f}; 0.72 with kaiming fan_out, 0.17 measured here)"
+    assert rho < 0.6, (
+        f"L1 ranks after training still follow the init (mean Spearman {rho:.2f}; 0.72 with kaiming fan_out, 0.17 measured here)"
+    )
 
 
 def test_uniform_pruning_at_20pct_flops_stays_far_above_chance(trained_resnet20: Path) -> None:
-    env = ChannelPruningEnv.from_config(EnvConfig(checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.2,
-                                                  max_ratio=0.9, criterion="l1"))
+    env = ChannelPruningEnv.from_config(
+        EnvConfig(checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.2, max_ratio=0.9, criterion="l1")
+    )
     top1 = env.evaluate_ratios(env.uniform_ratios(), "test")["top1"]
     assert top1 >= 0.45, f"uniform L1 pruning to 20% FLOPs gave {top1:.1%} (chance 10%)"

@@ -34,8 +34,10 @@ def test_compose_has_the_services() -> None:
 
 def _commands() -> dict[str, list[str]]:
     """Every command the compose file runs (service -> argv) and the image's default command."""
-    commands = {name: shlex.split(svc["command"]) if isinstance(svc["command"], str) else list(svc["command"])
-                for name, svc in _services().items()}
+    commands = {
+        name: shlex.split(svc["command"]) if isinstance(svc["command"], str) else list(svc["command"])
+        for name, svc in _services().items()
+    }
     cmd = [line for line in (DOCKER / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
     assert len(cmd) == 1, "the Dockerfile has one default command"
     commands["Dockerfile CMD"] = json.loads(cmd[0][4:])
@@ -62,7 +64,7 @@ def test_every_command_is_a_known_program() -> None:
 
 def test_amc_commands_parse_with_the_cli() -> None:
     amc_commands = {name: argv for name, argv in _commands().items() if argv[0] == "amc"}
-    subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001 (argparse has no public list)
+    subcommands = set(build_parser()._subparsers._group_actions[0].choices)
     for name, argv in amc_commands.items():
         args = _parse_amc(argv[1:])
         if args.command is None:

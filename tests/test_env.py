@@ -48,8 +48,11 @@ def _episode(env: ChannelPruningEnv, actions: np.ndarray, seed: int = 0) -> tupl
 def _action_patterns(n_groups: int, episodes: int, seed: int) -> list[np.ndarray]:
     """Extremes (all -1: the wall does all the work; all +1), greedy-early, uniform and out-of-range."""
     rng = np.random.default_rng(seed)
-    patterns = [np.full((n_groups, 1), -1.0), np.full((n_groups, 1), 1.0),
-                np.concatenate([np.full((n_groups // 2, 1), -1.0), np.full((n_groups - n_groups // 2, 1), 1.0)])]
+    patterns = [
+        np.full((n_groups, 1), -1.0),
+        np.full((n_groups, 1), 1.0),
+        np.concatenate([np.full((n_groups // 2, 1), -1.0), np.full((n_groups - n_groups // 2, 1), 1.0)]),
+    ]
     while len(patterns) < episodes:
         scale = 3.0 if len(patterns) % 3 == 0 else 1.0
         patterns.append((rng.uniform(-1, 1, (n_groups, 1)) * scale).astype(np.float32))
@@ -57,9 +60,13 @@ def _action_patterns(n_groups: int, episodes: int, seed: int) -> list[np.ndarray
 
 
 BUDGET_CASES = [  # model, metric, target, round_to
-    ("resnet20", "flops", 0.4, 1), ("resnet20", "params", 0.35, 1), ("resnet20", "flops", 0.45, 4),
-    ("vgg_small", "flops", 0.3, 1), ("vgg_small", "params", 0.3, 1),
-    ("torchvision:mobilenet_v2", "flops", 0.5, 1), ("torchvision:mobilenet_v2", "params", 0.4, 1),
+    ("resnet20", "flops", 0.4, 1),
+    ("resnet20", "params", 0.35, 1),
+    ("resnet20", "flops", 0.45, 4),
+    ("vgg_small", "flops", 0.3, 1),
+    ("vgg_small", "params", 0.3, 1),
+    ("torchvision:mobilenet_v2", "flops", 0.5, 1),
+    ("torchvision:mobilenet_v2", "params", 0.4, 1),
 ]
 
 
@@ -74,7 +81,9 @@ def test_budget_holds_on_exact_and_physical_count(model: str, metric: str, targe
         assert last[f"{metric}_ratio"] == last["cost_ratio"] <= target, f"budget broken by {actions.ravel()}"
         counted = count_cost(env.last_model, env.graph.example_inputs)
         assert (counted.flops, counted.params) == (last["flops"], last["params"])
-        assert counted.flops / dense.flops == last["flops_ratio"] and counted.params / dense.params == last["params_ratio"]
+        assert (
+            counted.flops / dense.flops == last["flops_ratio"] and counted.params / dense.params == last["params_ratio"]
+        )
         assert widths_for(env.graph, last["ratios"], round_to) == {i["group"]: i["kept"] for i in infos[1:]}
         assert all(i["kept"] % round_to == 0 or i["kept"] == env.graph.group(i["group"]).channels for i in infos[1:])
         assert all(config.min_ratio <= r <= config.max_ratio for r in last["ratios"].values())
@@ -85,21 +94,31 @@ def test_budget_holds_on_exact_and_physical_count(model: str, metric: str, targe
 # Concatenation (densenet121: 120 groups), squeeze-excite multiplications (efficientnet_b0), a deep residual net
 # (resnet56) and a plain one (plain20); torchvision nets need 32x32 inputs. Episodes per model: few for the slow ones.
 RANDOM_BUDGET_CASES = [  # model, input size, metric, target, episodes
-    ("torchvision:densenet121", 32, "flops", 0.5, 3), ("torchvision:efficientnet_b0", 32, "flops", 0.5, 5),
-    ("resnet56", 0, "flops", 0.4, 12), ("resnet56", 0, "params", 0.4, 6), ("plain20", 0, "flops", 0.3, 12),
+    ("torchvision:densenet121", 32, "flops", 0.5, 3),
+    ("torchvision:efficientnet_b0", 32, "flops", 0.5, 5),
+    ("resnet56", 0, "flops", 0.4, 12),
+    ("resnet56", 0, "params", 0.4, 6),
+    ("plain20", 0, "flops", 0.3, 12),
 ]
 
 
 @pytest.mark.parametrize(("model", "size", "metric", "target", "episodes"), RANDOM_BUDGET_CASES)
 def test_budget_holds_under_random_actions(model: str, size: int, metric: str, target: float, episodes: int) -> None:
-    config = EnvConfig(model=model, data=DataConfig("digits", input_size=size), target_metric=metric,
-                       target_ratio=target, max_ratio=0.8, **TINY)
+    config = EnvConfig(
+        model=model,
+        data=DataConfig("digits", input_size=size),
+        target_metric=metric,
+        target_ratio=target,
+        max_ratio=0.8,
+        **TINY,
+    )
     env = ChannelPruningEnv.from_config(config)
     n = len(env.group_names)
     rng = np.random.default_rng(7)
     # the first episode asks for no pruning at all (the wall must do all the work); the rest are random
-    plans = [np.full((n, 1), -1.0, dtype=np.float32)] + [rng.uniform(-1, 1, (n, 1)).astype(np.float32)
-                                                          for _ in range(episodes - 1)]
+    plans = [np.full((n, 1), -1.0, dtype=np.float32)] + [
+        rng.uniform(-1, 1, (n, 1)).astype(np.float32) for _ in range(episodes - 1)
+    ]
     for episode, actions in enumerate(plans):
         _, _, infos = _episode(env, actions, seed=episode)
         last = infos[-1]
@@ -123,8 +142,12 @@ def test_wall_keeps_the_most_channels_the_budget_allows(round_to: int) -> None:
         choice = wall.choose(decided, index, ratio)
         assert kept_channels(group.channels, choice.ratio, round_to) == choice.kept
         options = sorted({kept_channels(group.channels, r, round_to) for r in np.linspace(0.1, 0.7, 5000)})
-        fits = [k for k in options if k <= kept_channels(group.channels, ratio, round_to)
-                and wall.meets({**wall.fewest, **decided, group.name: k})]
+        fits = [
+            k
+            for k in options
+            if k <= kept_channels(group.channels, ratio, round_to)
+            and wall.meets({**wall.fewest, **decided, group.name: k})
+        ]
         assert choice.kept == max(fits)  # brute force: the largest feasible kept count, not less
         decided[group.name] = choice.kept
         walled += choice.walled
@@ -176,12 +199,15 @@ def test_every_reward_pays_at_the_last_step_only(checkpoint: str, reward: str) -
     assert rewards[:-1] == [0.0] * (len(rewards) - 1) and math.isfinite(rewards[-1])
     last = infos[-1]
     expected = {
-        "acc": last["top1"], "acc_log_flops": -(1 - last["top1"]) * math.log(last["flops"]),
+        "acc": last["top1"],
+        "acc_log_flops": -(1 - last["top1"]) * math.log(last["flops"]),
         "acc_size": last["top1"] - 0.5 * last["flops_ratio"] / 0.5,
     }
     if reward in expected:
         assert rewards[-1] == pytest.approx(expected[reward])
-    assert all("top1" not in info for info in infos[:-1]) and {"top1", "flops_ratio", "params_ratio", "ratios"} <= set(last)
+    assert all("top1" not in info for info in infos[:-1]) and {"top1", "flops_ratio", "params_ratio", "ratios"} <= set(
+        last
+    )
 
 
 @pytest.mark.parametrize("criterion", CRITERIA.names())
@@ -197,7 +223,9 @@ def test_actions_are_clipped_and_invalid_ones_rejected(checkpoint: str) -> None:
     env.reset(seed=0)
     for raw, edge in ((np.array([7.0]), 1.0), (np.array([-5.0]), -1.0), (3.0, 1.0)):
         info = env.step(raw)[4]
-        assert info["ratio"] == pytest.approx(0.1 + (edge + 1) / 2 * 0.7) and info["applied_action"] == pytest.approx(edge)
+        assert info["ratio"] == pytest.approx(0.1 + (edge + 1) / 2 * 0.7) and info["applied_action"] == pytest.approx(
+            edge
+        )
     for bad in (np.array([np.nan]), np.array([0.1, 0.2]), np.array([np.inf])):
         with pytest.raises(InvalidActionError):
             env.step(bad)
@@ -253,9 +281,14 @@ def test_fixed_shape_evaluation_matches_the_engine(checkpoint: str) -> None:
     assert [b.count for b in batches] == [64, 64, 64, 64, 44] and all(len(b.inputs) == 64 for b in batches)
     assert envs.top1(ws.model, batches) == evaluate(ws.model, loader)
     config = EnvConfig(checkpoint=checkpoint, bn_batches=2)
-    cached, streamed = ChannelPruningEnv.from_config(config), ChannelPruningEnv.from_config(config.replace(cache_eval=False))
+    cached, streamed = (
+        ChannelPruningEnv.from_config(config),
+        ChannelPruningEnv.from_config(config.replace(cache_eval=False)),
+    )
     ratios = cached.uniform_ratios()
-    assert cached.evaluate_ratios(ratios)["top1"] == pytest.approx(streamed.evaluate_ratios(ratios)["top1"], abs=1 / 300)
+    assert cached.evaluate_ratios(ratios)["top1"] == pytest.approx(
+        streamed.evaluate_ratios(ratios)["top1"], abs=1 / 300
+    )
 
 
 def test_episode_result_matches_direct_evaluation_and_engine(checkpoint: str) -> None:
@@ -272,7 +305,10 @@ def test_built_from_your_own_model_and_loaders(checkpoint: str) -> None:
     ws = build_workspace("resnet20", DataConfig("digits"), checkpoint)
     data = load_data(DataConfig("digits"))
     env = ChannelPruningEnv(
-        ws.model, data.loader("train", 32, shuffle=True), data.loader("val", 100), torch.zeros(1, 1, 16, 16),
+        ws.model,
+        data.loader("train", 32, shuffle=True),
+        data.loader("val", 100),
+        torch.zeros(1, 1, 16, 16),
         EnvConfig(bn_batches=2, eval_batches=1, target_ratio=0.6),
     )
     assert env.group_names == ws.graph.names and env.identity.arch_hash == ws.identity.arch_hash

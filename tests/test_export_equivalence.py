@@ -59,10 +59,42 @@ def _test_images(count: int = 64) -> torch.Tensor:
 def test_torch_pruning_export_equals_amc_prune(criterion: str, trained_resnet20: Path, tmp_path: Path) -> None:
     ckpt = trained_resnet20 / "model.pt"
     policy = _policy(ckpt, criterion, tmp_path / "best_policy.json")
-    assert main(["export", "--policy", str(policy), "--checkpoint", str(ckpt), "--format", "torch-pruning",
-                 "--out", str(tmp_path / "tp")]) == 0
-    assert main(["prune", "--checkpoint", str(ckpt), "--policy", str(policy), "--finetune-epochs", "0",
-                 "--bn-batches", "0", "--latency-batch", "1", "--out", str(tmp_path / "pruned")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--policy",
+                str(policy),
+                "--checkpoint",
+                str(ckpt),
+                "--format",
+                "torch-pruning",
+                "--out",
+                str(tmp_path / "tp"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                str(ckpt),
+                "--policy",
+                str(policy),
+                "--finetune-epochs",
+                "0",
+                "--bn-batches",
+                "0",
+                "--latency-batch",
+                "1",
+                "--out",
+                str(tmp_path / "pruned"),
+            ]
+        )
+        == 0
+    )
     reference = load_model(tmp_path / "pruned" / "model.pt").model.eval()
 
     fresh = load_model(ckpt).model  # a fresh dense model, pruned by the exported snippet alone
@@ -100,8 +132,22 @@ def test_taylor_export_uses_gradients_not_l1(trained_resnet20: Path, tmp_path: P
 def test_snippet_refuses_other_weights(trained_resnet20: Path, tmp_path: Path) -> None:
     ckpt = trained_resnet20 / "model.pt"
     policy = _policy(ckpt, "l1", tmp_path / "p.json")
-    assert main(["export", "--policy", str(policy), "--checkpoint", str(ckpt), "--format", "torch-pruning",
-                 "--out", str(tmp_path / "tp")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--policy",
+                str(policy),
+                "--checkpoint",
+                str(ckpt),
+                "--format",
+                "torch-pruning",
+                "--out",
+                str(tmp_path / "tp"),
+            ]
+        )
+        == 0
+    )
     snippet = _snippet(tmp_path / "tp" / "apply_torch_pruning.py", "apply_other")
     other = load_model(ckpt).model
     with torch.no_grad():
@@ -144,15 +190,32 @@ def _fails(args: list[str], message: str, out: Path, capsys: pytest.CaptureFixtu
     assert not out.exists(), f"{args} wrote {sorted(p.name for p in out.iterdir())}"
 
 
-def test_export_policy_file_bad_input_writes_nothing(trained_resnet20: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_export_policy_file_bad_input_writes_nothing(
+    trained_resnet20: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     ckpt = trained_resnet20 / "model.pt"
     policy = str(_policy(ckpt, "l1", tmp_path / "p.json"))
     bn_scale = str(_policy(ckpt, "bn_scale", tmp_path / "bn.json"))
     sparse = dataclasses.replace(load_policy(policy), granularity="unstructured").save(tmp_path / "sparse.json")
     (tmp_path / "broken.json").write_text("{not json")
-    assert main(["prune", "--checkpoint", str(ckpt), "--policy", policy, "--finetune-epochs", "0", "--bn-batches", "0",
-                 "--out", str(tmp_path / "pruned")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                str(ckpt),
+                "--policy",
+                policy,
+                "--finetune-epochs",
+                "0",
+                "--bn-batches",
+                "0",
+                "--out",
+                str(tmp_path / "pruned"),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "out"
     cases = [
         (["--policy", policy, "--experiment", "digits-resnet20"], "--experiment choose from MLflow"),
@@ -164,9 +227,14 @@ def test_export_policy_file_bad_input_writes_nothing(trained_resnet20: Path, tmp
         (["--policy", str(tmp_path / "broken.json")], "not valid JSON"),
         (["--policy", policy, "--format", "onnx"], "unknown export format 'onnx'"),
         (["--policy", policy, "--format", "torch-pruning"], "pass --checkpoint"),
-        (["--policy", policy, "--format", "torch-pruning", "--checkpoint", str(tmp_path / "nope.pt")], "does not exist"),
-        (["--policy", policy, "--format", "torch-pruning", "--checkpoint", str(tmp_path / "pruned" / "model.pt")],
-         "holds a pruned model"),
+        (
+            ["--policy", policy, "--format", "torch-pruning", "--checkpoint", str(tmp_path / "nope.pt")],
+            "does not exist",
+        ),
+        (
+            ["--policy", policy, "--format", "torch-pruning", "--checkpoint", str(tmp_path / "pruned" / "model.pt")],
+            "holds a pruned model",
+        ),
         (["--policy", str(sparse), "--format", "torch-pruning", "--checkpoint", str(ckpt)], "only channel policies"),
         (["--policy", bn_scale, "--format", "nni"], "cannot express criterion 'bn_scale'"),
         (["--policy", policy, "--data-dir", "/data"], "pass --data NAME too"),
@@ -201,11 +269,44 @@ def test_torch_pruning_export_of_grouped_convs_equals_amc_prune(tmp_path: Path) 
     policy = make_policy(dense, spec.example_inputs(), {g.name: rng.choice((0.0, 0.3, 0.5)) for g in graph}, spec.name)
     policy_file = policy.save(tmp_path / "policy.json")
 
-    assert main(["export", "--policy", str(policy_file), "--checkpoint", str(ckpt), "--format", "torch-pruning",
-                 "--out", str(tmp_path / "tp")]) == 0
-    assert main(["prune", "--checkpoint", str(ckpt), "--policy", str(policy_file), "--input-size", "32",
-                 "--finetune-epochs", "0", "--bn-batches", "0", "--latency-batch", "1",
-                 "--out", str(tmp_path / "pruned")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--policy",
+                str(policy_file),
+                "--checkpoint",
+                str(ckpt),
+                "--format",
+                "torch-pruning",
+                "--out",
+                str(tmp_path / "tp"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                str(ckpt),
+                "--policy",
+                str(policy_file),
+                "--input-size",
+                "32",
+                "--finetune-epochs",
+                "0",
+                "--bn-batches",
+                "0",
+                "--latency-batch",
+                "1",
+                "--out",
+                str(tmp_path / "pruned"),
+            ]
+        )
+        == 0
+    )
     reference = load_model(tmp_path / "pruned" / "model.pt").model.eval()
     fresh = load_model(ckpt).model
     _snippet(tmp_path / "tp" / "apply_torch_pruning.py", "apply_grouped").prune(fresh, torch.zeros(1, 1, 32, 32))
@@ -217,8 +318,22 @@ def test_torch_pruning_export_of_grouped_convs_equals_amc_prune(tmp_path: Path) 
         assert torch.equal(ours[name], theirs[name]), f"{name} differs from amc prune's model"
 
     # NNI's config list holds ratios only; they must give the channel counts amc prune kept (grouped multiples)
-    assert main(["export", "--policy", str(policy_file), "--checkpoint", str(ckpt), "--format", "nni",
-                 "--out", str(tmp_path / "nni")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--policy",
+                str(policy_file),
+                "--checkpoint",
+                str(ckpt),
+                "--format",
+                "nni",
+                "--out",
+                str(tmp_path / "nni"),
+            ]
+        )
+        == 0
+    )
     config = json.loads((tmp_path / "nni" / "nni_config_list.json").read_text())
     pruned_modules = dict(reference.named_modules())
     checked = 0

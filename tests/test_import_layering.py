@@ -30,8 +30,13 @@ def test_cli_help_imports_no_heavy_package(argv: list[str]) -> None:
 
 
 def test_python_m_amc_cli_help_imports_no_heavy_package() -> None:
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "amc.cli", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "amc.cli", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "search" in proc.stdout and "pareto" in proc.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
@@ -68,7 +73,7 @@ def test_import_graph_is_acyclic() -> None:
 
     def visit(module: str) -> None:
         if module in path:
-            raise AssertionError("import cycle: " + " -> ".join(path[path.index(module):] + [module]))
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(module) :] + [module]))
         if module in done:
             return
         path.append(module)
@@ -79,4 +84,3 @@ def test_import_graph_is_acyclic() -> None:
 
     for module in sorted(graph):
         visit(module)
-

@@ -27,8 +27,8 @@ import pytest
 import torch
 import yaml
 from hypothesis import HealthCheck, event, given, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 import amc.engine
 from agents.search import SearchConfig
@@ -39,22 +39,67 @@ from amc.errors import AmcError
 from amc.models import ModelSpec, create_model
 from amc.policy import Policy, load_policy
 
-FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=60,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 """Deterministic, no example database, no per-example deadline (the machine is shared)."""
 
 SPEC = ModelSpec("resnet20", 1, 10, 16)
 
 # --------------------------------------------------------------------------- value strategies
-NASTY = ["", " ", "1e-4", "0.5", "nan", "true", "null", "~", "\u202e\u0645\u0631\u062d\u0628\u0627", "\U0001f680" * 3,
-         "a\nb", "\x00", "x" * 500, 0, 1, -1, 2**31, 2**63, -(2**63) - 1, 10**30, 0.5, 1.5, -0.0, 1e308, 5e-324,
-         float("nan"), float("inf"), float("-inf"), True, False, None, [], {}]
+NASTY = [
+    "",
+    " ",
+    "1e-4",
+    "0.5",
+    "nan",
+    "true",
+    "null",
+    "~",
+    "\u202e\u0645\u0631\u062d\u0628\u0627",
+    "\U0001f680" * 3,
+    "a\nb",
+    "\x00",
+    "x" * 500,
+    0,
+    1,
+    -1,
+    2**31,
+    2**63,
+    -(2**63) - 1,
+    10**30,
+    0.5,
+    1.5,
+    -0.0,
+    1e308,
+    5e-324,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    True,
+    False,
+    None,
+    [],
+    {},
+]
 scalars = st.one_of(
-    st.sampled_from(NASTY), st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**200), max_value=2**200),
-    st.floats(), st.text(max_size=12),
+    st.sampled_from(NASTY),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**200), max_value=2**200),
+    st.floats(),
+    st.text(max_size=12),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                      max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 def _paths(data: Any, prefix: tuple = ()) -> list[tuple]:
@@ -166,19 +211,44 @@ def _write_yaml(path: Path, data: Any) -> None:
 
 
 POLICY = {
-    "schema_version": 1, "kind": "amc-policy",
+    "schema_version": 1,
+    "kind": "amc-policy",
     "model": {"name": "resnet20", "input_shape": [1, 16, 16], "num_classes": 10, "arch_hash": "0123456789abcdef"},
     "ratios": {"conv1": 0.1, "layer1.0.conv1": 0.5, "layer2.0.conv1": 0.0},
-    "granularity": "channel", "criterion": "l1", "round_to": 1, "target": {"metric": "flops", "ratio": 0.5},
-    "measured": {"top1": 0.9, "flops": 1000}, "versions": {"torch": "2.14.1"}, "created": "2026-01-01T00:00:00+00:00",
+    "granularity": "channel",
+    "criterion": "l1",
+    "round_to": 1,
+    "target": {"metric": "flops", "ratio": 0.5},
+    "measured": {"top1": 0.9, "flops": 1000},
+    "versions": {"torch": "2.14.1"},
+    "created": "2026-01-01T00:00:00+00:00",
 }
 CONFIG = to_dict(SearchConfig(episodes=5))
 RAW = st.one_of(
-    st.binary(max_size=300), st.text(max_size=300).map(lambda t: t.encode("utf-8")),
-    st.sampled_from([b"", b"   \n", b"\xef\xbb\xbf", b"\xff\xfe\x00", b"[" * 20_000, b"{a: " * 3000, b'{"a":' * 5000,
-                     b"9" * 5000, b"NaN", b"null", b"[]", b"- - -", b"{}", b"a: &x [*x]", b"!!binary AAAA",
-                     b"env: {target_ratio: .inf}", b"x: !!python/object/apply:os.system [ls]",
-                     json.dumps(POLICY).encode()[:-5]]),
+    st.binary(max_size=300),
+    st.text(max_size=300).map(lambda t: t.encode("utf-8")),
+    st.sampled_from(
+        [
+            b"",
+            b"   \n",
+            b"\xef\xbb\xbf",
+            b"\xff\xfe\x00",
+            b"[" * 20_000,
+            b"{a: " * 3000,
+            b'{"a":' * 5000,
+            b"9" * 5000,
+            b"NaN",
+            b"null",
+            b"[]",
+            b"- - -",
+            b"{}",
+            b"a: &x [*x]",
+            b"!!binary AAAA",
+            b"env: {target_ratio: .inf}",
+            b"x: !!python/object/apply:os.system [ls]",
+            json.dumps(POLICY).encode()[:-5],
+        ]
+    ),
 )
 
 
@@ -191,7 +261,9 @@ def test_malformed_policy_loads_or_raises_amc_error(data: Any) -> None:
         policy = _load(lambda: load_policy(d / "p.json"))
         if policy is not None:
             _check_policy(policy)
-            assert _load(lambda: load_policy(policy.save(d / "again.json"))) == policy, "a loaded policy saves and reloads"
+            assert _load(lambda: load_policy(policy.save(d / "again.json"))) == policy, (
+                "a loaded policy saves and reloads"
+            )
 
 
 @FUZZ
@@ -260,7 +332,9 @@ def _make(kind: str, d: Path) -> Path:
 
 PATH_KINDS = ["missing", "directory", "dangling symlink", "symlink loop", "fifo", "empty", "non-utf-8", "nul in path"]
 LOADERS: dict[str, Callable[[Path], Any]] = {
-    "policy": load_policy, "config": lambda p: load_yaml(SearchConfig, p), "model": load_model,
+    "policy": load_policy,
+    "config": lambda p: load_yaml(SearchConfig, p),
+    "model": load_model,
 }
 
 
@@ -286,14 +360,35 @@ def model_payload(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 tensor_free_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.sampled_from(NASTY[:-2])),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=5,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=5,
 )
 
 
 @settings(FUZZ, max_examples=30)
-@given(edits=st.lists(st.tuples(st.sampled_from(["format", "format_version", "spec", "spec.name", "spec.in_channels",
-                                                 "spec.num_classes", "spec.input_size", "history", "policy", "state_dict",
-                                                 "extra"]), tensor_free_values), max_size=3))
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "format",
+                    "format_version",
+                    "spec",
+                    "spec.name",
+                    "spec.in_channels",
+                    "spec.num_classes",
+                    "spec.input_size",
+                    "history",
+                    "policy",
+                    "state_dict",
+                    "extra",
+                ]
+            ),
+            tensor_free_values,
+        ),
+        max_size=3,
+    )
+)
 def test_malformed_model_file_loads_or_raises_amc_error(model_payload: dict, edits: list[tuple[str, Any]]) -> None:
     payload = {**model_payload, "spec": dict(model_payload["spec"])}  # no edits: the file loads
     for key, value in edits:
@@ -364,10 +459,25 @@ def test_cli_search_with_malformed_config(data: Any) -> None:
 
 
 @settings(FUZZ, max_examples=25)
-@given(flag=st.sampled_from(["--lr", "--finetune-epochs", "--seed", "--input-size", "--bn-batches", "--iterative",
-                             "--uniform", "--device", "--round-to"]),
-       value=st.one_of(st.sampled_from(["nan", "inf", "-1", "0", "1e400", "9" * 5000, "true", "", "0x10", "1.5", "cuda:x"]),
-                       st.text(max_size=8).filter(lambda t: not t.startswith("-") and "\x00" not in t)))
+@given(
+    flag=st.sampled_from(
+        [
+            "--lr",
+            "--finetune-epochs",
+            "--seed",
+            "--input-size",
+            "--bn-batches",
+            "--iterative",
+            "--uniform",
+            "--device",
+            "--round-to",
+        ]
+    ),
+    value=st.one_of(
+        st.sampled_from(["nan", "inf", "-1", "0", "1e400", "9" * 5000, "true", "", "0x10", "1.5", "cuda:x"]),
+        st.text(max_size=8).filter(lambda t: not t.startswith("-") and "\x00" not in t),
+    ),
+)
 def test_cli_prune_flags(flag: str, value: str) -> None:
     with _tmpdir() as d:
         uniform = [] if flag == "--uniform" else ["--uniform", "0.5"]
@@ -379,12 +489,17 @@ def test_cli_prune_flags(flag: str, value: str) -> None:
 @pytest.mark.parametrize("kind", PATH_KINDS[:-1])
 def test_cli_input_paths_that_are_not_files(kind: str, tmp_path: Path) -> None:
     path = str(_make(kind, tmp_path))
-    for args in (["prune", "--model", "resnet20", "--policy", path], ["prune", "--checkpoint", path, "--uniform", "0.5"],
-                 ["search", "--config", path, "--no-tracking"]):
+    for args in (
+        ["prune", "--model", "resnet20", "--policy", path],
+        ["prune", "--checkpoint", path, "--uniform", "0.5"],
+        ["search", "--config", path, "--no-tracking"],
+    ):
         code, err = _run_cli([*args, "--out", str(tmp_path / "out")], tmp_path)
         assert code == 2, (args, err)
     (tmp_path / "file").write_text("x")
-    code, err = _run_cli(["prune", "--model", "resnet20", "--uniform", "0.5", "--out", str(tmp_path / "file")], tmp_path)
+    code, err = _run_cli(
+        ["prune", "--model", "resnet20", "--uniform", "0.5", "--out", str(tmp_path / "file")], tmp_path
+    )
     assert code == 2 and "is not a directory" in err
 
 
@@ -394,9 +509,114 @@ def test_coerce_field_checks_dotted_sweep_values() -> None:
 
     assert coerce_field(SearchConfig, "env.target_ratio", 1) == 1.0
     assert coerce_field(SearchConfig, "env.data", {"name": "synthetic"}) == DataConfig("synthetic")
-    for key, value, message in [("env.target_ratio", True, "env.target_ratio must be a number, got true"),
-                                ("episodes", {}, "episodes must be an integer, got {}"),
-                                ("env.nope", 1, "unknown field 'env.nope'"),
-                                ("ddpg.hidden", [1, "a"], "ddpg.hidden[1] must be an integer, got 'a'")]:
+    for key, value, message in [
+        ("env.target_ratio", True, "env.target_ratio must be a number, got true"),
+        ("episodes", {}, "episodes must be an integer, got {}"),
+        ("env.nope", 1, "unknown field 'env.nope'"),
+        ("ddpg.hidden", [1, "a"], "ddpg.hidden[1] must be an integer, got 'a'"),
+    ]:
         with pytest.raises(AmcError, match=re.escape(message)):
             coerce_field(SearchConfig, key, value)
+
+
+# --------------------------------------------------------------------------- --set KEY=VALUE overrides
+SEARCH_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "digits-resnet20-flops50.yaml"
+
+
+def test_set_overrides_any_config_field(tmp_path: Path) -> None:
+    seen: list[SearchConfig] = []
+
+    def capture(config: SearchConfig, *args: Any, **kwargs: Any) -> None:
+        seen.append(config)
+        raise _Reached
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("agents.search.run_search", capture)
+        with pytest.raises(_Reached):
+            main(
+                [
+                    "search",
+                    "--config",
+                    str(SEARCH_CONFIG),
+                    "--no-tracking",
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--set",
+                    "env.target_ratio=0.3",
+                    "--set",
+                    "ddpg.noise_sigma=0.25",
+                    "--set",
+                    "env.reconstruct=true",
+                    "--set",
+                    "ddpg.hidden=[64, 32]",
+                    "--set",
+                    "episodes=7",
+                    "--seed",
+                    "3",
+                ]
+            )
+    config = seen[0]
+    assert (config.env.target_ratio, config.ddpg.noise_sigma, config.env.reconstruct) == (0.3, 0.25, True)
+    assert (config.ddpg.hidden, config.episodes, config.seed) == ((64, 32), 7, 3)
+    base = SearchConfig.from_yaml(SEARCH_CONFIG)
+    assert base.env.target_ratio != 0.3 and base.episodes != 7  # the file itself is unchanged
+    assert config.env.replace(target_ratio=base.env.target_ratio, reconstruct=base.env.reconstruct) == base.env
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("env.targt=0.3", "unknown field 'env.targt'"),
+        ("env.target_ratio", "write KEY=VALUE"),
+        ("env.target_ratio=abc", "env.target_ratio must be a number, got 'abc'"),
+        ("env.target_ratio=true", "env.target_ratio must be a number, got true"),
+        ("episodes.x=1", "'episodes.x' is not a field"),
+        ("ddpg.hidden=[1", "is not valid YAML"),
+    ],
+)
+def test_set_bad_override_exits_2_naming_it(override: str, message: str, tmp_path: Path) -> None:
+    code, err = _run_cli(
+        ["search", "--config", str(SEARCH_CONFIG), "--no-tracking", "--out", str(tmp_path / "out"), "--set", override],
+        tmp_path,
+    )
+    assert code == 2 and message in err, err
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    key=st.one_of(
+        st.sampled_from(
+            [
+                "env.target_ratio",
+                "env.reward",
+                "ddpg.hidden",
+                "episodes",
+                "env.data.name",
+                "env",
+                "ddpg",
+                "env.data",
+                "nope",
+                "",
+                ".",
+            ]
+        ),
+        st.text(max_size=10),
+    ),
+    value=st.one_of(
+        st.sampled_from(["0.3", "nan", "-1", "[1, 2]", "{a: 1}", "", "true", "null", "acc", "'x"]), st.text(max_size=10)
+    ),
+)
+def test_set_fuzz_loads_or_exits_2(key: str, value: str) -> None:
+    with _tmpdir() as d:
+        _run_cli(
+            [
+                "search",
+                "--config",
+                str(SEARCH_CONFIG),
+                "--no-tracking",
+                "--out",
+                str(d / "out"),
+                f"--set={key}={value}",
+            ],
+            d,
+        )

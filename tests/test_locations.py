@@ -34,8 +34,14 @@ def test_default_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def _fake_training(calls: list[Path], before_return=None):
-    def fake(model_name: str, data_config: DataConfig, config: TrainConfig, out: Path, device: str = "cpu",
-             progress: bool = True) -> dict:
+    def fake(
+        model_name: str,
+        data_config: DataConfig,
+        config: TrainConfig,
+        out: Path,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> dict:
         calls.append(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.pt").write_text(f"trained in {out.name}")
@@ -89,7 +95,9 @@ def test_experiment_artifact_location(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.delenv("AMC_ARTIFACT_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "db" / "mlflow.db"
-    assert experiment_artifact_location(f"sqlite:///{db}", "my exp/1") == str(tmp_path / "db" / "mlartifacts" / "my_exp_1")
+    assert experiment_artifact_location(f"sqlite:///{db}", "my exp/1") == str(
+        tmp_path / "db" / "mlartifacts" / "my_exp_1"
+    )
     assert experiment_artifact_location("sqlite:///rel/m.db", "e") == str(tmp_path / "rel" / "mlartifacts" / "e")
     assert experiment_artifact_location(f"sqlite:///{db}", "e", tmp_path / "art") == str(tmp_path / "art" / "e")
     assert experiment_artifact_location(f"sqlite:///{db}", "e", "s3://bucket/amc/") == "s3://bucket/amc/e"
@@ -110,9 +118,22 @@ def test_experiment_artifact_location(tmp_path: Path, monkeypatch: pytest.Monkey
 def _tiny_search_yaml(path: Path) -> Path:
     """A search that trains (0 epochs) and caches its baseline, with the tests' tiny evaluation settings."""
     config = {
-        "experiment": "test-locations", "agent": "random", "episodes": 2, "seed": 0, "checkpoint_every": 1, "workers": 1,
-        "env": {"model": "resnet20", "data": {"name": "digits"}, "checkpoint": None, "target_ratio": 0.5,
-                "bn_batches": 1, "bn_batch_size": 16, "eval_batch_size": 16, "eval_batches": 2},
+        "experiment": "test-locations",
+        "agent": "random",
+        "episodes": 2,
+        "seed": 0,
+        "checkpoint_every": 1,
+        "workers": 1,
+        "env": {
+            "model": "resnet20",
+            "data": {"name": "digits"},
+            "checkpoint": None,
+            "target_ratio": 0.5,
+            "bn_batches": 1,
+            "bn_batch_size": 16,
+            "eval_batch_size": 16,
+            "eval_batches": 2,
+        },
         "baseline": {"epochs": 0},
     }
     path.parent.mkdir(parents=True)
@@ -121,7 +142,9 @@ def _tiny_search_yaml(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_search_writes_only_its_out_dir_the_store_and_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_writes_only_its_out_dir_the_store_and_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow.tracking import MlflowClient
 
     cwd, out, cache = tmp_path / "cwd", tmp_path / "out", tmp_path / "cache"
@@ -166,7 +189,15 @@ DEVICE_COMMANDS = {
 def test_device_cuda_without_cuda_is_a_one_line_error(
     command: str, untrained_resnet20: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [*DEVICE_COMMANDS[command], "--checkpoint", str(untrained_resnet20), "--device", "cuda", "--out", str(tmp_path / "o")]
+    args = [
+        *DEVICE_COMMANDS[command],
+        "--checkpoint",
+        str(untrained_resnet20),
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA device is available; use --device cpu" in err, err
@@ -176,6 +207,8 @@ def test_device_cuda_without_cuda_is_a_one_line_error(
 @pytest.mark.parametrize("command", sorted(DEVICE_COMMANDS))
 def test_device_cpu_works(command: str, untrained_resnet20: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    assert main([*DEVICE_COMMANDS[command], "--checkpoint", str(untrained_resnet20), "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main([*DEVICE_COMMANDS[command], "--checkpoint", str(untrained_resnet20), "--device", "cpu", "--out", str(out)])
+        == 0
+    )
     assert (out / ("sensitivity.csv" if command == "sensitivity" else "model.pt")).is_file()
-

@@ -27,8 +27,15 @@ from envs import EnvConfig
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "test-ui"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SERVER_START_S = 150  # the MLflow server takes about 20-30 s to start on 2 cores
 PAGE_TIMEOUT_MS = 60_000
 # the `amc` entry point
@@ -88,8 +95,12 @@ def server(store: dict) -> Iterator[dict]:
     _chromium()
     port, log = _free_port(), store["root"] / "ui.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([*AMC, "ui", "--tracking-uri", store["uri"], "--port", str(port), "--experiment",
-                                 EXPERIMENT], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [*AMC, "ui", "--tracking-uri", store["uri"], "--port", str(port), "--experiment", EXPERIMENT],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield {"proc": proc, "port": port, "log": log}
     finally:
@@ -104,8 +115,9 @@ def searched(server: dict, store: dict, request: pytest.FixtureRequest) -> dict:
     # asked for here, not as a parameter: pytest would train this session fixture before checking for the browser
     trained_resnet20: Path = request.getfixturevalue("trained_resnet20")
 
-    env = EnvConfig(model="resnet20", checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.5, eval_batches=1,
-                    bn_batches=2)
+    env = EnvConfig(
+        model="resnet20", checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.5, eval_batches=1, bn_batches=2
+    )
     config = SearchConfig(env=env, agent="random", episodes=3, ddpg=DDPGConfig(hidden=(32, 32)), experiment=EXPERIMENT)
     result = run_search(config, store["root"] / "search", tracking_uri=store["uri"], progress=False)
     update_pareto(EXPERIMENT, store["uri"])

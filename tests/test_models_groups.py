@@ -11,18 +11,22 @@ from torch import nn
 from amc.checkpoint import load_model
 from amc.cost import count_cost
 from amc.data import DataConfig, load_data
-from amc.errors import RegistryError, TraceError
+from amc.errors import ConfigError, RegistryError, TraceError
 from amc.groups import ModelGraph
 from amc.importance import group_importance
 from amc.models import MODELS, ModelSpec, create_model
-from amc.errors import ConfigError
 from amc.pruning import CRITERIA, kept_channels, prune_channels, replay_history, widths_for
 from envs.budget import BudgetWall
 from envs.costs import create_cost_model
 
 # Residual (resnet18), depthwise + residual (mobilenet_v2), concatenating (densenet121), squeeze-excite
 # multiplications (efficientnet_b0).
-TORCHVISION = ["torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:densenet121", "torchvision:efficientnet_b0"]
+TORCHVISION = [
+    "torchvision:resnet18",
+    "torchvision:mobilenet_v2",
+    "torchvision:densenet121",
+    "torchvision:efficientnet_b0",
+]
 CASES = [(name, r) for name in MODELS.names() for r in (0.3, 0.7)] + [(name, 0.5) for name in TORCHVISION]
 
 
@@ -123,7 +127,7 @@ def test_criteria_choose_different_channels(trained) -> None:
     picks = {c: [_removed(model, graph, n, c, batch) for n in names] for c in CRITERIA.names()}
     criteria = sorted(picks)
     for i, a in enumerate(criteria):
-        for b in criteria[i + 1:]:
+        for b in criteria[i + 1 :]:
             assert picks[a] != picks[b], f"{a} and {b} removed the same channels of a trained model"
 
 

@@ -33,11 +33,19 @@ from amc.service.ui import check_port_free, check_store, ui_command, ui_urls
 from envs import EnvConfig
 
 EXPERIMENT = "test-pareto"
-DOMINATED = {"episode": 0, "reward": 0.05, "top1": 0.05, "flops_ratio": 0.99, "params_ratio": 0.99,
-             "ratios": {"conv1": 0.01}}
+DOMINATED = {
+    "episode": 0,
+    "reward": 0.05,
+    "top1": 0.05,
+    "flops_ratio": 0.99,
+    "params_ratio": 0.99,
+    "ratios": {"conv1": 0.01},
+}
 
 
-def _dominates(a: Candidate, b: Candidate, objectives: tuple[str, ...] = ("top1", "flops_ratio", "params_ratio")) -> bool:
+def _dominates(
+    a: Candidate, b: Candidate, objectives: tuple[str, ...] = ("top1", "flops_ratio", "params_ratio")
+) -> bool:
     """Brute force, independent of moocore: a is at least as good everywhere and better somewhere."""
     sign = {"top1": 1.0, "flops_ratio": -1.0, "params_ratio": -1.0, "latency_ratio": -1.0}
     av = [sign[n] * a.objective(n) for n in objectives]
@@ -53,7 +61,9 @@ def _same(a: Candidate, b: Candidate) -> bool:
 def _random_candidates(n: int, seed: int, latency: bool = False) -> list[Candidate]:
     rng = np.random.default_rng(seed)
     values = rng.uniform(0.05, 0.95, size=(n, 4)).round(2)  # rounding makes ties and duplicates
-    return [Candidate("run", "run", i, *map(float, v[:3]), float(v[3]) if latency else None) for i, v in enumerate(values)]
+    return [
+        Candidate("run", "run", i, *map(float, v[:3]), float(v[3]) if latency else None) for i, v in enumerate(values)
+    ]
 
 
 # --------------------------------------------------------------------------- the front (pure)
@@ -110,8 +120,15 @@ def test_nni_ratio_is_the_removed_fraction_and_counts_back() -> None:
 # --------------------------------------------------------------------------- an experiment with searches
 def _search(ckpt: Path, out: Path, uri: str, seed: int, target: float) -> str:
     env = EnvConfig(model="resnet20", checkpoint=str(ckpt), target_ratio=target, eval_batches=1, bn_batches=2)
-    config = SearchConfig(env=env, agent="random", episodes=6, seed=seed, ddpg=DDPGConfig(hidden=(32, 32)),
-                          checkpoint_every=3, experiment=EXPERIMENT)
+    config = SearchConfig(
+        env=env,
+        agent="random",
+        episodes=6,
+        seed=seed,
+        ddpg=DDPGConfig(hidden=(32, 32)),
+        checkpoint_every=3,
+        experiment=EXPERIMENT,
+    )
     return run_search(config, out, tracking_uri=uri, progress=False).run_id
 
 
@@ -139,15 +156,18 @@ def test_update_pareto_logs_front_and_tags_runs(store: dict, tmp_path: Path) -> 
     update_pareto(EXPERIMENT, store["uri"])  # a second call must reuse the Pareto run, not add one
     report = update_pareto(EXPERIMENT, store["uri"], out=tmp_path)
     front, client = report.front, MlflowClient(store["uri"])
-    assert len(report.runs) == 3 and len(front.candidates) == 13, "every episode of every search, the no-search run skipped"
+    assert len(report.runs) == 3 and len(front.candidates) == 13, (
+        "every episode of every search, the no-search run skipped"
+    )
     assert f"{store['fake']}:0" not in front.keys, "the known dominated policy is not on the front"
     for c in front.front:
         assert not any(_dominates(o, c) for o in front.candidates)
     for c in front.candidates:
         if c.key not in front.keys:
             assert any(_dominates(o, c) or _same(o, c) for o in front.front)
-    assert [(r["run_id"], r["episode"]) for r in read_front_csv(tmp_path / "pareto_front.csv")] == \
-        [(c.run_id, c.episode) for c in front.front]
+    assert [(r["run_id"], r["episode"]) for r in read_front_csv(tmp_path / "pareto_front.csv")] == [
+        (c.run_id, c.episode) for c in front.front
+    ]
     for run_id in [*store["runs"], store["fake"]]:
         tags = client.get_run(run_id).data.tags
         episodes = front.episodes_of(run_id)
@@ -160,14 +180,21 @@ def test_update_pareto_logs_front_and_tags_runs(store: dict, tmp_path: Path) -> 
     assert pareto_run.data.metrics["hypervolume"] == pytest.approx(front.hypervolume)
     assert pareto_run.data.metrics["front_size"] == len(front.front)
     assert {a.path for a in client.list_artifacts(report.pareto_run_id)} >= {
-        "pareto_front.csv", "pareto_candidates.csv", "pareto_front.json", "pareto_front.png", "pareto_best_policy.png"}
+        "pareto_front.csv",
+        "pareto_candidates.csv",
+        "pareto_front.json",
+        "pareto_front.png",
+        "pareto_best_policy.png",
+    }
     on_front = client.search_runs([exp_id], 'tags.amc.pareto = "true"')
     assert {r.info.run_id for r in on_front} == {c.run_id for c in front.front}, "the filter the README gives works"
 
 
 def test_pareto_command(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["pareto", "--experiment", EXPERIMENT, "--tracking-uri", store["uri"], "--out", str(tmp_path),
-                 "--no-log"]) == 0
+    assert (
+        main(["pareto", "--experiment", EXPERIMENT, "--tracking-uri", store["uri"], "--out", str(tmp_path), "--no-log"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "hypervolume" in out and (tmp_path / "pareto_front.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "pareto_front.json").read_text())
@@ -183,25 +210,74 @@ def _front(store: dict) -> ParetoFront:
 
 def test_export_amc_from_front_applies_with_amc_prune(store: dict, tmp_path: Path) -> None:
     best = _front(store).best(max_flops_ratio=0.5)
-    assert main(["export", "--experiment", EXPERIMENT, "--pareto", "--max-flops-ratio", "0.5", "--tracking-uri",
-                 store["uri"], "--out", str(tmp_path / "x")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--experiment",
+                EXPERIMENT,
+                "--pareto",
+                "--max-flops-ratio",
+                "0.5",
+                "--tracking-uri",
+                store["uri"],
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 0
+    )
     policy = load_policy(tmp_path / "x" / "policy.json")
     assert dict(policy.ratios) == dict(best.ratios) and policy.measured["top1"] == best.top1
     assert policy.model.name == "resnet20" and policy.target is not None
     manifest = json.loads((tmp_path / "x" / "export.json").read_text())
     assert [(p["run_id"], p["episode"]) for p in manifest["policies"]] == [(best.run_id, best.episode)]
-    assert main(["prune", "--checkpoint", str(store["ckpt"]), "--policy", str(tmp_path / "x" / "policy.json"),
-                 "--finetune-epochs", "0", "--latency-batch", "1", "--out", str(tmp_path / "pruned")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                str(store["ckpt"]),
+                "--policy",
+                str(tmp_path / "x" / "policy.json"),
+                "--finetune-epochs",
+                "0",
+                "--latency-batch",
+                "1",
+                "--out",
+                str(tmp_path / "pruned"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "pruned" / "report.json").read_text())
-    assert report["flops_ratio"] == pytest.approx(best.flops_ratio, abs=1e-9), "the engine reproduces the search's FLOPs"
+    assert report["flops_ratio"] == pytest.approx(best.flops_ratio, abs=1e-9), (
+        "the engine reproduces the search's FLOPs"
+    )
     assert report["params_ratio"] == pytest.approx(best.params_ratio, abs=1e-9)
 
 
 def test_export_every_front_policy(store: dict, tmp_path: Path) -> None:
     front = _front(store)
     budget = sorted(c.flops_ratio for c in front.front)[2]
-    assert main(["export", "--experiment", EXPERIMENT, "--pareto", "--all", "--max-flops-ratio", str(budget),
-                 "--tracking-uri", store["uri"], "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--experiment",
+                EXPERIMENT,
+                "--pareto",
+                "--all",
+                "--max-flops-ratio",
+                str(budget),
+                "--tracking-uri",
+                store["uri"],
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "export.json").read_text())
     expected = {(c.run_id, c.episode) for c in front.front if c.flops_ratio <= budget}
     assert {(p["run_id"], p["episode"]) for p in manifest["policies"]} == expected and len(expected) >= 3
@@ -216,15 +292,37 @@ def _groups(ckpt: Path) -> ModelGraph:
 
 def test_export_torch_pruning_snippet_reproduces_the_policy(store: dict, tmp_path: Path) -> None:
     run_id = store["runs"][1]
-    assert main(["export", "--experiment", EXPERIMENT, "--run-id", run_id, "--episode", "3", "--format", "torch-pruning",
-                 "--tracking-uri", store["uri"], "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--experiment",
+                EXPERIMENT,
+                "--run-id",
+                run_id,
+                "--episode",
+                "3",
+                "--format",
+                "torch-pruning",
+                "--tracking-uri",
+                store["uri"],
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     chosen = next(c for c in _front_candidates(store) if c.run_id == run_id and c.episode == 3)
     mapping = load_ratio_mapping(tmp_path / "torch_pruning_ratios.json")
     graph = _groups(store["ckpt"])
     assert set(mapping) == {m for g in graph for m in g.modules}, "every member module of every group"
     # the snippet runs as a script: prunes the dense checkpoint and saves a weights-only file
-    out = subprocess.run([sys.executable, str(tmp_path / "apply_torch_pruning.py"), str(store["ckpt"]),
-                          str(tmp_path / "tp.pt")], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "apply_torch_pruning.py"), str(store["ckpt"]), str(tmp_path / "tp.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     saved = torch.load(tmp_path / "tp.pt", weights_only=True)
     dense = load_model(store["ckpt"])
@@ -244,14 +342,60 @@ def test_export_torch_pruning_snippet_reproduces_the_policy(store: dict, tmp_pat
 def test_export_search_out_policy_file_equals_run_export(store: dict, tmp_path: Path) -> None:
     """`--policy best_policy.json` (from `amc search --out`) exports the same channels as the run itself."""
     run_id = store["runs"][0]
-    assert main(["export", "--experiment", EXPERIMENT, "--run-id", run_id, "--format", "torch-pruning",
-                 "--tracking-uri", store["uri"], "--out", str(tmp_path / "run")]) == 0
-    assert main(["export", "--policy", str(store["root"] / "s0" / "best_policy.json"), "--checkpoint", str(store["ckpt"]),
-                 "--format", "torch-pruning", "--out", str(tmp_path / "file")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--experiment",
+                EXPERIMENT,
+                "--run-id",
+                run_id,
+                "--format",
+                "torch-pruning",
+                "--tracking-uri",
+                store["uri"],
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--policy",
+                str(store["root"] / "s0" / "best_policy.json"),
+                "--checkpoint",
+                str(store["ckpt"]),
+                "--format",
+                "torch-pruning",
+                "--out",
+                str(tmp_path / "file"),
+            ]
+        )
+        == 0
+    )
     run, local = (json.loads((tmp_path / d / "torch_pruning_ratios.json").read_text()) for d in ("run", "file"))
     assert run["groups"] == local["groups"] and run["dense_weights_sha256"] == local["dense_weights_sha256"]
-    assert main(["export", "--policy", str(store["root"] / "s0" / "best_policy.json"), "--experiment", EXPERIMENT,
-                 "--run-id", run_id, "--tracking-uri", store["uri"], "--out", str(tmp_path / "both")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--policy",
+                str(store["root"] / "s0" / "best_policy.json"),
+                "--experiment",
+                EXPERIMENT,
+                "--run-id",
+                run_id,
+                "--tracking-uri",
+                store["uri"],
+                "--out",
+                str(tmp_path / "both"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "both").exists()
 
 
@@ -261,8 +405,24 @@ def _front_candidates(store: dict) -> tuple[Candidate, ...]:
 
 def test_export_nni_config_list(store: dict, tmp_path: Path) -> None:
     run_id = store["runs"][0]
-    assert main(["export", "--experiment", EXPERIMENT, "--run-id", run_id, "--format", "nni", "--tracking-uri",
-                 store["uri"], "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--experiment",
+                EXPERIMENT,
+                "--run-id",
+                run_id,
+                "--format",
+                "nni",
+                "--tracking-uri",
+                store["uri"],
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     best = json.loads((store["root"] / "s0" / "search.json").read_text())["best"]
     config_list = json.loads((tmp_path / "nni_config_list.json").read_text())
     graph = _groups(store["ckpt"])
@@ -277,20 +437,25 @@ def test_export_nni_config_list(store: dict, tmp_path: Path) -> None:
     assert manifest["exact_channels"] is False, "NNI picks its own channels; the manifest says so"
     from amc.pruning import DEFAULT_CRITERION  # the searches here use the default criterion
 
-    assert manifest["policies"][0]["channel_selection"]["tool"] == {"l1": "L1NormPruner", "l2": "L2NormPruner"}[DEFAULT_CRITERION]
+    assert (
+        manifest["policies"][0]["channel_selection"]["tool"]
+        == {"l1": "L1NormPruner", "l2": "L2NormPruner"}[DEFAULT_CRITERION]
+    )
 
 
 def test_export_errors(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     common = ["--experiment", EXPERIMENT, "--tracking-uri", store["uri"], "--out", str(tmp_path)]
-    cases = [(["--pareto", "--max-flops-ratio", "0.01"], "raise --max-flops-ratio"),
-             (["--run-id", "0" * 32], "no MLflow run"),
-             (["--run-id", store["fake"]], "has no best_policy.json"),
-             (["--pareto", "--episode", "1"], "--episode picks an episode of --run-id"),
-             (["--run-id", store["runs"][0], "--episode", "99"], "has no episode 99"),
-             (["--run-id", store["runs"][0], "--all"], "--all exports every Pareto-optimal policy"),
-             (["--pareto", "--format", "onnx"], "unknown export format 'onnx'"),
-             (["--pareto", "--run-id", store["runs"][0]], "--pareto or --run-id ID (one of them)"),
-             (["--pareto", "--policy", str(store["root"] / "s0" / "best_policy.json")], "give one source or the other")]
+    cases = [
+        (["--pareto", "--max-flops-ratio", "0.01"], "raise --max-flops-ratio"),
+        (["--run-id", "0" * 32], "no MLflow run"),
+        (["--run-id", store["fake"]], "has no best_policy.json"),
+        (["--pareto", "--episode", "1"], "--episode picks an episode of --run-id"),
+        (["--run-id", store["runs"][0], "--episode", "99"], "has no episode 99"),
+        (["--run-id", store["runs"][0], "--all"], "--all exports every Pareto-optimal policy"),
+        (["--pareto", "--format", "onnx"], "unknown export format 'onnx'"),
+        (["--pareto", "--run-id", store["runs"][0]], "--pareto or --run-id ID (one of them)"),
+        (["--pareto", "--policy", str(store["root"] / "s0" / "best_policy.json")], "give one source or the other"),
+    ]
     for args, message in cases:
         assert main(["export", *args, *common]) == 2, args
         assert message in capsys.readouterr().err
@@ -315,8 +480,24 @@ def test_ui_command_and_checks(tmp_path: Path) -> None:
 
 def test_snippet_imports_without_amc_main(store: dict, tmp_path: Path) -> None:
     """``prune()`` of the snippet works on a plain model instance (what a user without amc does)."""
-    assert main(["export", "--experiment", EXPERIMENT, "--run-id", store["runs"][0], "--format", "torch-pruning",
-                 "--tracking-uri", store["uri"], "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--experiment",
+                EXPERIMENT,
+                "--run-id",
+                store["runs"][0],
+                "--format",
+                "torch-pruning",
+                "--tracking-uri",
+                store["uri"],
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     spec = importlib.util.spec_from_file_location("apply_torch_pruning", tmp_path / "apply_torch_pruning.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

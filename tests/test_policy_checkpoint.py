@@ -90,7 +90,10 @@ def test_policy_for_another_model_is_rejected(dense: torch.nn.Module) -> None:
         (lambda d: d["model"].update(input_shape=["1", 16, 16]), r"model.input_shape\[0\] must be an integer"),
         (lambda d: d["model"].update(num_classes=10.5), "model.num_classes must be an integer"),
         (lambda d: d.update(schema_version=True), "schema version true is not supported"),
-        (lambda d: d.update(target={"metric": "flops", "ratio": True}), "target.ratio must be a finite number, got true"),
+        (
+            lambda d: d.update(target={"metric": "flops", "ratio": True}),
+            "target.ratio must be a finite number, got true",
+        ),
         (lambda d: d.update(ratios={}), "ratios is empty"),
         (lambda d: d.update(ratios=[0.5]), "ratios must be an object"),
         (lambda d: d.update(extra=1), "unknown field 'extra' in the policy"),
@@ -169,17 +172,36 @@ def test_cli_refuses_a_partial_policy_and_allow_partial_keeps_groups_dense(
     model = create_model(spec)
     names = list(ModelGraph(model, spec.example_inputs()).names)
     amc.Policy(identity_of(spec, model), {n: 0.25 for n in names[:2]}).save(tmp_path / "p.json")
-    args = ["prune", "--model", "resnet20", "--data", "synthetic", "--input-size", "8", "--policy", str(tmp_path / "p.json"),
-            "--finetune-epochs", "0", "--bn-batches", "0"]
+    args = [
+        "prune",
+        "--model",
+        "resnet20",
+        "--data",
+        "synthetic",
+        "--input-size",
+        "8",
+        "--policy",
+        str(tmp_path / "p.json"),
+        "--finetune-epochs",
+        "0",
+        "--bn-batches",
+        "0",
+    ]
     assert main([*args, "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert [line for line in err if "error" in line] == [err[-1]] and "leaves out" in err[-1] and "--allow-partial" in err[-1]
+    assert (
+        [line for line in err if "error" in line] == [err[-1]]
+        and "leaves out" in err[-1]
+        and "--allow-partial" in err[-1]
+    )
     assert not (tmp_path / "refused").exists()
     assert main([*args, "--allow-partial", "--out", str(tmp_path / "o")]) == 0
     assert f"{len(names) - 2} group(s) not in the policy stay dense: {', '.join(names[2:])}" in capsys.readouterr().out
     saved = amc.load_policy(tmp_path / "o" / "policy.json")
     assert list(saved.ratios) == names and [saved.ratios[n] for n in names[2:]] == [0.0] * (len(names) - 2)
-    assert main(["prune", "--model", "resnet20", "--uniform", "0.2", "--allow-partial", "--out", str(tmp_path / "u")]) == 2
+    assert (
+        main(["prune", "--model", "resnet20", "--uniform", "0.2", "--allow-partial", "--out", str(tmp_path / "u")]) == 2
+    )
     assert "--allow-partial only applies to --policy" in capsys.readouterr().err
 
 
@@ -188,7 +210,10 @@ def test_cli_refuses_a_partial_policy_and_allow_partial_keeps_groups_dense(
     [
         (lambda d: d.update(format_version=2), "format version 2 is not supported"),
         (lambda d: d.update(format_version=True), "format version true is not supported"),
-        (lambda d: d["spec"].update(in_channels="1"), "field spec.in_channels must be an integer in [1, 4096], got '1'"),
+        (
+            lambda d: d["spec"].update(in_channels="1"),
+            "field spec.in_channels must be an integer in [1, 4096], got '1'",
+        ),
         (lambda d: d["spec"].update(input_size=10**12), "field spec.input_size must be an integer in [1, 8192]"),
         (lambda d: d["spec"].update(num_classes=False), "field spec.num_classes must be an integer"),
         (lambda d: d.update(spec=[1]), "field spec must be a mapping"),
@@ -196,7 +221,10 @@ def test_cli_refuses_a_partial_policy_and_allow_partial_keeps_groups_dense(
         (lambda d: d.update(history=[["nope", True, [0]]]), "pruning history does not fit model 'resnet20'"),
         (lambda d: d.update(state_dict=[1]), "field state_dict must be a mapping"),
         (lambda d: d.update(extra=1), "unknown field 'extra'"),
-        (lambda d: d.update(policy={"kind": "amc-policy", "schema_version": 1}), "the policy inside is invalid: policy field model is missing"),
+        (
+            lambda d: d.update(policy={"kind": "amc-policy", "schema_version": 1}),
+            "the policy inside is invalid: policy field model is missing",
+        ),
     ],
 )
 def test_malformed_model_file_is_rejected(dense: torch.nn.Module, tmp_path: Path, edit, message: str) -> None:

@@ -31,8 +31,17 @@ def ray_runtime():
 def _config(checkpoint: Path, workers: int, episodes: int = 8, agent: str = "ddpg") -> SearchConfig:
     env = EnvConfig(model="resnet20", checkpoint=str(checkpoint), target_ratio=0.4, eval_batches=1, bn_batches=2)
     ddpg = DDPGConfig(hidden=(32, 32), warmup_episodes=3, batch_size=8)
-    return SearchConfig(env=env, agent=agent, episodes=episodes, seed=SEED, ddpg=ddpg, checkpoint_every=2,
-                        experiment="test-ray", workers=workers, threads=1)
+    return SearchConfig(
+        env=env,
+        agent=agent,
+        episodes=episodes,
+        seed=SEED,
+        ddpg=ddpg,
+        checkpoint_every=2,
+        experiment="test-ray",
+        workers=workers,
+        threads=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +49,23 @@ def in_process(trained_resnet20: Path):
     """Runs the random plan of an episode (seeded per episode, as a Ray worker gets it) in this process."""
     config = _config(trained_resnet20 / "model.pt", 1)
     ws = build_workspace(config.env.model, config.env.data, config.env.checkpoint)
-    executor, agent, cache = PlanExecutor(build_env({"ws": ws, "env_config": config.env}), config.ddpg), RandomAgent(SEED), {}
+    executor, agent, cache = (
+        PlanExecutor(build_env({"ws": ws, "env_config": config.env}), config.ddpg),
+        RandomAgent(SEED),
+        {},
+    )
 
     def run(episode: int) -> EpisodeRecord:
         if episode not in cache:
             r = executor.run(agent.plan(episode))
-            cache[episode] = EpisodeRecord(episode, r.reward, r.info["top1"], r.info["flops_ratio"],
-                                           r.info["params_ratio"], {k: float(v) for k, v in r.info["ratios"].items()})
+            cache[episode] = EpisodeRecord(
+                episode,
+                r.reward,
+                r.info["top1"],
+                r.info["flops_ratio"],
+                r.info["params_ratio"],
+                {k: float(v) for k, v in r.info["ratios"].items()},
+            )
         return cache[episode]
 
     return run
@@ -76,8 +95,9 @@ def test_parallel_search_matches_in_process(ray_random: list[dict], in_process) 
 
 
 def test_parallel_ddpg_search(trained_resnet20: Path, tmp_path: Path, in_process) -> None:
-    result = run_search(_config(trained_resnet20 / "model.pt", 2, episodes=5), tmp_path / "par", track=False,
-                        progress=False)
+    result = run_search(
+        _config(trained_resnet20 / "model.pt", 2, episodes=5), tmp_path / "par", track=False, progress=False
+    )
     b = json.loads((tmp_path / "par" / "search.json").read_text())
     assert [e["episode"] for e in b["episodes"]] == list(range(5))
     assert all(e["flops_ratio"] <= 0.4 for e in b["episodes"]), "the budget holds on every worker"
@@ -91,8 +111,9 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_with_workers_and_more_episodes(trained_resnet20: Path, tmp_path: Path, ray_random: list[dict],
-                                               in_process) -> None:
+def test_resume_with_workers_and_more_episodes(
+    trained_resnet20: Path, tmp_path: Path, ray_random: list[dict], in_process
+) -> None:
     from mlflow.tracking import MlflowClient
 
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cut"

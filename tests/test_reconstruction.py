@@ -135,13 +135,24 @@ def test_reconstruction_recovers_uniformly_pruned_resnet20(checkpoint: str) -> N
 
 
 def test_env_with_reconstruction_is_deterministic(checkpoint: str) -> None:
-    config = EnvConfig(checkpoint=checkpoint, target_ratio=0.4, max_ratio=0.9, reconstruct=True,
-                       bn_batches=2, bn_batch_size=32, eval_batch_size=32, eval_batches=3)
+    config = EnvConfig(
+        checkpoint=checkpoint,
+        target_ratio=0.4,
+        max_ratio=0.9,
+        reconstruct=True,
+        bn_batches=2,
+        bn_batch_size=32,
+        eval_batch_size=32,
+        eval_batches=3,
+    )
     first, second = ChannelPruningEnv.from_config(config), ChannelPruningEnv.from_config(config)
     ratios = {name: (0.2, 0.5)[i % 2] for i, name in enumerate(first.group_names)}
     widths = widths_for(first.graph, ratios)
-    runs = [first._evaluate_widths(widths, "val"), first._evaluate_widths(widths, "val"),
-            second._evaluate_widths(widths, "val")]
+    runs = [
+        first._evaluate_widths(widths, "val"),
+        first._evaluate_widths(widths, "val"),
+        second._evaluate_widths(widths, "val"),
+    ]
     assert len({run.outcome.top1 for run in runs}) == 1
     reference = runs[0].model.state_dict()
     for run in runs[1:]:

@@ -19,8 +19,16 @@ pytestmark = pytest.mark.slow
 def _config(checkpoint: Path, agent: str = "ddpg", episodes: int = 6) -> SearchConfig:
     env = EnvConfig(model="resnet20", checkpoint=str(checkpoint), target_ratio=0.5, eval_batches=1, bn_batches=2)
     ddpg = DDPGConfig(hidden=(32, 32), warmup_episodes=2, batch_size=8)
-    return SearchConfig(env=env, agent=agent, episodes=episodes, seed=3, ddpg=ddpg, checkpoint_every=2,
-                        experiment="test-search", workers=1)
+    return SearchConfig(
+        env=env,
+        agent=agent,
+        episodes=episodes,
+        seed=3,
+        ddpg=ddpg,
+        checkpoint_every=2,
+        experiment="test-search",
+        workers=1,
+    )
 
 
 class Interrupt(Exception):
@@ -111,13 +119,25 @@ def test_resume_logs_every_metric_of_episodes_checkpointed_but_not_flushed(
     assert state["version"] == 2 and sorted(state["agent_stats"]) == ["0", "1", "2", "3"]
     assert client.get_run(state["run_id"]).info.status == "KILLED"
     before = _metric_steps(client, state["run_id"])
-    assert sorted(before["reward"]) == [0, 1] and sorted(before["agent_sigma"]) == [0, 1], "the setup lost episodes 2, 3"
+    assert sorted(before["reward"]) == [0, 1] and sorted(before["agent_sigma"]) == [0, 1], (
+        "the setup lost episodes 2, 3"
+    )
 
     resumed = run_search(None, tmp_path / "cut", resume=True, tracking_uri=uri, progress=False)
     assert resumed.run_id == state["run_id"] and client.get_run(resumed.run_id).info.status == "FINISHED"
     expected, got = _metric_steps(client, straight.run_id), _metric_steps(client, resumed.run_id)
-    assert {"reward", "top1", "flops_ratio", "params_ratio", "best_reward", "best_top1", "agent_sigma", "agent_updates",
-            "agent_critic_loss", "agent_actor_loss"} <= set(expected)
+    assert {
+        "reward",
+        "top1",
+        "flops_ratio",
+        "params_ratio",
+        "best_reward",
+        "best_top1",
+        "agent_sigma",
+        "agent_updates",
+        "agent_critic_loss",
+        "agent_actor_loss",
+    } <= set(expected)
     assert sorted(got) == sorted(expected), "the resumed run has every metric of an uninterrupted one"
     for key, steps in expected.items():
         assert sorted(got[key]) == sorted(steps), f"{key}: logged for the same episodes"
@@ -145,7 +165,9 @@ def test_baseline_agents(trained_resnet20: Path, tmp_path: Path) -> None:
     assert uniform.episodes == 1, "the uniform baseline is one policy"
     assert len(set(uniform.best.ratios.values())) == 1
     assert uniform.best.flops_ratio <= 0.5
-    run_search(_config(trained_resnet20 / "model.pt", "random", episodes=4), tmp_path / "r", track=False, progress=False)
+    run_search(
+        _config(trained_resnet20 / "model.pt", "random", episodes=4), tmp_path / "r", track=False, progress=False
+    )
     episodes = json.loads((tmp_path / "r" / "search.json").read_text())["episodes"]
     assert len({tuple(e["ratios"].values()) for e in episodes}) == 4, "random search proposes distinct policies"
 

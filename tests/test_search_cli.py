@@ -32,13 +32,28 @@ def _latest_episode(out: Path) -> int | None:
 def test_ctrl_c_kills_the_run_and_the_search_resumes_with_more_episodes(trained_resnet20: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    env = EnvConfig(model="resnet20", checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.5, eval_batches=1,
-                    bn_batches=1)
-    save_yaml(SearchConfig(env=env, agent="random", episodes=EPISODES, seed=2, checkpoint_every=2,
-                           experiment="test-search-cli", workers=1), tmp_path / "config.yaml")
+    env = EnvConfig(
+        model="resnet20", checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.5, eval_batches=1, bn_batches=1
+    )
+    save_yaml(
+        SearchConfig(
+            env=env,
+            agent="random",
+            episodes=EPISODES,
+            seed=2,
+            checkpoint_every=2,
+            experiment="test-search-cli",
+            workers=1,
+        ),
+        tmp_path / "config.yaml",
+    )
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "search"
-    proc = subprocess.Popen([*AMC, "search", "--config", str(tmp_path / "config.yaml"), "--out", str(out),
-                             "--tracking-uri", uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*AMC, "search", "--config", str(tmp_path / "config.yaml"), "--out", str(out), "--tracking-uri", uri],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + START_S
         while _latest_episode(out) is None and proc.poll() is None and time.monotonic() < deadline:

@@ -12,7 +12,13 @@ from torch import nn
 
 from amc.data import DataConfig, load_data
 from amc.engine import (
-    FinetuneSchedule, Workspace, apply_policy, build_workspace, finetune_sparse, prune_and_finetune, uniform_policy,
+    FinetuneSchedule,
+    Workspace,
+    apply_policy,
+    build_workspace,
+    finetune_sparse,
+    prune_and_finetune,
+    uniform_policy,
     uniform_ratio_for,
 )
 from amc.errors import ConfigError
@@ -69,9 +75,12 @@ def test_one_shot_and_iterative_finetune(trained_resnet20: Path) -> None:
     for result in (one, two):
         fresh = build_workspace("resnet20", DataConfig("digits"), str(trained_resnet20 / "model.pt")).model
         replayed = replay_history(fresh, ws.example_inputs(), result.history)
-        assert [(n, p.shape) for n, p in replayed.named_parameters()] == \
-            [(n, p.shape) for n, p in result.model.named_parameters()]
-        assert [(n, b.shape) for n, b in replayed.named_buffers()] == [(n, b.shape) for n, b in result.model.named_buffers()]
+        assert [(n, p.shape) for n, p in replayed.named_parameters()] == [
+            (n, p.shape) for n, p in result.model.named_parameters()
+        ]
+        assert [(n, b.shape) for n, b in replayed.named_buffers()] == [
+            (n, b.shape) for n, b in result.model.named_buffers()
+        ]
         replayed.load_state_dict(result.model.state_dict())  # strict: same names, same shapes
         replayed.eval()
         result.model.eval()
@@ -110,7 +119,9 @@ def test_harmful_finetune_returns_starting_weights(pruned_half: tuple[Workspace,
     ws, start = pruned_half
     model, val = copy.deepcopy(start), ws.data.loader("val", 256)
     before, weights = evaluate(model, val), _state(model)
-    report = finetune(model, ws.data.loader("train", 64, shuffle=True), epochs=1, lr=10.0, progress=False, val_loader=val)
+    report = finetune(
+        model, ws.data.loader("train", 64, shuffle=True), epochs=1, lr=10.0, progress=False, val_loader=val
+    )
     assert report.history[1] < report.history[0]  # lr 10 wrecks the model ...
     assert report.best_epoch == 0 and report.best_top1 == before  # ... so the start is kept
     assert evaluate(model, val) == before
@@ -156,9 +167,27 @@ def test_sparse_finetune_keeps_masks_and_never_worsens(trained_resnet20: Path) -
 def test_prune_command_reports_finetune_selection(trained_resnet20: Path, tmp_path: Path) -> None:
     from amc.cli import main
 
-    assert main(["prune", "--model", "resnet20", "--checkpoint", str(trained_resnet20 / "model.pt"), "--uniform", "0.5",
-                 "--finetune-epochs", "1", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                "resnet20",
+                "--checkpoint",
+                str(trained_resnet20 / "model.pt"),
+                "--uniform",
+                "0.5",
+                "--finetune-epochs",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "report.json").read_text())
-    assert {"top1_before_finetune", "top1", "val_top1_before_finetune", "val_top1", "finetune_best_epoch"} <= set(report)
+    assert {"top1_before_finetune", "top1", "val_top1_before_finetune", "val_top1", "finetune_best_epoch"} <= set(
+        report
+    )
     assert report["val_top1"] >= report["val_top1_before_finetune"]
     assert report["finetune_best_epoch"] in (0, 1)

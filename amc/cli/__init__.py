@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 
 # each module declares its commands in COMMANDS; this order is the order of `amc --help`
-from amc.cli import engine, search, results  # noqa: F401, I001
+from amc.cli import engine, results, search  # noqa: F401
 from amc.cli.commands import COMMANDS
 from amc.errors import AmcError
 
@@ -25,7 +25,9 @@ log = logging.getLogger("amc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amc", description="AMC-style search for per-layer pruning ratios, and the pruning / fine-tune engine.")
+    parser = argparse.ArgumentParser(
+        prog="amc", description="AMC-style search for per-layer pruning ratios, and the pruning / fine-tune engine."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_args, _, help_text) in COMMANDS.items():
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     warnings.formatwarning = lambda msg, cat, *a, **k: f"amc: warning: {msg}\n"
     try:
         return COMMANDS[args.command][1](args)

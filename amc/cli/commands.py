@@ -22,4 +22,3 @@ def command(name: str, help_text: str) -> Callable:
         return add_args
 
     return deco
-

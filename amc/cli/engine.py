@@ -79,10 +79,20 @@ def _out_dir(text: str) -> Path:
 
 
 def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) -> None:
-    p.add_argument("--model", required=model_required, help="model name: resnet20, resnet56, plain20, vgg_small or torchvision:NAME (default: from --checkpoint)")
-    p.add_argument("--data", default="digits", help="data set: digits (embedded, default), cifar10, imagefolder, synthetic")
-    p.add_argument("--data-dir", default=None, help="directory of a data set on disk (cifar10, imagefolder); nothing is downloaded")
-    p.add_argument("--input-size", type=_non_negative_int, default=0, help="input image side (0: the data set's default)")
+    p.add_argument(
+        "--model",
+        required=model_required,
+        help="model name: resnet20, resnet56, plain20, vgg_small or torchvision:NAME (default: from --checkpoint)",
+    )
+    p.add_argument(
+        "--data", default="digits", help="data set: digits (embedded, default), cifar10, imagefolder, synthetic"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="directory of a data set on disk (cifar10, imagefolder); nothing is downloaded"
+    )
+    p.add_argument(
+        "--input-size", type=_non_negative_int, default=0, help="input image side (0: the data set's default)"
+    )
     p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
 
@@ -122,7 +132,9 @@ def _write_report(out: Path, report: dict) -> Path:
 def _train_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p, model_required=True)
     p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
-    p.add_argument("--lr", type=_positive_float, default=0.1, help="initial learning rate, cosine schedule (default: 0.1)")
+    p.add_argument(
+        "--lr", type=_positive_float, default=0.1, help="initial learning rate, cosine schedule (default: 0.1)"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, report.json)")
 
@@ -135,8 +147,10 @@ def _train(args: argparse.Namespace) -> int:
     _check_device(args.device)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     report = train_baseline(args.model, _data_config(args), config, args.out, device=args.device)
-    print(f"dense {args.model} on {args.data}: test top-1 {report['top1']:.2%}, {report['flops'] / 1e6:.2f} MFLOPs, "
-          f"{report['params'] / 1e3:.1f}k params -> {args.out / 'model.pt'}")
+    print(
+        f"dense {args.model} on {args.data}: test top-1 {report['top1']:.2%}, {report['flops'] / 1e6:.2f} MFLOPs, "
+        f"{report['params'] / 1e3:.1f}k params -> {args.out / 'model.pt'}"
+    )
     return 0
 
 
@@ -148,16 +162,31 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--policy", type=Path, help="policy JSON (from `amc search` or written by hand)")
     which.add_argument("--uniform", type=_ratio, metavar="R", help="prune every group by the same ratio R")
-    p.add_argument("--criterion", default="l2", help="importance criterion for --uniform: l1, l2, bn_scale, taylor (default: l2)")
+    p.add_argument(
+        "--criterion", default="l2", help="importance criterion for --uniform: l1, l2, bn_scale, taylor (default: l2)"
+    )
     p.add_argument("--granularity", default="channel", choices=("channel", "unstructured", "nm"), help="for --uniform")
-    p.add_argument("--round-to", type=_positive_int, default=1, help="round kept channels to a multiple (for --uniform)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="accept a --policy that leaves groups of the model out; those groups stay dense (listed)")
-    p.add_argument("--finetune-epochs", type=_non_negative_int, default=5, help="fine-tuning epochs in total (default: 5)")
-    p.add_argument("--iterative", type=_positive_int, default=1, metavar="K", help="prune in K rounds, fine-tuning after each")
+    p.add_argument(
+        "--round-to", type=_positive_int, default=1, help="round kept channels to a multiple (for --uniform)"
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="accept a --policy that leaves groups of the model out; those groups stay dense (listed)",
+    )
+    p.add_argument(
+        "--finetune-epochs", type=_non_negative_int, default=5, help="fine-tuning epochs in total (default: 5)"
+    )
+    p.add_argument(
+        "--iterative", type=_positive_int, default=1, metavar="K", help="prune in K rounds, fine-tuning after each"
+    )
     p.add_argument("--lr", type=_positive_float, default=0.01, help="fine-tuning learning rate (default: 0.01)")
-    p.add_argument("--lr-rewind", action="store_true", help="rewind to the training learning rate (0.1) for fine-tuning")
-    p.add_argument("--bn-batches", type=_non_negative_int, default=8, help="training batches for BN recalibration; 0 turns it off")
+    p.add_argument(
+        "--lr-rewind", action="store_true", help="rewind to the training learning rate (0.1) for fine-tuning"
+    )
+    p.add_argument(
+        "--bn-batches", type=_non_negative_int, default=8, help="training batches for BN recalibration; 0 turns it off"
+    )
     p.add_argument("--latency-batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
     p.add_argument("--latency-threads", type=_positive_int, default=1, help="CPU threads for latency (default: 1)")
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, policy.json, report.json)")
@@ -180,15 +209,33 @@ def _prune(args: argparse.Namespace) -> int:
         policy = uniform_policy(ws.graph, ws.identity, args.uniform, args.criterion, args.round_to, args.granularity)
     else:
         policy = _complete_policy(policy, ws, args.allow_partial)
-    schedule = FinetuneSchedule(args.finetune_epochs, args.iterative, args.lr, args.lr_rewind, bn_batches=args.bn_batches, seed=args.seed,
-                                device=args.device)
+    schedule = FinetuneSchedule(
+        args.finetune_epochs,
+        args.iterative,
+        args.lr,
+        args.lr_rewind,
+        bn_batches=args.bn_batches,
+        seed=args.seed,
+        device=args.device,
+    )
     result, acc = prune_and_finetune(ws, policy, schedule)
     from amc.train import evaluate
 
-    report = {"model": ws.spec.name, "data": ws.data.name, "dense_top1": evaluate(ws.model, ws.data.loader("test", 256)), **acc}
+    report = {
+        "model": ws.spec.name,
+        "data": ws.data.name,
+        "dense_top1": evaluate(ws.model, ws.data.loader("test", 256)),
+        **acc,
+    }
     report.update(cost_report(ws, result.model, LatencyConfig(args.latency_batch, args.latency_threads, args.device)))
-    report.update({"granularity": policy.granularity, "iterative": args.iterative, "finetune_epochs": args.finetune_epochs,
-                   "widths": result.widths})
+    report.update(
+        {
+            "granularity": policy.granularity,
+            "iterative": args.iterative,
+            "finetune_epochs": args.finetune_epochs,
+            "widths": result.widths,
+        }
+    )
     _save_pruned(args.out, ws, policy, result, report)
     _print_table(report)
     return 0
@@ -208,7 +255,9 @@ def _save_pruned(out: Path, ws, policy, result, report: dict) -> None:
 
     from amc.checkpoint import save_model
 
-    measured = {k: report[k] for k in ("top1", "top1_before_finetune", "flops", "flops_ratio", "params", "params_ratio")}
+    measured = {
+        k: report[k] for k in ("top1", "top1_before_finetune", "flops", "flops_ratio", "params", "params_ratio")
+    }
     final = replace(policy, measured={**policy.measured, **measured})
     out.mkdir(parents=True, exist_ok=True)
     save_model(out / "model.pt", result.model, ws.spec, final, result.history)
@@ -217,15 +266,20 @@ def _save_pruned(out: Path, ws, policy, result, report: dict) -> None:
 
 
 def _print_table(r: dict) -> None:
-    rows = [("", "dense", "pruned"), ("top-1 (test)", f"{r['dense_top1']:.2%}", f"{r['top1']:.2%}"),
-            ("top-1 before fine-tune", "", f"{r['top1_before_finetune']:.2%}"),
-            ("search-val top-1 before / after", "", f"{r['val_top1_before_finetune']:.2%} / {r['val_top1']:.2%}"),
-            ("fine-tune epoch kept (0: none)", "", str(r["finetune_best_epoch"])),
-            ("MFLOPs", f"{r['dense_flops'] / 1e6:.2f}", f"{r['flops'] / 1e6:.2f} ({r['flops_ratio']:.1%})"),
-            ("params", f"{r['dense_params']:,}", f"{r['params']:,} ({r['params_ratio']:.1%})"),
-            ("non-zero params", "", f"{r['nonzero_params']:,}")]
+    rows = [
+        ("", "dense", "pruned"),
+        ("top-1 (test)", f"{r['dense_top1']:.2%}", f"{r['top1']:.2%}"),
+        ("top-1 before fine-tune", "", f"{r['top1_before_finetune']:.2%}"),
+        ("search-val top-1 before / after", "", f"{r['val_top1_before_finetune']:.2%} / {r['val_top1']:.2%}"),
+        ("fine-tune epoch kept (0: none)", "", str(r["finetune_best_epoch"])),
+        ("MFLOPs", f"{r['dense_flops'] / 1e6:.2f}", f"{r['flops'] / 1e6:.2f} ({r['flops_ratio']:.1%})"),
+        ("params", f"{r['dense_params']:,}", f"{r['params']:,} ({r['params_ratio']:.1%})"),
+        ("non-zero params", "", f"{r['nonzero_params']:,}"),
+    ]
     if "latency_ms" in r:
-        rows.append(("latency (ms)", f"{r['dense_latency_ms']:.3f}", f"{r['latency_ms']:.3f} ({r['latency_ratio']:.1%})"))
+        rows.append(
+            ("latency (ms)", f"{r['dense_latency_ms']:.3f}", f"{r['latency_ms']:.3f} ({r['latency_ratio']:.1%})")
+        )
     width = max(len(a) for a, _, _ in rows)
     for a, b, c in rows:
         print(f"{a:<{width}}  {b:>14}  {c:>22}")
@@ -237,8 +291,12 @@ def _sens_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p)
     p.add_argument("--checkpoint", required=True, help="dense model file (model.pt from `amc train`)")
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="comma-separated ratios")
-    p.add_argument("--criterion", default="l2", choices=("l1", "l2", "bn_scale"),
-                   help="importance criterion (default: l2, measured best on the embedded default)")
+    p.add_argument(
+        "--criterion",
+        default="l2",
+        choices=("l1", "l2", "bn_scale"),
+        help="importance criterion (default: l2, measured best on the embedded default)",
+    )
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (sensitivity.csv, sensitivity.png)")
 
 

@@ -27,7 +27,9 @@ def _flops_ratio(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"the FLOPs ratio is the fraction of the dense FLOPs kept, in (0, 1]; got {text}")
+        raise argparse.ArgumentTypeError(
+            f"the FLOPs ratio is the fraction of the dense FLOPs kept, in (0, 1]; got {text}"
+        )
     return value
 
 
@@ -47,12 +49,16 @@ def _pareto(args: argparse.Namespace) -> int:
     report = update_pareto(args.experiment, args.tracking_uri, args.out, log_to_mlflow=not args.no_log)
     front = report.front
     ref = ", ".join(f"{n} {r:g}" for n, r in zip(front.objectives, front.reference))
-    print(f"Pareto front of experiment {args.experiment!r}: {len(front.front)} of {len(front.candidates)} policies "
-          f"from {len(report.runs)} searches; hypervolume {front.hypervolume:.4f} (reference point: {ref})")
+    print(
+        f"Pareto front of experiment {args.experiment!r}: {len(front.front)} of {len(front.candidates)} policies "
+        f"from {len(report.runs)} searches; hypervolume {front.hypervolume:.4f} (reference point: {ref})"
+    )
     _print_front(front.front, front.objectives)
     if report.pareto_run_id:
-        print(f"logged to MLflow run {report.pareto_run_id} (tag amc.kind=pareto); runs on the front are tagged "
-              f"amc.pareto=true: filter with {PARETO_FILTER}")
+        print(
+            f"logged to MLflow run {report.pareto_run_id} (tag amc.kind=pareto); runs on the front are tagged "
+            f"amc.pareto=true: filter with {PARETO_FILTER}"
+        )
     for path in report.files:
         print(f"wrote {path}")
     return 0
@@ -67,28 +73,51 @@ def _print_front(front: Sequence[Candidate], objectives: tuple[str, ...], limit:
 
 
 # --------------------------------------------------------------------------- export
-@command("export", "export a policy (Pareto front, one search run, or a local policy file) as amc, torch-pruning "
-                   "or nni files")
+@command(
+    "export",
+    "export a policy (Pareto front, one search run, or a local policy file) as amc, torch-pruning or nni files",
+)
 def _export_args(p: argparse.ArgumentParser) -> None:
     source = p.add_argument_group("where the policy comes from (--policy, or --experiment with --pareto / --run-id)")
-    source.add_argument("--policy", type=Path, metavar="FILE",
-                        help="a local policy JSON (best_policy.json from `amc search --out`, or written by hand)")
+    source.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="a local policy JSON (best_policy.json from `amc search --out`, or written by hand)",
+    )
     source.add_argument("--experiment", help="MLflow experiment name")
     source.add_argument("--pareto", action="store_true", help="choose from the experiment's Pareto front")
     source.add_argument("--run-id", help="choose from this search run (its best episode unless told otherwise)")
     source.add_argument("--episode", type=int, help="with --run-id: export this episode")
-    source.add_argument("--max-flops-ratio", type=_flops_ratio, metavar="X",
-                        help="only policies keeping at most X of the dense FLOPs; the highest top-1 among them is chosen")
-    source.add_argument("--all", action="store_true", dest="every",
-                        help="with --pareto: every front policy within the budget, one directory each")
+    source.add_argument(
+        "--max-flops-ratio",
+        type=_flops_ratio,
+        metavar="X",
+        help="only policies keeping at most X of the dense FLOPs; the highest top-1 among them is chosen",
+    )
+    source.add_argument(
+        "--all",
+        action="store_true",
+        dest="every",
+        help="with --pareto: every front policy within the budget, one directory each",
+    )
     source.add_argument("--tracking-uri", help=_TRACKING_HELP)
-    p.add_argument("--format", default="amc", help="amc (default), torch-pruning, nni, or a format registered in "
-                   "amc.service.export.EXPORT_FORMATS")
+    p.add_argument(
+        "--format",
+        default="amc",
+        help="amc (default), torch-pruning, nni, or a format registered in amc.service.export.EXPORT_FORMATS",
+    )
     dense = p.add_argument_group("the dense model (torch-pruning reads its weights to record amc's exact channels)")
-    dense.add_argument("--checkpoint", type=Path, help="dense model file the policy was made for (default for a "
-                       "search run: the checkpoint it searched)")
-    dense.add_argument("--data", help="data set `amc prune --data` would use, for the taylor criterion's gradient "
-                       "batch (default: the run's, else digits)")
+    dense.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="dense model file the policy was made for (default for a search run: the checkpoint it searched)",
+    )
+    dense.add_argument(
+        "--data",
+        help="data set `amc prune --data` would use, for the taylor criterion's gradient "
+        "batch (default: the run's, else digits)",
+    )
     dense.add_argument("--data-dir", help="directory of that data set (cifar10, imagefolder)")
     dense.add_argument("--input-size", type=int, default=0, help="input image side (0: the data set's default)")
     dense.add_argument("--seed", type=int, default=0, help="`amc prune --seed`, for the taylor criterion (default: 0)")
@@ -104,9 +133,20 @@ def _export(args: argparse.Namespace) -> int:
     if data is None and (args.data_dir or args.input_size):
         raise ConfigError("--data-dir and --input-size describe a data set: pass --data NAME too")
     request = ExportRequest(
-        args.out, experiment=args.experiment, pareto=args.pareto, run_id=args.run_id, episode=args.episode,
-        max_flops_ratio=args.max_flops_ratio, every=args.every, format=args.format, tracking_uri=args.tracking_uri,
-        policy=args.policy, checkpoint=args.checkpoint, data=data, seed=args.seed)
+        args.out,
+        experiment=args.experiment,
+        pareto=args.pareto,
+        run_id=args.run_id,
+        episode=args.episode,
+        max_flops_ratio=args.max_flops_ratio,
+        every=args.every,
+        format=args.format,
+        tracking_uri=args.tracking_uri,
+        policy=args.policy,
+        checkpoint=args.checkpoint,
+        data=data,
+        seed=args.seed,
+    )
     result = export_policies(request)
     for e in result.policies:
         print(f"{e.item.label} -> " + ", ".join(str(f) for f in e.files))

@@ -15,26 +15,44 @@ AGENT_NAMES = ("ddpg", "random", "uniform", "global", "sensitivity", "tpe")
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     """``--tracking-uri``, ``--artifact-root`` and ``--cache-dir``: where a search writes besides its own directory."""
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    p.add_argument("--artifact-root", metavar="DIR_OR_URI",
-                   help="local stores: where a newly created MLflow experiment keeps its run artifacts, in a directory "
-                        "named after it (default: $AMC_ARTIFACT_ROOT, else mlartifacts/ next to the sqlite:/// "
-                        "database); an http:// server keeps its own artifact handling")
-    p.add_argument("--cache-dir", type=Path, metavar="DIR",
-                   help="cache of trained dense baselines (default: $AMC_CACHE_DIR, else $XDG_CACHE_HOME/amc, "
-                        "else ~/.cache/amc)")
+    p.add_argument(
+        "--artifact-root",
+        metavar="DIR_OR_URI",
+        help="local stores: where a newly created MLflow experiment keeps its run artifacts, in a directory "
+        "named after it (default: $AMC_ARTIFACT_ROOT, else mlartifacts/ next to the sqlite:/// "
+        "database); an http:// server keeps its own artifact handling",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="cache of trained dense baselines (default: $AMC_CACHE_DIR, else $XDG_CACHE_HOME/amc, else ~/.cache/amc)",
+    )
 
 
-@command("search", "search per-group pruning ratios with DDPG (or a baseline: random, uniform, global, sensitivity, tpe)")
+@command(
+    "search", "search per-group pruning ratios with DDPG (or a baseline: random, uniform, global, sensitivity, tpe)"
+)
 def _search_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="experiment YAML (e.g. experiments/configs/digits-resnet20-flops50.yaml)")
-    p.add_argument("--agent", choices=AGENT_NAMES,
-                   help="override the config's agent: ddpg, or a baseline in the same harness (random, uniform, "
-                        "global, sensitivity, tpe; see README)")
+    p.add_argument(
+        "--config", type=Path, help="experiment YAML (e.g. experiments/configs/digits-resnet20-flops50.yaml)"
+    )
+    p.add_argument(
+        "--agent",
+        choices=AGENT_NAMES,
+        help="override the config's agent: ddpg, or a baseline in the same harness (random, uniform, "
+        "global, sensitivity, tpe; see README)",
+    )
     p.add_argument("--episodes", type=int, help="override the config's episode budget")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--target", type=float, help="override the config's target ratio (fraction of the dense cost kept)")
-    p.add_argument("--workers", type=int, help="rollout workers (Ray actors); default: the config's, 0 = local CPUs, 1 = no Ray")
-    p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally, stop at the end)")
+    _add_set_arg(p, "any field of the config")
+    p.add_argument(
+        "--workers", type=int, help="rollout workers (Ray actors); default: the config's, 0 = local CPUs, 1 = no Ray"
+    )
+    p.add_argument(
+        "--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally, stop at the end)"
+    )
     _add_store_args(p)
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--out", type=Path, help="search directory (default: runs/<config>-<agent>-s<seed>)")
@@ -46,23 +64,54 @@ def _search(args: argparse.Namespace) -> int:
     from agents.search import SearchConfig, run_search
 
     if args.resume is not None:
-        if args.config is not None:
-            raise ConfigError("--resume continues with the search's own config; drop --config")
-        stored = SearchConfig.from_yaml(args.resume / "config.yaml") if (args.resume / "config.yaml").is_file() else None
+        if args.config is not None or args.set:
+            raise ConfigError(
+                "--resume continues with the search's own config; drop --config and --set "
+                "(only --episodes and --workers may change)"
+            )
+        stored = (
+            SearchConfig.from_yaml(args.resume / "config.yaml") if (args.resume / "config.yaml").is_file() else None
+        )
         config = stored.replace(episodes=args.episodes) if stored is not None and args.episodes else stored
         if stored is not None and args.workers is not None:
             config = config.replace(workers=args.workers)
-        result = run_search(config, args.resume, resume=True, tracking_uri=args.tracking_uri, track=not args.no_tracking,
-                            address=args.address, cache_dir=args.cache_dir, artifact_root=args.artifact_root)
+        result = run_search(
+            config,
+            args.resume,
+            resume=True,
+            tracking_uri=args.tracking_uri,
+            track=not args.no_tracking,
+            address=args.address,
+            cache_dir=args.cache_dir,
+            artifact_root=args.artifact_root,
+        )
     else:
         if args.config is None:
             raise ConfigError("pass --config FILE.yaml (see experiments/configs/) or --resume DIR")
-        config = _with_overrides(SearchConfig.from_yaml(args.config), args)
+        config = _with_overrides(SearchConfig.from_yaml(args.config, args.set), args)
         out = args.out or Path("runs") / f"{args.config.stem}-{config.agent}-s{config.seed}"
-        result = run_search(config, out, tracking_uri=args.tracking_uri, track=not args.no_tracking, address=args.address,
-                            cache_dir=args.cache_dir, artifact_root=args.artifact_root)
+        result = run_search(
+            config,
+            out,
+            tracking_uri=args.tracking_uri,
+            track=not args.no_tracking,
+            address=args.address,
+            cache_dir=args.cache_dir,
+            artifact_root=args.artifact_root,
+        )
     _print_summary(result)
     return 0
+
+
+def _add_set_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override {what}, by dotted key; repeatable "
+        "(e.g. --set env.target_ratio=0.3 --set ddpg.noise_sigma=0.3 --set env.reconstruct=true)",
+    )
 
 
 def _with_overrides(config, args: argparse.Namespace):
@@ -78,32 +127,41 @@ def _print_summary(result) -> None:
     print(f"{'':<10}{'val top-1':>10}{'test top-1':>12}{'FLOPs':>8}{'params':>8}")
     print(f"{'uniform':<10}{u['top1']:>10.2%}{u['test_top1']:>12.2%}{u['flops_ratio']:>8.1%}{u['params_ratio']:>8.1%}")
     print(f"{'best':<10}{b.top1:>10.2%}{result.best_test_top1:>12.2%}{b.flops_ratio:>8.1%}{b.params_ratio:>8.1%}")
-    print(f"best policy: {result.out / 'best_policy.json'} (apply with: amc prune --checkpoint <dense model.pt> --policy ...)")
+    print(
+        f"best policy: {result.out / 'best_policy.json'} (apply with: amc prune --checkpoint <dense model.pt> --policy ...)"
+    )
     if result.run_id:
         print(f"MLflow run: {result.run_id}")
 
 
 @command("sweep", "run a grid of searches on Ray Tune (targets x seeds x rewards x agents)")
 def _sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True, help="sweep YAML (e.g. experiments/sweeps/digits-resnet20-grid.yaml)")
+    p.add_argument(
+        "--config", type=Path, required=True, help="sweep YAML (e.g. experiments/sweeps/digits-resnet20-grid.yaml)"
+    )
     _add_store_args(p)
     p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally)")
     p.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<name>)")
+    _add_set_arg(p, "any field of the base search config, before the sweep's own overrides and grid")
 
 
 @_sweep_args.run
 def _sweep(args: argparse.Namespace) -> int:
     from agents.sweep import load_sweep, run_sweep
 
-    sweep, base = load_sweep(args.config)
+    sweep, base = load_sweep(args.config, args.set)
     out = args.out or Path("runs") / "sweeps" / sweep.name
     if (out / "trials").exists():
         raise ConfigError(f"{out} already holds a sweep; choose another --out")
-    results = run_sweep(sweep, base, out, args.tracking_uri, args.address, cache_dir=args.cache_dir,
-                        artifact_root=args.artifact_root)
+    results = run_sweep(
+        sweep, base, out, args.tracking_uri, args.address, cache_dir=args.cache_dir, artifact_root=args.artifact_root
+    )
     keys = list(sweep.grid)
     print(f"\n{len(results)} trials -> {out}")
     print("  ".join(f"{k:>16}" for k in keys) + f"{'val top-1':>11}{'test top-1':>12}{'FLOPs':>8}")
     for r in sorted(results, key=lambda r: [str(r[k]) for k in keys]):
-        print("  ".join(f"{str(r[k]):>16}" for k in keys) + f"{r['best_top1']:>11.2%}{r['best_test_top1']:>12.2%}{r['best_flops_ratio']:>8.1%}")
+        print(
+            "  ".join(f"{r[k]!s:>16}" for k in keys)
+            + f"{r['best_top1']:>11.2%}{r['best_test_top1']:>12.2%}{r['best_flops_ratio']:>8.1%}"
+        )
     return 0

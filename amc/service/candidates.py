@@ -38,8 +38,10 @@ def find_experiment(client: Any, name: str) -> Any:
     exp = client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage != "active":
         names = sorted(e.name for e in client.search_experiments())
-        raise ConfigError(f"no MLflow experiment named {name!r} in {client.tracking_uri}; it has: "
-                          f"{', '.join(names) or 'none'} (pass --tracking-uri for another store)")
+        raise ConfigError(
+            f"no MLflow experiment named {name!r} in {client.tracking_uri}; it has: "
+            f"{', '.join(names) or 'none'} (pass --tracking-uri for another store)"
+        )
     return exp
 
 
@@ -47,8 +49,9 @@ def all_runs(client: Any, experiment_id: str) -> list[Any]:
     """Every active run of an experiment, oldest first."""
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time ASC"])
+        page = client.search_runs(
+            [experiment_id], max_results=1000, page_token=token, order_by=["attributes.start_time ASC"]
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -85,16 +88,28 @@ def search_run_from_summary(run_id: str, run_name: str, summary: Mapping[str, An
     """Builds a :class:`SearchRun` from a ``search.json`` summary."""
     try:
         candidates = tuple(
-            Candidate(run_id, run_name, int(e["episode"]), float(e["top1"]), float(e["flops_ratio"]),
-                      float(e["params_ratio"]), _optional_float(e.get("latency_ratio")),
-                      {str(k): float(v) for k, v in e["ratios"].items()})
-            for e in summary["episodes"])
+            Candidate(
+                run_id,
+                run_name,
+                int(e["episode"]),
+                float(e["top1"]),
+                float(e["flops_ratio"]),
+                float(e["params_ratio"]),
+                _optional_float(e.get("latency_ratio")),
+                {str(k): float(v) for k, v in e["ratios"].items()},
+            )
+            for e in summary["episodes"]
+        )
         u = summary.get("uniform")
-        uniform = Baseline(run_id, float(u["ratio"]), float(u["top1"]), float(u["flops_ratio"]),
-                           float(u["params_ratio"])) if u else None
+        uniform = (
+            Baseline(run_id, float(u["ratio"]), float(u["top1"]), float(u["flops_ratio"]), float(u["params_ratio"]))
+            if u
+            else None
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"search.json of run {run_id} is malformed ({type(exc).__name__}: {exc}); "
-                          "it should come from `amc search`") from None
+        raise ConfigError(
+            f"search.json of run {run_id} is malformed ({type(exc).__name__}: {exc}); it should come from `amc search`"
+        ) from None
     best = summary.get("best") or {}
     return SearchRun(run_id, run_name, candidates, uniform, best.get("episode"))
 
@@ -118,6 +133,13 @@ def load_search_runs(client: Any, experiment_id: str) -> tuple[SearchRun, ...]:
 
 
 __all__ = [
-    "KIND_TAG", "PARETO_KIND", "SEARCH_ARTIFACT", "all_runs", "find_experiment", "load_search_runs", "mlflow_client",
-    "read_json_artifact", "search_run_from_summary",
+    "KIND_TAG",
+    "PARETO_KIND",
+    "SEARCH_ARTIFACT",
+    "all_runs",
+    "find_experiment",
+    "load_search_runs",
+    "mlflow_client",
+    "read_json_artifact",
+    "search_run_from_summary",
 ]

@@ -50,10 +50,10 @@ from torch import nn
 from amc.data import DataConfig
 from amc.errors import ConfigError
 from amc.files import write_json_atomic, write_text_atomic
-from amc.service.candidates import find_experiment, load_search_runs, mlflow_client, read_json_artifact
-from amc.service.front import Candidate, SearchRun, best_within, front_of_runs
 from amc.policy import Policy, load_policy
 from amc.registry import Registry
+from amc.service.candidates import find_experiment, load_search_runs, mlflow_client, read_json_artifact
+from amc.service.front import Candidate, SearchRun, best_within, front_of_runs
 
 if TYPE_CHECKING:
     from amc.engine import Workspace
@@ -158,13 +158,17 @@ class ExportFormat:
         if self.criteria is not None and policy.criterion not in self.criteria:
             raise ConfigError(
                 f"the {name} format cannot express criterion {policy.criterion!r} (it can: "
-                f"{', '.join(self.criteria)}); export with --format torch-pruning or --format amc, which keep amc's exact channels")
+                f"{', '.join(self.criteria)}); export with --format torch-pruning or --format amc, which keep amc's exact channels"
+            )
 
     def describe(self, policy: Policy) -> dict[str, Any]:
         """The manifest's account of how the exported files choose channels for ``policy``."""
         tool = self.tools.get(policy.criterion)
-        out: dict[str, Any] = {"criterion": policy.criterion, "exact_channels": self.exact_channels,
-                               "note": self.channel_note.format(criterion=policy.criterion, tool=tool)}
+        out: dict[str, Any] = {
+            "criterion": policy.criterion,
+            "exact_channels": self.exact_channels,
+            "note": self.channel_note.format(criterion=policy.criterion, tool=tool),
+        }
         if tool is not None:
             out["tool"] = tool
         return out
@@ -188,8 +192,9 @@ def from_run(run: SearchRun, episode: int | None, max_flops_ratio: float | None)
     by_episode = {c.episode: c for c in run.candidates}
     if episode is not None:
         if episode not in by_episode:
-            raise ConfigError(f"run {run.run_id} has no episode {episode}; it has episodes "
-                              f"{min(by_episode)}..{max(by_episode)}")
+            raise ConfigError(
+                f"run {run.run_id} has no episode {episode}; it has episodes {min(by_episode)}..{max(by_episode)}"
+            )
         return by_episode[episode]
     if max_flops_ratio is None and run.best_episode in by_episode:
         return by_episode[run.best_episode]
@@ -205,7 +210,9 @@ def _run_in_experiment(client: Any, runs: Sequence[SearchRun], run_id: str, expe
     except Exception:  # MlflowException: no such run
         raise ConfigError(f"there is no MLflow run {run_id!r} in {client.tracking_uri}") from None
     if other.info.experiment_id != find_experiment(client, experiment).experiment_id:
-        raise ConfigError(f"run {run_id} belongs to another experiment (id {other.info.experiment_id}), not {experiment!r}")
+        raise ConfigError(
+            f"run {run_id} belongs to another experiment (id {other.info.experiment_id}), not {experiment!r}"
+        )
     raise ConfigError(f"run {run_id} is not a finished search (no search.json artifact); pick another --run-id")
 
 
@@ -214,13 +221,15 @@ def policy_for(client: Any, candidate: Candidate) -> Policy:
     """The candidate's ratios in the engine's format, with its run's model identity, target and settings."""
     data = read_json_artifact(client, candidate.run_id, POLICY_ARTIFACT)
     if data is None:
-        raise ConfigError(f"run {candidate.run_id} has no {POLICY_ARTIFACT} artifact, so the model it searched "
-                          "is unknown; export from a finished `amc search` run")
+        raise ConfigError(
+            f"run {candidate.run_id} has no {POLICY_ARTIFACT} artifact, so the model it searched "
+            "is unknown; export from a finished `amc search` run"
+        )
     template = Policy.from_dict(data)
     measured = {"top1": candidate.top1, "flops_ratio": candidate.flops_ratio, "params_ratio": candidate.params_ratio}
     if candidate.latency_ratio is not None:
         measured["latency_ratio"] = candidate.latency_ratio
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return dataclasses.replace(template, ratios=dict(candidate.ratios), measured=measured, created=now)
 
 
@@ -243,8 +252,10 @@ def _spec_of(policy: Policy) -> ModelSpec:
     identity = policy.model
     channels, height, width = identity.input_shape
     if identity.name.startswith("python:") or height != width:
-        raise ConfigError(f"model {identity.name!r} (input {list(identity.input_shape)}) cannot be rebuilt from the "
-                          "model registry; export with --format amc and apply it in Python with amc.apply_policy")
+        raise ConfigError(
+            f"model {identity.name!r} (input {list(identity.input_shape)}) cannot be rebuilt from the "
+            "model registry; export with --format amc and apply it in Python with amc.apply_policy"
+        )
     return ModelSpec(identity.name, channels, identity.num_classes, height)
 
 
@@ -257,15 +268,19 @@ def dense_graph(policy: Policy) -> ModelGraph:
     spec = _spec_of(policy)
     model = create_model(spec).eval()
     if architecture_hash(model) != policy.model.arch_hash:
-        raise ConfigError(f"the registry's {spec.name!r} is not the architecture the policy was made for (hash "
-                          f"{architecture_hash(model)} vs {policy.model.arch_hash}); export with --format amc")
+        raise ConfigError(
+            f"the registry's {spec.name!r} is not the architecture the policy was made for (hash "
+            f"{architecture_hash(model)} vs {policy.model.arch_hash}); export with --format amc"
+        )
     return ModelGraph(model, spec.example_inputs())
 
 
 def _require_channel(policy: Policy) -> None:
     if policy.granularity != "channel":
-        raise ConfigError(f"the policy prunes {policy.granularity} weights, not channels; only channel policies "
-                          "export to torch-pruning / nni (use --format amc)")
+        raise ConfigError(
+            f"the policy prunes {policy.granularity} weights, not channels; only channel policies "
+            "export to torch-pruning / nni (use --format amc)"
+        )
 
 
 def group_exports(policy: Policy) -> tuple[list[GroupExport], str]:
@@ -375,8 +390,10 @@ def select_channels(policy: Policy, dense: DenseSource) -> ChannelSelection:
     for root, is_out, removed in result.history:
         g = by_module.get(root)
         if g is None or not is_out:  # pragma: no cover - amc roots every group at an output-pruned conv / linear
-            raise ConfigError(f"amc pruned group rooted at {root!r}, which is not a traced group's output layer; "
-                              "this model cannot be exported to torch-pruning, use --format amc")
+            raise ConfigError(
+                f"amc pruned group rooted at {root!r}, which is not a traced group's output layer; "
+                "this model cannot be exported to torch-pruning, use --format amc"
+            )
         gone = sorted({int(i) for i in removed})
         kept = tuple(sorted(set(range(g.channels)) - set(gone)))
         if len(kept) != widths[g.name]:  # pragma: no cover - a guard on Torch-Pruning's bookkeeping
@@ -391,7 +408,9 @@ def select_channels(policy: Policy, dense: DenseSource) -> ChannelSelection:
 
 
 def _dense_for(
-    policy: Policy, dense: DenseSource, needs_gradients: bool,
+    policy: Policy,
+    dense: DenseSource,
+    needs_gradients: bool,
 ) -> tuple[nn.Module, ModelGraph, Batch | None, dict[str, Any] | None]:
     """The dense model and its groups (built as ``amc prune`` builds them), the gradient batch and its record."""
     from amc.engine import build_workspace, identity_of
@@ -402,8 +421,11 @@ def _dense_for(
         ws = build_workspace(spec.name, dense.data, str(dense.checkpoint))
         model, graph, identity = ws.model, ws.graph, ws.identity
         batch = _gradient_batch(ws, dense.seed)
-        calibration = {"data": dataclasses.asdict(dense.data), "seed": dense.seed,
-                       "batch": f"the gradient batch `amc prune --seed {dense.seed}` draws from the training split"}
+        calibration = {
+            "data": dataclasses.asdict(dense.data),
+            "seed": dense.seed,
+            "batch": f"the gradient batch `amc prune --seed {dense.seed}` draws from the training split",
+        }
     else:
         model, batch, calibration = _load_dense(spec, dense.checkpoint), None, None
         graph = ModelGraph(model, spec.example_inputs())
@@ -519,8 +541,14 @@ def torch_pruning_snippet(item: ExportItem) -> str:
     """The ``apply_torch_pruning.py`` text for one policy."""
     identity = item.policy.model
     shape = ", ".join(str(s) for s in identity.input_shape)
-    fills = {"@LABEL@": item.label, "@MODEL@": identity.name, "@SHAPE@": f"({shape})", "@SHAPE_ARGS@": shape,
-             "@CRITERION@": item.policy.criterion, "@DIGEST@": inspect.getsource(weights_digest)}
+    fills = {
+        "@LABEL@": item.label,
+        "@MODEL@": identity.name,
+        "@SHAPE@": f"({shape})",
+        "@SHAPE_ARGS@": shape,
+        "@CRITERION@": item.policy.criterion,
+        "@DIGEST@": inspect.getsource(weights_digest),
+    }
     text = TP_SNIPPET
     for key, value in fills.items():
         text = text.replace(key, value)
@@ -530,21 +558,41 @@ def torch_pruning_snippet(item: ExportItem) -> str:
 def render_torch_pruning(item: ExportItem) -> Rendered:
     """``torch_pruning_ratios.json`` (amc's kept channels per group) and the ``apply_torch_pruning.py`` snippet."""
     if item.dense is None:
-        raise ConfigError("the torch-pruning export records the exact channels amc keeps, which it reads off the "
-                          "dense weights: pass --checkpoint DENSE_MODEL.pt (the model the policy was made for)")
+        raise ConfigError(
+            "the torch-pruning export records the exact channels amc keeps, which it reads off the "
+            "dense weights: pass --checkpoint DENSE_MODEL.pt (the model the policy was made for)"
+        )
     p, sel = item.policy, select_channels(item.policy, item.dense)
     body = {
-        "schema_version": 2, "kind": "amc-torch-pruning-ratios", "model": p.model.name,
-        "input_shape": list(p.model.input_shape), "num_classes": p.model.num_classes, "arch_hash": p.model.arch_hash,
-        "criterion": p.criterion, "checkpoint": str(item.dense.checkpoint), "dense_weights_sha256": sel.weights_sha256,
-        "calibration": sel.calibration, "ignored_layers": [sel.classifier],
-        "groups": [{"name": g.name, "modules": list(g.modules), "channels": g.channels, "kept": len(g.kept_indices),
-                    "root": g.root, "root_dim": g.root_dim, "kept_indices": list(g.kept_indices),
-                    "removed_indices": list(g.removed_indices)} for g in sel.groups],
+        "schema_version": 2,
+        "kind": "amc-torch-pruning-ratios",
+        "model": p.model.name,
+        "input_shape": list(p.model.input_shape),
+        "num_classes": p.model.num_classes,
+        "arch_hash": p.model.arch_hash,
+        "criterion": p.criterion,
+        "checkpoint": str(item.dense.checkpoint),
+        "dense_weights_sha256": sel.weights_sha256,
+        "calibration": sel.calibration,
+        "ignored_layers": [sel.classifier],
+        "groups": [
+            {
+                "name": g.name,
+                "modules": list(g.modules),
+                "channels": g.channels,
+                "kept": len(g.kept_indices),
+                "root": g.root,
+                "root_dim": g.root_dim,
+                "kept_indices": list(g.kept_indices),
+                "removed_indices": list(g.removed_indices),
+            }
+            for g in sel.groups
+        ],
         "pruning_ratio_dict_note": "ratios only, for a Torch-Pruning pruner of your own: it keeps the same channel "
-                                   "counts but ranks channels itself; apply_torch_pruning.py keeps amc's exact channels",
-        "pruning_ratio_dict": {m: torch_pruning_ratio(g.channels, len(g.kept_indices))
-                               for g in sel.groups for m in g.modules},
+        "counts but ranks channels itself; apply_torch_pruning.py keeps amc's exact channels",
+        "pruning_ratio_dict": {
+            m: torch_pruning_ratio(g.channels, len(g.kept_indices)) for g in sel.groups for m in g.modules
+        },
         "kept_channels": {m: len(g.kept_indices) for g in sel.groups for m in g.modules},
     }
     return {TP_SPEC: body, TP_SNIPPET_FILE: torch_pruning_snippet(item)}
@@ -556,21 +604,38 @@ def render_nni(item: ExportItem) -> Rendered:
     return {NNI_CONFIG: [{"op_names": list(g.modules), "sparse_ratio": g.ratio} for g in groups]}
 
 
-EXPORT_FORMATS.register("amc", ExportFormat(
-    render_amc, exact_channels=True,
-    channel_note="`amc prune --policy policy.json` ranks the channels itself with criterion {criterion}"))
-EXPORT_FORMATS.register("torch-pruning", ExportFormat(
-    render_torch_pruning, exact_channels=True, needs_dense_model=True,
-    channel_note="the kept channel indices were chosen by amc (criterion {criterion}) on the dense weights named in "
-                 "torch_pruning_ratios.json; apply_torch_pruning.py removes the others with Torch-Pruning, so the "
-                 "model equals `amc prune`'s before BatchNorm recalibration and fine-tuning"))
-EXPORT_FORMATS.register("nni", ExportFormat(
-    render_nni, exact_channels=False, criteria=("l1", "l2", "taylor"),
-    tools={"l1": "L1NormPruner", "l2": "L2NormPruner", "taylor": "TaylorPruner"},
-    channel_note="not amc's channels: a config_list holds one sparse_ratio per layer and no channel indices; NNI's "
-                 "{tool} ranks each layer's channels by its own metric, not by amc's group-wise {criterion} "
-                 "importance, so the channel counts (FLOPs, params) match amc's but the channels kept differ; for "
-                 "amc's exact channels export --format torch-pruning or amc"))
+EXPORT_FORMATS.register(
+    "amc",
+    ExportFormat(
+        render_amc,
+        exact_channels=True,
+        channel_note="`amc prune --policy policy.json` ranks the channels itself with criterion {criterion}",
+    ),
+)
+EXPORT_FORMATS.register(
+    "torch-pruning",
+    ExportFormat(
+        render_torch_pruning,
+        exact_channels=True,
+        needs_dense_model=True,
+        channel_note="the kept channel indices were chosen by amc (criterion {criterion}) on the dense weights named in "
+        "torch_pruning_ratios.json; apply_torch_pruning.py removes the others with Torch-Pruning, so the "
+        "model equals `amc prune`'s before BatchNorm recalibration and fine-tuning",
+    ),
+)
+EXPORT_FORMATS.register(
+    "nni",
+    ExportFormat(
+        render_nni,
+        exact_channels=False,
+        criteria=("l1", "l2", "taylor"),
+        tools={"l1": "L1NormPruner", "l2": "L2NormPruner", "taylor": "TaylorPruner"},
+        channel_note="not amc's channels: a config_list holds one sparse_ratio per layer and no channel indices; NNI's "
+        "{tool} ranks each layer's channels by its own metric, not by amc's group-wise {criterion} "
+        "importance, so the channel counts (FLOPs, params) match amc's but the channels kept differ; for "
+        "amc's exact channels export --format torch-pruning or amc",
+    ),
+)
 
 
 # --------------------------------------------------------------------------- the request
@@ -615,8 +680,9 @@ class ExportRequest:
             self._check_local(fmt)
             return
         if self.experiment is None:
-            raise ConfigError("say where the policy comes from: --policy FILE, or --experiment NAME with --pareto "
-                              "or --run-id ID")
+            raise ConfigError(
+                "say where the policy comes from: --policy FILE, or --experiment NAME with --pareto or --run-id ID"
+            )
         if self.pareto == (self.run_id is not None):
             raise ConfigError("say where the policy comes from: --pareto or --run-id ID (one of them)")
         if self.episode is not None and self.pareto:
@@ -624,20 +690,30 @@ class ExportRequest:
         if self.every and not self.pareto:
             raise ConfigError("--all exports every Pareto-optimal policy; it needs --pareto")
         if self.max_flops_ratio is not None and not 0.0 < self.max_flops_ratio <= 1.0:
-            raise ConfigError("--max-flops-ratio is the fraction of the dense FLOPs kept, in (0, 1]; "
-                              f"got {self.max_flops_ratio}")
+            raise ConfigError(
+                f"--max-flops-ratio is the fraction of the dense FLOPs kept, in (0, 1]; got {self.max_flops_ratio}"
+            )
 
     def _check_local(self, fmt: ExportFormat) -> None:
-        mlflow_flags = {"--experiment": self.experiment is not None, "--run-id": self.run_id is not None,
-                        "--pareto": self.pareto, "--episode": self.episode is not None, "--all": self.every,
-                        "--max-flops-ratio": self.max_flops_ratio is not None}
+        mlflow_flags = {
+            "--experiment": self.experiment is not None,
+            "--run-id": self.run_id is not None,
+            "--pareto": self.pareto,
+            "--episode": self.episode is not None,
+            "--all": self.every,
+            "--max-flops-ratio": self.max_flops_ratio is not None,
+        }
         given = [flag for flag, on in mlflow_flags.items() if on]
         if given:
-            raise ConfigError(f"--policy exports a local policy file; {', '.join(given)} choose from MLflow "
-                              "instead: give one source or the other")
+            raise ConfigError(
+                f"--policy exports a local policy file; {', '.join(given)} choose from MLflow "
+                "instead: give one source or the other"
+            )
         if fmt.needs_dense_model and self.checkpoint is None:
-            raise ConfigError(f"--format {self.format} reads the dense weights to record the channels amc keeps: "
-                              "pass --checkpoint DENSE_MODEL.pt (the model the policy was made for)")
+            raise ConfigError(
+                f"--format {self.format} reads the dense weights to record the channels amc keeps: "
+                "pass --checkpoint DENSE_MODEL.pt (the model the policy was made for)"
+            )
 
 
 # --------------------------------------------------------------------------- gathering the policies
@@ -647,8 +723,10 @@ def _local_item(request: ExportRequest) -> ExportItem:
     dense = DenseSource(request.checkpoint, request.data or DataConfig(), request.seed) if request.checkpoint else None
     figures = ", ".join(f"{k} {policy.measured[k]:.4g}" for k in ("top1", "flops_ratio") if k in policy.measured)
     label = f"{path.name} ({policy.model.name}, criterion {policy.criterion}{', ' + figures if figures else ''})"
-    origin = {"policy_file": str(path), **{k: policy.measured[k] for k in ("top1", "flops_ratio", "params_ratio")
-                                           if k in policy.measured}}
+    origin = {
+        "policy_file": str(path),
+        **{k: policy.measured[k] for k in ("top1", "flops_ratio", "params_ratio") if k in policy.measured},
+    }
     return ExportItem(policy, origin, label, None, dense)
 
 
@@ -665,8 +743,10 @@ def _run_dense(params: Mapping[str, str], request: ExportRequest, run_id: str) -
             raise ConfigError(f"run {run_id} recorded no dense checkpoint; pass --checkpoint DENSE_MODEL.pt")
         checkpoint = Path(str(recorded))
         if not checkpoint.is_file():
-            raise ConfigError(f"run {run_id} searched the dense model {checkpoint}, which is no longer there; pass "
-                              "--checkpoint DENSE_MODEL.pt (the same weights)")
+            raise ConfigError(
+                f"run {run_id} searched the dense model {checkpoint}, which is no longer there; pass "
+                "--checkpoint DENSE_MODEL.pt (the same weights)"
+            )
     return DenseSource(checkpoint, request.data or _run_data(params), request.seed)
 
 
@@ -698,10 +778,19 @@ def _mlflow_items(request: ExportRequest, fmt: ExportFormat) -> tuple[list[Expor
     items = []
     for c in chosen:
         dense = _run_dense(_run_params(client, c.run_id), request, c.run_id) if fmt.needs_dense_model else None
-        origin = {"experiment": request.experiment, "run_id": c.run_id, "run_name": c.run_name, "episode": c.episode,
-                  "top1": c.top1, "flops_ratio": c.flops_ratio, "params_ratio": c.params_ratio}
-        label = (f"{c.run_name} episode {c.episode} (experiment {request.experiment!r}, run {c.run_id}): "
-                 f"top-1 {c.top1:.2%}, FLOPs {c.flops_ratio:.1%}, params {c.params_ratio:.1%}")
+        origin = {
+            "experiment": request.experiment,
+            "run_id": c.run_id,
+            "run_name": c.run_name,
+            "episode": c.episode,
+            "top1": c.top1,
+            "flops_ratio": c.flops_ratio,
+            "params_ratio": c.params_ratio,
+        }
+        label = (
+            f"{c.run_name} episode {c.episode} (experiment {request.experiment!r}, run {c.run_id}): "
+            f"top-1 {c.top1:.2%}, FLOPs {c.flops_ratio:.1%}, params {c.params_ratio:.1%}"
+        )
         items.append(ExportItem(policy_for(client, c), origin, label, uniform.get(c.run_id), dense, c))
     return items, uri
 
@@ -728,23 +817,42 @@ def _write(directory: Path, rendered: Rendered, item: ExportItem) -> tuple[Path,
 
 
 def _manifest(
-    request: ExportRequest, uri: str | None, fmt: ExportFormat, exported: Sequence[ExportedPolicy],
+    request: ExportRequest,
+    uri: str | None,
+    fmt: ExportFormat,
+    exported: Sequence[ExportedPolicy],
 ) -> dict[str, Any]:
     if request.policy is not None:
         selection: dict[str, Any] = {"policy": str(request.policy)}
     else:
-        selection = {"pareto": request.pareto, "run_id": request.run_id, "episode": request.episode,
-                     "max_flops_ratio": request.max_flops_ratio, "all": request.every}
+        selection = {
+            "pareto": request.pareto,
+            "run_id": request.run_id,
+            "episode": request.episode,
+            "max_flops_ratio": request.max_flops_ratio,
+            "all": request.every,
+        }
     policies = []
     for e in exported:
-        entry = {"dir": str(e.directory.relative_to(request.out)), **e.item.origin,
-                 "channel_selection": fmt.describe(e.item.policy)}
+        entry = {
+            "dir": str(e.directory.relative_to(request.out)),
+            **e.item.origin,
+            "channel_selection": fmt.describe(e.item.policy),
+        }
         if e.item.dense is not None:
             entry["checkpoint"] = str(e.item.dense.checkpoint)
         entry["files"] = [str(f.relative_to(request.out)) for f in e.files]
         policies.append(entry)
-    return {"schema_version": 2, "kind": "amc-export", "format": request.format, "exact_channels": fmt.exact_channels,
-            "experiment": request.experiment, "tracking_uri": uri, "selection": selection, "policies": policies}
+    return {
+        "schema_version": 2,
+        "kind": "amc-export",
+        "format": request.format,
+        "exact_channels": fmt.exact_channels,
+        "experiment": request.experiment,
+        "tracking_uri": uri,
+        "selection": selection,
+        "policies": policies,
+    }
 
 
 def export_policies(request: ExportRequest) -> ExportResult:
@@ -759,8 +867,9 @@ def export_policies(request: ExportRequest) -> ExportResult:
         fmt.check(request.format, item.policy)
         rendered.append((item, fmt.render(item)))
     exported = [ExportedPolicy(item, _directory(request, item), ()) for item, _ in rendered]
-    exported = [dataclasses.replace(e, files=_write(e.directory, files, e.item))
-                for e, (_, files) in zip(exported, rendered)]
+    exported = [
+        dataclasses.replace(e, files=_write(e.directory, files, e.item)) for e, (_, files) in zip(exported, rendered)
+    ]
     manifest = write_json_atomic(request.out / MANIFEST, _manifest(request, uri, fmt, exported))
     return ExportResult(request.out, request.format, tuple(exported), manifest)
 
@@ -773,7 +882,23 @@ def load_ratio_mapping(path: str | Path) -> Mapping[str, float]:
     return {str(k): float(v) for k, v in data["pruning_ratio_dict"].items()}
 
 
-__all__ = ["EXPORT_FORMATS", "ChannelSelection", "DenseSource", "ExportFormat", "ExportItem", "ExportRequest",
-           "ExportResult", "ExportedPolicy", "GroupSelection", "export_policies", "from_front", "from_run",
-           "group_exports", "load_ratio_mapping", "removed_fraction", "select_channels", "torch_pruning_ratio",
-           "weights_digest"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "ChannelSelection",
+    "DenseSource",
+    "ExportFormat",
+    "ExportItem",
+    "ExportRequest",
+    "ExportResult",
+    "ExportedPolicy",
+    "GroupSelection",
+    "export_policies",
+    "from_front",
+    "from_run",
+    "group_exports",
+    "load_ratio_mapping",
+    "removed_fraction",
+    "select_channels",
+    "torch_pruning_ratio",
+    "weights_digest",
+]

@@ -133,8 +133,10 @@ def best_within(candidates: Sequence[Candidate], max_flops_ratio: float | None, 
     within = [c for c in candidates if max_flops_ratio is None or c.flops_ratio <= max_flops_ratio]
     if not within:
         cheapest = min((c.flops_ratio for c in candidates), default=float("nan"))
-        raise ConfigError(f"no policy {where} has flops_ratio <= {max_flops_ratio:g} (the smallest is {cheapest:.4f}); "
-                          "raise --max-flops-ratio")
+        raise ConfigError(
+            f"no policy {where} has flops_ratio <= {max_flops_ratio:g} (the smallest is {cheapest:.4f}); "
+            "raise --max-flops-ratio"
+        )
     return max(within, key=lambda c: (c.top1, -c.flops_ratio))
 
 
@@ -143,8 +145,11 @@ def objectives_for(candidates: Sequence[Candidate]) -> tuple[str, ...]:
     """top-1, FLOPs and params ratio, plus latency ratio when every candidate has one."""
     with_latency = sum(c.latency_ratio is not None for c in candidates)
     if 0 < with_latency < len(candidates):
-        warnings.warn(f"only {with_latency} of {len(candidates)} candidates have a latency_ratio; "
-                      "leaving latency out of the Pareto objectives", stacklevel=2)
+        warnings.warn(
+            f"only {with_latency} of {len(candidates)} candidates have a latency_ratio; "
+            "leaving latency out of the Pareto objectives",
+            stacklevel=2,
+        )
     names = ("top1", "flops_ratio", "params_ratio")
     return names + ("latency_ratio",) if candidates and with_latency == len(candidates) else names
 
@@ -189,7 +194,6 @@ def front_of_runs(runs: Sequence[SearchRun]) -> ParetoFront:
     return pareto_front(candidates, [r.uniform for r in runs if r.uniform is not None])
 
 
-
 # --------------------------------------------------------------------------- tables
 def _row(c: Candidate, objectives: Sequence[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"run_id": c.run_id, "run_name": c.run_name, "episode": c.episode}
@@ -232,16 +236,30 @@ def read_front_csv(path: Path) -> list[dict[str, Any]]:
 def front_summary(front: ParetoFront, experiment: str) -> dict[str, Any]:
     """The front as a JSON document (``pareto_front.json``)."""
     return {
-        "schema_version": 1, "kind": "amc-pareto-front", "experiment": experiment,
+        "schema_version": 1,
+        "kind": "amc-pareto-front",
+        "experiment": experiment,
         "objectives": {n: "max" if OBJECTIVES[n] else "min" for n in front.objectives},
         "reference_point": dict(zip(front.objectives, front.reference)),
-        "hypervolume": front.hypervolume, "candidates": len(front.candidates),
+        "hypervolume": front.hypervolume,
+        "candidates": len(front.candidates),
         "front": [{**_row(c, front.objectives), "ratios": dict(c.ratios)} for c in front.front],
         "uniform": [asdict(b) for b in front.baselines],
     }
 
 
 __all__ = [
-    "Baseline", "Candidate", "OBJECTIVES", "ParetoFront", "REFERENCE", "SearchRun", "best_within", "front_of_runs",
-    "front_summary", "objectives_for", "pareto_front", "read_front_csv", "write_csv",
+    "OBJECTIVES",
+    "REFERENCE",
+    "Baseline",
+    "Candidate",
+    "ParetoFront",
+    "SearchRun",
+    "best_within",
+    "front_of_runs",
+    "front_summary",
+    "objectives_for",
+    "pareto_front",
+    "read_front_csv",
+    "write_csv",
 ]

@@ -25,7 +25,13 @@ from typing import Any
 from amc.errors import ConfigError
 from amc.files import write_json_atomic
 from amc.service.candidates import (
-    KIND_TAG, PARETO_KIND, SEARCH_ARTIFACT, all_runs, find_experiment, load_search_runs, mlflow_client,
+    KIND_TAG,
+    PARETO_KIND,
+    SEARCH_ARTIFACT,
+    all_runs,
+    find_experiment,
+    load_search_runs,
+    mlflow_client,
 )
 from amc.service.front import ParetoFront, SearchRun, front_of_runs, front_summary, write_csv
 from amc.service.plots import pareto_scatter, policy_bars
@@ -39,16 +45,27 @@ MAX_TAG_LENGTH = 5000  # MLflow allows 8000 characters per tag value
 def write_front(front: ParetoFront, experiment: str, out: Path, runs: Sequence[SearchRun] = ()) -> tuple[Path, ...]:
     """Writes the front's tables, JSON and plots into ``out``; returns the files."""
     out.mkdir(parents=True, exist_ok=True)
-    files = [write_csv(out / "pareto_front.csv", front, front.front),
-             write_csv(out / "pareto_candidates.csv", front, front.candidates, mark_front=True),
-             write_json_atomic(out / "pareto_front.json", front_summary(front, experiment)),
-             pareto_scatter(out / "pareto_front.png", front, f"{experiment}: Pareto front of {len(front.candidates)} "
-                                                              f"policies, hypervolume {front.hypervolume:.4f}")]
+    files = [
+        write_csv(out / "pareto_front.csv", front, front.front),
+        write_csv(out / "pareto_candidates.csv", front, front.candidates, mark_front=True),
+        write_json_atomic(out / "pareto_front.json", front_summary(front, experiment)),
+        pareto_scatter(
+            out / "pareto_front.png",
+            front,
+            f"{experiment}: Pareto front of {len(front.candidates)} policies, hypervolume {front.hypervolume:.4f}",
+        ),
+    ]
     best = front.best()
     uniform = next((r.uniform.ratio for r in runs if r.run_id == best.run_id and r.uniform is not None), None)
-    files.append(policy_bars(out / "pareto_best_policy.png", best.ratios, uniform,
-                             f"highest top-1 on the front: {best.run_name} episode {best.episode} "
-                             f"(top-1 {best.top1:.2%}, FLOPs {best.flops_ratio:.1%})"))
+    files.append(
+        policy_bars(
+            out / "pareto_best_policy.png",
+            best.ratios,
+            uniform,
+            f"highest top-1 on the front: {best.run_name} episode {best.episode} "
+            f"(top-1 {best.top1:.2%}, FLOPs {best.flops_ratio:.1%})",
+        )
+    )
     return tuple(files)
 
 
@@ -63,10 +80,12 @@ def _pareto_run_id(client: Any, experiment_id: str) -> str:
 
 def _description(front: ParetoFront) -> str:
     ref = ", ".join(f"{n} {r:g}" for n, r in zip(front.objectives, front.reference))
-    return (f"Pareto front of every policy evaluated by the searches in this experiment "
-            f"({len(front.front)} of {len(front.candidates)} are non-dominated). Objectives: top1 (max), "
-            f"{', '.join(n for n in front.objectives if n != 'top1')} (min). Hypervolume reference point: {ref}. "
-            f"Search runs owning a front point have the tag amc.pareto = \"true\".")
+    return (
+        f"Pareto front of every policy evaluated by the searches in this experiment "
+        f"({len(front.front)} of {len(front.candidates)} are non-dominated). Objectives: top1 (max), "
+        f"{', '.join(n for n in front.objectives if n != 'top1')} (min). Hypervolume reference point: {ref}. "
+        f'Search runs owning a front point have the tag amc.pareto = "true".'
+    )
 
 
 def log_front(client: Any, experiment_id: str, front: ParetoFront, files: Sequence[Path], n_runs: int) -> str:
@@ -75,14 +94,22 @@ def log_front(client: Any, experiment_id: str, front: ParetoFront, files: Sequen
 
     run_id = _pareto_run_id(client, experiment_id)
     now, step = int(time.time() * 1000), len(front.candidates)
-    values = {"hypervolume": front.hypervolume, "front_size": len(front.front), "candidates": len(front.candidates),
-              "search_runs": n_runs, "front_best_top1": front.best().top1}
+    values = {
+        "hypervolume": front.hypervolume,
+        "front_size": len(front.front),
+        "candidates": len(front.candidates),
+        "search_runs": n_runs,
+        "front_best_top1": front.best().top1,
+    }
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
     for path in files:
         client.log_artifact(run_id, str(path))
-    tags = {"amc.pareto.objectives": ",".join(front.objectives),
-            "amc.pareto.reference": ",".join(f"{r:g}" for r in front.reference),
-            "amc.pareto.hypervolume": f"{front.hypervolume:.6f}", "mlflow.note.content": _description(front)}
+    tags = {
+        "amc.pareto.objectives": ",".join(front.objectives),
+        "amc.pareto.reference": ",".join(f"{r:g}" for r in front.reference),
+        "amc.pareto.hypervolume": f"{front.hypervolume:.6f}",
+        "mlflow.note.content": _description(front),
+    }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, "FINISHED")
@@ -128,8 +155,9 @@ class ParetoReport:
     files: tuple[Path, ...]
 
 
-def update_pareto(experiment: str, tracking_uri: str | None = None, out: Path | None = None,
-                  log_to_mlflow: bool = True) -> ParetoReport:
+def update_pareto(
+    experiment: str, tracking_uri: str | None = None, out: Path | None = None, log_to_mlflow: bool = True
+) -> ParetoReport:
     """Computes an experiment's Pareto front over all its searches' episodes, writes and logs it.
 
     Args:
@@ -148,8 +176,10 @@ def update_pareto(experiment: str, tracking_uri: str | None = None, out: Path | 
     exp = find_experiment(client, experiment)
     runs = load_search_runs(client, exp.experiment_id)
     if not runs:
-        raise ConfigError(f"experiment {experiment!r} has no finished search (no run with a {SEARCH_ARTIFACT} "
-                          "artifact); run `amc search` first")
+        raise ConfigError(
+            f"experiment {experiment!r} has no finished search (no run with a {SEARCH_ARTIFACT} "
+            "artifact); run `amc search` first"
+        )
     front = front_of_runs(runs)
     with tempfile.TemporaryDirectory(prefix="amc-pareto-") as tmp:
         files = write_front(front, experiment, Path(out) if out is not None else Path(tmp), runs)
@@ -160,6 +190,13 @@ def update_pareto(experiment: str, tracking_uri: str | None = None, out: Path | 
 
 
 __all__ = [
-    "EPISODES_TAG", "PARETO_RUN_NAME", "PARETO_TAG", "ParetoReport", "episodes_tag", "log_front", "tag_search_runs",
-    "update_pareto", "write_front",
+    "EPISODES_TAG",
+    "PARETO_RUN_NAME",
+    "PARETO_TAG",
+    "ParetoReport",
+    "episodes_tag",
+    "log_front",
+    "tag_search_runs",
+    "update_pareto",
+    "write_front",
 ]

@@ -39,7 +39,9 @@ def policy_bars(path: Path, ratios: Mapping[str, float], uniform: float | None =
     return path
 
 
-def search_curves(path: Path, episodes: Sequence[int], rewards: Sequence[float], top1: Sequence[float], warmup: int = 0) -> Path:
+def search_curves(
+    path: Path, episodes: Sequence[int], rewards: Sequence[float], top1: Sequence[float], warmup: int = 0
+) -> Path:
     """Reward and search-val top-1 over episodes, with the running best."""
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -79,20 +81,35 @@ def pareto_scatter(path: Path, front: ParetoFront, title: str = "") -> Path:
     keys = front.keys
     for ax, cost in zip(axes, ("flops_ratio", "params_ratio")):
         others = [c for c in front.candidates if c.key not in keys]
-        ax.plot([getattr(c, cost) for c in others], [c.top1 * 100 for c in others], ".", color="#aaaaaa", ms=4,
-                label="evaluated policy")
-        ax.plot([getattr(c, cost) for c in front.front], [c.top1 * 100 for c in front.front], "o", color="#3b7dd8",
-                ms=5, label="Pareto-optimal (all objectives)")
+        ax.plot(
+            [getattr(c, cost) for c in others],
+            [c.top1 * 100 for c in others],
+            ".",
+            color="#aaaaaa",
+            ms=4,
+            label="evaluated policy",
+        )
+        ax.plot(
+            [getattr(c, cost) for c in front.front],
+            [c.top1 * 100 for c in front.front],
+            "o",
+            color="#3b7dd8",
+            ms=5,
+            label="Pareto-optimal (all objectives)",
+        )
         xs, ys = _staircase([(getattr(c, cost), c.top1) for c in front.candidates])
         ax.step(xs, [y * 100 for y in ys], where="post", color="k", lw=1, label=f"front of top-1 vs {cost}")
         for i, b in enumerate(front.baselines):
-            ax.plot(getattr(b, cost), b.top1 * 100, "X", color="#d8553b", ms=9,
-                    label="uniform baseline" if i == 0 else None)
+            ax.plot(
+                getattr(b, cost), b.top1 * 100, "X", color="#d8553b", ms=9, label="uniform baseline" if i == 0 else None
+            )
         ax.set_xlabel(f"{cost.replace('_', ' ')} (fraction of dense)")
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("search-val top-1 (%)")
-    fig.suptitle(title or f"Pareto front: {len(front.front)} of {len(front.candidates)} policies, "
-                          f"hypervolume {front.hypervolume:.4f}")
+    fig.suptitle(
+        title
+        or f"Pareto front: {len(front.front)} of {len(front.candidates)} policies, hypervolume {front.hypervolume:.4f}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -45,7 +45,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (relative paths: to the working directory); None otherwise."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     if not path or path == ":memory:":
         return None
     return Path(path).resolve()
@@ -73,8 +73,10 @@ def experiment_artifact_location(uri: str, experiment: str, artifact_root: str |
     scheme = urlparse(uri).scheme.split("+", 1)[0]
     if scheme in _SERVER_SCHEMES:
         if artifact_root:
-            raise ConfigError(f"--artifact-root is for local stores; the MLflow server {uri} keeps artifacts where its "
-                              "--artifacts-destination / --default-artifact-root says: drop --artifact-root")
+            raise ConfigError(
+                f"--artifact-root is for local stores; the MLflow server {uri} keeps artifacts where its "
+                "--artifacts-destination / --default-artifact-root says: drop --artifact-root"
+            )
         return None
     root = str(artifact_root) if artifact_root else os.environ.get(ARTIFACT_ROOT_ENV) or None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
@@ -116,8 +118,13 @@ class RunTracker:
     """
 
     def __init__(
-        self, uri: str, experiment: str, run_name: str | None = None, run_id: str | None = None,
-        tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
         artifact_root: str | Path | None = None,
     ) -> None:
         self.uri = uri
@@ -140,8 +147,9 @@ class RunTracker:
             return exp.experiment_id
         location = experiment_artifact_location(self.uri, name, artifact_root)
         try:  # the experiment kind opens the MLflow UI on the runs table
-            return self.client.create_experiment(name, artifact_location=location,
-                                                 tags={"mlflow.experimentKind": "custom_model_development"})
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
         except MlflowException:
             exp = self.client.get_experiment_by_name(name)  # created meanwhile by a concurrent search
             if exp is None:
@@ -157,9 +165,9 @@ class RunTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffers ``metrics`` at ``step``; non-finite values are skipped."""
-        from mlflow.entities import Metric
-
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         for k, v in metrics.items():

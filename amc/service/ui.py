@@ -18,8 +18,22 @@ PARETO_FILTER = 'tags.amc.pareto = "true"'
 def ui_command(tracking_uri: str, port: int) -> list[str]:
     """The ``mlflow server`` command line serving ``tracking_uri`` on 127.0.0.1:``port``."""
     hosts = f"{UI_HOST}:{port},localhost:{port},{UI_HOST},localhost"
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri, "--host", UI_HOST,
-            "--port", str(port), "--workers", "1", "--allowed-hosts", hosts]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        UI_HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        hosts,
+    ]
 
 
 def check_store(tracking_uri: str) -> None:
@@ -28,7 +42,7 @@ def check_store(tracking_uri: str) -> None:
     if scheme in ("http", "https", "databricks"):
         raise ConfigError(f"{tracking_uri} is already an MLflow server; open it in a browser instead of `amc ui`")
     if scheme == "sqlite":
-        path = Path(tracking_uri[len("sqlite:///"):])
+        path = Path(tracking_uri[len("sqlite:///") :])
         if not path.is_file():
             raise ConfigError(f"there is no MLflow store at {path}; run `amc search` first or pass --tracking-uri")
 

@@ -40,8 +40,8 @@ from torch import nn
 
 from amc.baseline import cached_baseline
 from amc.data import DataConfig
-from amc.groups import PRUNABLE_TYPES
 from amc.files import write_json_atomic
+from amc.groups import PRUNABLE_TYPES
 from amc.pruning import prune_channels, widths_for
 from amc.train import TrainConfig
 from envs import ChannelPruningEnv, EnvConfig, Outcome
@@ -68,7 +68,8 @@ class ChannelMasks:
         importance = tp.importance.GroupMagnitudeImportance(p=1)
         for group in dg.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES):
             outs = [
-                dep.target.module for dep, _ in group.items
+                dep.target.module
+                for dep, _ in group.items
                 if dep.handler.__name__ == "prune_out_channels" and id(dep.target.module) in names
             ]
             name = next((names[id(m)] for m in outs if names[id(m)] in env.group_names), None)
@@ -100,8 +101,15 @@ class MaskingEnv(ChannelPruningEnv):
         model = self.masks.apply(widths)
         accuracy = self.score_model(model, split)
         cost, dense = self.graph.estimate(widths), self.graph.dense_cost
-        outcome = Outcome(accuracy, cost.flops, cost.params, cost.flops / dense.flops, cost.params / dense.params,
-                          self.cost_model.ratio(widths), self.target.ratio)
+        outcome = Outcome(
+            accuracy,
+            cost.flops,
+            cost.params,
+            cost.flops / dense.flops,
+            cost.params / dense.params,
+            self.cost_model.ratio(widths),
+            self.target.ratio,
+        )
         return Evaluation(model, outcome)
 
 
@@ -121,8 +129,9 @@ def play(env: ChannelPruningEnv, actions: np.ndarray, seed: int) -> tuple[dict, 
     return env.step(actions[-1])[4], before_last
 
 
-def measure_episode(env: ChannelPruningEnv, masking: MaskingEnv, actions: np.ndarray, fresh: dict[str, float],
-                    seed: int) -> dict[str, float]:
+def measure_episode(
+    env: ChannelPruningEnv, masking: MaskingEnv, actions: np.ndarray, fresh: dict[str, float], seed: int
+) -> dict[str, float]:
     """Times one episode both ways and its parts; ``fresh`` is a never-seen policy for the first-run timing."""
     episode_s, (info, steps_s) = timed(lambda: play(env, actions, seed))
     alone = copy.deepcopy(env.last_model)
@@ -134,9 +143,14 @@ def measure_episode(env: ChannelPruningEnv, masking: MaskingEnv, actions: np.nda
     new_model = prune_channels(env.model, env.graph, widths_for(env.graph, fresh), env.config.criterion).model
     first_s, _ = timed(lambda: env.score_model(new_model))
     return {
-        "episode_s": episode_s, "eval_forward_s": forward_s, "masked_episode_s": masked_s, "prune_s": prune_s,
+        "episode_s": episode_s,
+        "eval_forward_s": forward_s,
+        "masked_episode_s": masked_s,
+        "prune_s": prune_s,
         "steps_before_last_s": steps_s,
-        "first_forward_s": first_s, "top1": info["top1"], "top1_masked": masked_info["top1"],
+        "first_forward_s": first_s,
+        "top1": info["top1"],
+        "top1_masked": masked_info["top1"],
         "flops_ratio": info["flops_ratio"],
     }
 
@@ -158,13 +172,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="resnet20", help="registered model name")
     p.add_argument("--target", type=float, default=0.5, help="FLOPs target ratio")
     p.add_argument("--checkpoint", default=None, help="dense checkpoint (default: train / reuse a cached baseline)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="baseline cache (default: $AMC_CACHE_DIR, else ~/.cache/amc)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="baseline cache (default: $AMC_CACHE_DIR, else ~/.cache/amc)"
+    )
     p.add_argument("--epochs", type=int, default=15, help="epochs of the cached baseline")
     p.add_argument("--eval-batch-size", type=int, default=EnvConfig.eval_batch_size, help="images per evaluation batch")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--actions", choices=("random", "greedy"), default="random",
-                   help="random: uniform in [-1, 1]; greedy: -1 plus small noise, so the wall stops each episode "
-                        "at the target (the policies a trained agent ends up near)")
+    p.add_argument(
+        "--actions",
+        choices=("random", "greedy"),
+        default="random",
+        help="random: uniform in [-1, 1]; greedy: -1 plus small noise, so the wall stops each episode "
+        "at the target (the policies a trained agent ends up near)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random actions")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     return p.parse_args(argv)
@@ -175,8 +195,13 @@ def build_envs(args: argparse.Namespace) -> tuple[ChannelPruningEnv, MaskingEnv]
     checkpoint = args.checkpoint or str(
         cached_baseline(args.model, data, TrainConfig(epochs=args.epochs), args.cache_dir, progress=False)
     )
-    config = EnvConfig(model=args.model, data=data, checkpoint=checkpoint, target_ratio=args.target,
-                       eval_batch_size=args.eval_batch_size)
+    config = EnvConfig(
+        model=args.model,
+        data=data,
+        checkpoint=checkpoint,
+        target_ratio=args.target,
+        eval_batch_size=args.eval_batch_size,
+    )
     return ChannelPruningEnv.from_config(config), MaskingEnv.from_config(config)
 
 
@@ -193,11 +218,19 @@ def main(argv: list[str] | None = None) -> dict:
     measure_episode(env, masking, draw(), fresh(), args.seed)  # warm-up
     rows = [measure_episode(env, masking, draw(), fresh(), args.seed + i) for i in range(args.episodes)]
     result = {
-        "benchmark": "episode_cost", "model": args.model, "data": "digits", "target_flops": args.target,
+        "benchmark": "episode_cost",
+        "model": args.model,
+        "data": "digits",
+        "target_flops": args.target,
         "actions": args.actions,
-        "episodes": args.episodes, "threads": torch.get_num_threads(), "groups": n,
-        "bn_batches": env.config.bn_batches, "bn_batch_size": env.config.bn_batch_size,
-        "eval_batch_size": env.config.eval_batch_size, "machine": platform.machine(), "torch": torch.__version__,
+        "episodes": args.episodes,
+        "threads": torch.get_num_threads(),
+        "groups": n,
+        "bn_batches": env.config.bn_batches,
+        "bn_batch_size": env.config.bn_batch_size,
+        "eval_batch_size": env.config.eval_batch_size,
+        "machine": platform.machine(),
+        "torch": torch.__version__,
         **summarise(rows),
     }
     print(json.dumps(result, indent=2))

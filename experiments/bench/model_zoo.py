@@ -84,7 +84,7 @@ def smallest_size(model: nn.Module, sizes: tuple[int, ...] = SIZES) -> int:
         try:
             model(torch.randn(1, 3, size, size))
             return size
-        except Exception:  # noqa: BLE001 - probing: too small inputs raise anything
+        except Exception:
             continue
     return 0
 
@@ -109,11 +109,23 @@ def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -
         with torch.no_grad():
             same = torch.equal(fresh(x), result.model(x))
     except AmcError as exc:
-        return ZooResult(name, "refused", size, len(graph) if graph else 0, seconds=time.perf_counter() - start,
-                         detail=f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # noqa: BLE001 - a bug to report, not to hide
-        return ZooResult(name, "failed", size, len(graph) if graph else 0, seconds=time.perf_counter() - start,
-                         detail=f"{type(exc).__name__}: {exc}")
+        return ZooResult(
+            name,
+            "refused",
+            size,
+            len(graph) if graph else 0,
+            seconds=time.perf_counter() - start,
+            detail=f"{type(exc).__name__}: {exc}",
+        )
+    except Exception as exc:
+        return ZooResult(
+            name,
+            "failed",
+            size,
+            len(graph) if graph else 0,
+            seconds=time.perf_counter() - start,
+            detail=f"{type(exc).__name__}: {exc}",
+        )
     seconds = time.perf_counter() - start
     dense = graph.dense_cost
     problems = []
@@ -122,8 +134,15 @@ def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -
     if not same:
         problems.append("the replayed model's outputs differ from the pruned model's")
     return ZooResult(
-        name, "failed" if problems else "pruned", size, len(graph), sum(g.multiple > 1 for g in graph),
-        counted.flops / dense.flops, counted.params / dense.params, seconds, "; ".join(problems),
+        name,
+        "failed" if problems else "pruned",
+        size,
+        len(graph),
+        sum(g.multiple > 1 for g in graph),
+        counted.flops / dense.flops,
+        counted.params / dense.params,
+        seconds,
+        "; ".join(problems),
     )
 
 
@@ -131,7 +150,7 @@ def _check_in_child(name: str, ratio: float, conn: multiprocessing.connection.Co
     torch.set_num_threads(1)
     try:
         conn.send(check_model(name, ratio))
-    except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
+    except BaseException as exc:
         conn.send(ZooResult(name, "failed", detail=f"{type(exc).__name__}: {exc}"))
 
 
@@ -152,8 +171,12 @@ def walk(names: list[str], ratio: float, timeout: float) -> list[ZooResult]:
                 worker.join()
                 result = ZooResult(name, "failed", detail=f"worker died (exit code {worker.exitcode}; out of memory?)")
         else:
-            result = ZooResult(name, "failed", seconds=time.perf_counter() - start,
-                               detail=f"timed out after {timeout:.0f} s (worker exit code {worker.exitcode})")
+            result = ZooResult(
+                name,
+                "failed",
+                seconds=time.perf_counter() - start,
+                detail=f"timed out after {timeout:.0f} s (worker exit code {worker.exitcode})",
+            )
         worker.kill()
         worker.join()
         print(_row(result), flush=True)
@@ -163,8 +186,10 @@ def walk(names: list[str], ratio: float, timeout: float) -> list[ZooResult]:
 
 def _row(r: ZooResult) -> str:
     detail = r.detail if len(r.detail) < 110 else r.detail[:107] + "..."
-    return (f"{r.model:<22} {r.status:<8} {r.size:>4} {r.groups:>6} {r.grouped:>7} {r.flops_ratio:>7.3f} "
-            f"{r.seconds:>7.1f}  {detail}")
+    return (
+        f"{r.model:<22} {r.status:<8} {r.size:>4} {r.groups:>6} {r.grouped:>7} {r.flops_ratio:>7.3f} "
+        f"{r.seconds:>7.1f}  {detail}"
+    )
 
 
 def main() -> None:
@@ -184,9 +209,14 @@ def main() -> None:
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "ratio": args.ratio, "counts": counts, "threads": 1, "torch": torch.__version__,
+            "ratio": args.ratio,
+            "counts": counts,
+            "threads": 1,
+            "torch": torch.__version__,
             "torchvision": torchvision.__version__,
-            "torch_pruning": importlib.metadata.version("torch-pruning"), "machine": platform.machine(), "processor": platform.processor(),
+            "torch_pruning": importlib.metadata.version("torch-pruning"),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
             "results": [asdict(r) for r in results],
         }
         RESULTS.write_text(json.dumps(payload, indent=2) + "\n")

@@ -26,8 +26,13 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits-resnet20-flop
 
 
 def measure(config: SearchConfig, workers: int, episodes: int, root: Path) -> float:
-    cfg = config.replace(agent="random", episodes=episodes, workers=workers, threads=max(1, local_cpus() // workers),
-                         checkpoint_every=10**6)
+    cfg = config.replace(
+        agent="random",
+        episodes=episodes,
+        workers=workers,
+        threads=max(1, local_cpus() // workers),
+        checkpoint_every=10**6,
+    )
     out = root / f"w{workers}"
     out.mkdir()
     save_yaml(cfg, out / "config.yaml")

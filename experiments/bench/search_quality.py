@@ -36,7 +36,10 @@ from amc.train import TrainConfig, evaluate
 from envs import ChannelPruningEnv
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-MODELS = {"resnet20": CONFIGS / "digits-resnet20-flops50.yaml", "mobilenetv2_small": CONFIGS / "digits-mobilenetv2-flops50.yaml"}
+MODELS = {
+    "resnet20": CONFIGS / "digits-resnet20-flops50.yaml",
+    "mobilenetv2_small": CONFIGS / "digits-mobilenetv2-flops50.yaml",
+}
 METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg")
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 RESULTS = Path(__file__).parent / "results"
@@ -49,14 +52,26 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=300, help="episode budget of random, tpe and ddpg")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5], help="FLOPs ratios kept")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--criteria", nargs="*", default=list(CRITERIA), choices=CRITERIA,
-                        help="criteria for the criterion table (none: skip it)")
+    parser.add_argument(
+        "--criteria",
+        nargs="*",
+        default=list(CRITERIA),
+        choices=CRITERIA,
+        help="criteria for the criterion table (none: skip it)",
+    )
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "amc-bench-baselines")
-    parser.add_argument("--reconstruct", action="store_true",
-                        help="search with AMC's channel reconstruction on (env.reconstruct), every episode")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON file (default: results/search_quality.json, or search_quality_reconstruct.json)")
+    parser.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="search with AMC's channel reconstruction on (env.reconstruct), every episode",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON file (default: results/search_quality.json, or search_quality_reconstruct.json)",
+    )
     args = parser.parse_args()
     if args.out is None:
         args.out = RESULTS / ("search_quality_reconstruct.json" if args.reconstruct else "search_quality.json")
@@ -80,8 +95,11 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
     curves: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            seeded = resolve_checkpoint(base.replace(seed=seed, baseline=TrainConfig(**{**vars(base.baseline), "seed": seed})),
-                                        args.cache, progress=False)
+            seeded = resolve_checkpoint(
+                base.replace(seed=seed, baseline=TrainConfig(**{**vars(base.baseline), "seed": seed})),
+                args.cache,
+                progress=False,
+            )
             ws = build_workspace(model, seeded.env.data, seeded.env.checkpoint)
             table["dense_test_top1_per_seed"].append(evaluate(ws.model, ws.data.loader("test", 256)))
             for target in args.targets:
@@ -94,8 +112,11 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
                         if name != "curve":
                             cell.setdefault(name, []).append(value)
                     curves.setdefault(key, {}).setdefault(method, []).append(row["curve"])
-                    print(f"{model} seed {seed} {key:>9} {method:>11}: val {row['val_top1']:.2%}  test {row['test_top1']:.2%}"
-                          f"  recon {row['recon_test_top1']:.2%}  ({row['seconds']:.0f} s, {row['evaluations']} evals)", flush=True)
+                    print(
+                        f"{model} seed {seed} {key:>9} {method:>11}: val {row['val_top1']:.2%}  test {row['test_top1']:.2%}"
+                        f"  recon {row['recon_test_top1']:.2%}  ({row['seconds']:.0f} s, {row['evaluations']} evals)",
+                        flush=True,
+                    )
                 for criterion in args.criteria:
                     crit = _criterion_row(config, criterion, Path(tmp) / f"{key}-crit-{criterion}-{seed}", args)
                     cell = table.setdefault("criteria", {}).setdefault(key, {}).setdefault(criterion, {})
@@ -113,14 +134,20 @@ def _search(config: SearchConfig, out: Path, ws, args: argparse.Namespace) -> di
     episodes = json.loads((out / "search.json").read_text())["episodes"]
     curve = list(np.maximum.accumulate([e["top1"] for e in episodes]))
     recon = ChannelPruningEnv.from_workspace(ws, config.env.replace(reconstruct=True))
-    row = {"val_top1": result.best.top1, "test_top1": result.best_test_top1,
-           "recon_test_top1": recon.evaluate_ratios(result.best.ratios, "test")["top1"],
-           "flops_ratio": result.best.flops_ratio, "seconds": seconds, "curve": curve,
-           "evaluations": _evaluations(config.agent, len(episodes), len(ws.graph)),
-           "episodes_to_99pct": int(np.argmax(np.array(curve) >= 0.99 * curve[-1])) + 1}
+    row = {
+        "val_top1": result.best.top1,
+        "test_top1": result.best_test_top1,
+        "recon_test_top1": recon.evaluate_ratios(result.best.ratios, "test")["top1"],
+        "flops_ratio": result.best.flops_ratio,
+        "seconds": seconds,
+        "curve": curve,
+        "evaluations": _evaluations(config.agent, len(episodes), len(ws.graph)),
+        "episodes_to_99pct": int(np.argmax(np.array(curve) >= 0.99 * curve[-1])) + 1,
+    }
     if config.agent in ("ddpg", "uniform") and args.finetune_epochs:
-        _, acc = prune_and_finetune(ws, load_policy(out / "best_policy.json"),
-                                    FinetuneSchedule(epochs=args.finetune_epochs), progress=False)
+        _, acc = prune_and_finetune(
+            ws, load_policy(out / "best_policy.json"), FinetuneSchedule(epochs=args.finetune_epochs), progress=False
+        )
         row["finetuned_test_top1"] = acc["top1"]
     return row
 
@@ -153,26 +180,32 @@ def _summarise(table: dict, curves: dict) -> None:
             cell["episodes_to_99pct"] = cell.pop("episodes_to_99pct_mean")
             length = min(len(c) for c in per_seed)
             cell["best_so_far_val_mean"] = list(np.mean([c[:length] for c in per_seed], axis=0))
-    for key, crits in table.get("criteria", {}).items():
+    for crits in table.get("criteria", {}).values():
         for cell in crits.values():
             for name in list(cell):
                 cell[f"{name}_mean"] = statistics.fmean(cell[name])
 
 
 def _report(model: str, table: dict, args: argparse.Namespace) -> None:
-    print(f"\n{model}: dense test top-1 {table['dense_test_top1']:.2%} (mean of {args.seeds} seeds), "
-          f"criterion {table['criterion']}, {args.episodes} episodes, test top-1 without fine-tuning (mean of seeds)")
+    print(
+        f"\n{model}: dense test top-1 {table['dense_test_top1']:.2%} (mean of {args.seeds} seeds), "
+        f"criterion {table['criterion']}, {args.episodes} episodes, test top-1 without fine-tuning (mean of seeds)"
+    )
     for target in args.targets:
         key = f"flops_{target:g}"
         print(f"  {key}:")
         for method in args.methods:
             c = table[key][method]
             ft = f"  fine-tuned {c['finetuned_test_top1_mean']:.2%}" if "finetuned_test_top1_mean" in c else ""
-            print(f"    {method:>11}  test {c['test_top1_mean']:.2%}  recon {c['recon_test_top1_mean']:.2%}"
-                  f"  val {c['val_top1_mean']:.2%}  to-99% {c['episodes_to_99pct']:.0f} ep{ft}")
+            print(
+                f"    {method:>11}  test {c['test_top1_mean']:.2%}  recon {c['recon_test_top1_mean']:.2%}"
+                f"  val {c['val_top1_mean']:.2%}  to-99% {c['episodes_to_99pct']:.0f} ep{ft}"
+            )
         for criterion, c in table.get("criteria", {}).get(key, {}).items():
-            print(f"    criterion {criterion:>8}: uniform {c['uniform_test_top1_mean']:.2%}  "
-                  f"global {c['global_test_top1_mean']:.2%}")
+            print(
+                f"    criterion {criterion:>8}: uniform {c['uniform_test_top1_mean']:.2%}  "
+                f"global {c['global_test_top1_mean']:.2%}"
+            )
 
 
 def _merge(path: Path, model: str, table: dict, args: argparse.Namespace) -> None:
