@@ -8,6 +8,8 @@ The engine's Python API (usable with your own model and data loaders)::
     policy = amc.load_policy("best_policy.json")
     small = amc.apply_policy(model, policy, example_inputs)
     amc.finetune(small, train_loader, epochs=5)
+    result = amc.prune_with_policy(model, policy, example_inputs)     # the pruned copy with its history,
+    amc.save_model("small.pt", result.model, spec, policy, result.history)  # which save_model needs
 
 The names below are loaded on first use, so ``import amc`` (and the ``amc`` command line, whose
 ``--help`` builds only argparse code) does not import torch until the engine is used. The engine never
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
     from amc.checkpoint import SavedModel, load_model, save_model
     from amc.cost import Cost, count_cost, measure_latency
-    from amc.engine import apply_policy, make_policy, uniform_policy
+    from amc.engine import apply_policy, make_policy, prune_with_policy, uniform_policy
     from amc.errors import AmcError
     from amc.groups import ModelGraph, PrunableGroup
     from amc.policy import ModelIdentity, Policy, Target, load_policy
@@ -41,6 +43,7 @@ _API: dict[str, str] = {
     "count_cost": "amc.cost",
     "measure_latency": "amc.cost",
     "apply_policy": "amc.engine",
+    "prune_with_policy": "amc.engine",
     "make_policy": "amc.engine",
     "uniform_policy": "amc.engine",
     "AmcError": "amc.errors",
@@ -95,6 +98,7 @@ __all__ = [
     "make_policy",
     "measure_latency",
     "prunable_groups",
+    "prune_with_policy",
     "recalibrate_bn",
     "save_model",
     "uniform_policy",

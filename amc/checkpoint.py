@@ -38,8 +38,14 @@ class SavedModel:
 def save_model(
     path: str | Path, model: nn.Module, spec: ModelSpec, policy: Policy | None = None, history: History | None = None
 ) -> Path:
-    """Saves ``model`` (dense or pruned) atomically."""
-    history = history if history is not None else getattr(model, "amc_pruning_history", [])
+    """Saves ``model`` (dense, or pruned with the ``history`` that made it) atomically.
+
+    Raises:
+        ModelFileError: When ``model`` does not have the shapes of ``spec``'s dense model with ``history``
+            replayed (a pruned model saved without its history could not be loaded again); nothing is written.
+    """
+    history = list(history) if history is not None else []
+    _check_saveable(model, spec, history)
     payload = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -56,6 +62,35 @@ def save_model(
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def _check_saveable(model: nn.Module, spec: ModelSpec, history: History) -> None:
+    """Raises unless ``spec``'s dense model with ``history`` replayed has ``model``'s parameter shapes."""
+    from amc.models import create_model
+    from amc.pruning import replay_history
+
+    skeleton = create_model(spec)
+    try:
+        replay_history(skeleton, spec.example_inputs(), history)
+    except Exception as exc:  # Torch-Pruning raises many types for a history that does not fit
+        raise ModelFileError(
+            f"cannot save: the pruning history does not fit model {spec.name!r}: {type(exc).__name__}"
+        ) from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if expected != actual:
+        differs = next((k for k in actual if expected.get(k) != actual[k]), None) or next(
+            iter(expected.keys() - actual.keys())
+        )
+        what = (
+            "pass the pruning history (amc.prune_with_policy(...).history)"
+            if not history
+            else "the history does not match the model"
+        )
+        raise ModelFileError(
+            f"cannot save: the model is not {spec.name!r} {'dense' if not history else 'pruned by the given history'} "
+            f"({differs}: {actual.get(differs)} vs {expected.get(differs)}); {what}"
+        )
 
 
 _EXPECTED = "a model .pt file (model.pt from `amc train` or `amc prune`)"
@@ -182,7 +217,6 @@ def load_model(path: str | Path, spec: ModelSpec | None = None, dense: nn.Module
         first = str(exc).strip().splitlines()[0]
         raise ModelFileError(f"{p} does not fit model {spec.name!r} ({spec.input_shape}): {first}") from None
     model.eval()
-    model.amc_pruning_history = history
     return SavedModel(model, spec, payload.get("policy"), history)
 
 

@@ -141,16 +141,19 @@ def smallest_ratio(meets: Callable[[float], bool], low: float, high: float) -> f
     return high
 
 
-def apply_policy(
+def prune_with_policy(
     model: nn.Module,
     policy: Policy,
     example_inputs: torch.Tensor,
     calib_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     graph: ModelGraph | None = None,
     allow_partial: bool = False,
-) -> nn.Module:
-    """Returns a pruned copy of the dense ``model`` (channels physically removed, or weights zeroed for
-    the sparse granularities). The copy carries ``amc_pruning_history`` for :func:`amc.save_model`.
+) -> PruneResult:
+    """Prunes a copy of the dense ``model`` by ``policy`` (channels physically removed, or weights zeroed for
+    the sparse granularities) and returns it with its widths and pruning history.
+
+    Save it with ``amc.save_model(path, result.model, spec, policy, result.history)``: the history is what
+    lets :func:`amc.load_model` rebuild the pruned architecture.
 
     Args:
         allow_partial: Accept a policy that leaves groups out (they stay dense); refused otherwise.
@@ -164,14 +167,22 @@ def apply_policy(
     policy.check_matches(identity, graph.names)
     policy.check_complete(graph.names, allow_partial)
     if policy.granularity != "channel":
-        pruned = sparsify(model, graph, policy.ratios, policy.granularity)
-        pruned.amc_pruning_history = []
-        return pruned
-    result = prune_channels(
+        return PruneResult(sparsify(model, graph, policy.ratios, policy.granularity), graph.dense_widths(), [])
+    return prune_channels(
         model, graph, widths_for(graph, policy.ratios, policy.round_to), policy.criterion, calib_batch
     )
-    result.model.amc_pruning_history = result.history
-    return result.model
+
+
+def apply_policy(
+    model: nn.Module,
+    policy: Policy,
+    example_inputs: torch.Tensor,
+    calib_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    graph: ModelGraph | None = None,
+    allow_partial: bool = False,
+) -> nn.Module:
+    """The pruned copy of :func:`prune_with_policy` alone (use that one to save the model: it gives the history)."""
+    return prune_with_policy(model, policy, example_inputs, calib_batch, graph, allow_partial).model
 
 
 @dataclass(frozen=True)
@@ -270,7 +281,7 @@ def prune_and_finetune(
     policy.check_complete(ws.graph.names)  # amc prune --allow-partial completes the policy before this
     splits = _Splits.of(ws, schedule.seed, schedule.bn_batches)
     if policy.granularity != "channel":
-        model = apply_policy(ws.model, policy, ws.example_inputs(), splits.calib_batch, ws.graph)
+        model = prune_with_policy(ws.model, policy, ws.example_inputs(), splits.calib_batch, ws.graph).model
         before = _accuracies(model, splits)
         report = finetune_sparse(
             model.to(schedule.device),
@@ -313,7 +324,6 @@ def prune_and_finetune(
                 )
             )
             model.cpu()
-    model.amc_pruning_history = history
     return PruneResult(model, final, history), _finetune_summary(model, splits, before, reports)
 
 

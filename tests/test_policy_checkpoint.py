@@ -48,8 +48,12 @@ def test_policy_json_round_trip(dense: torch.nn.Module, tmp_path: Path) -> None:
 def test_pruned_model_reloads_exactly(dense: torch.nn.Module, tmp_path: Path) -> None:
     graph = ModelGraph(dense, SPEC.example_inputs())
     policy = _policy(dense, graph)
-    pruned = amc.apply_policy(dense, policy, SPEC.example_inputs())
-    save_model(tmp_path / "m.pt", pruned, SPEC, policy)
+    result = amc.prune_with_policy(dense, policy, SPEC.example_inputs())
+    pruned = result.model
+    with pytest.raises(amc.AmcError, match="pass the pruning history"):
+        save_model(tmp_path / "m.pt", pruned, SPEC, policy)  # without it the file could not be loaded
+    assert not (tmp_path / "m.pt").exists()
+    save_model(tmp_path / "m.pt", pruned, SPEC, policy, result.history)
     saved = amc.load_model(tmp_path / "m.pt")
     x = torch.randn(4, *SPEC.input_shape)
     assert torch.equal(saved.model(x), pruned(x))
