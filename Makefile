@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m amc.demo
+	$(BIN)/python -m amc.cli.demo
 
 # Headless Chromium for the MLflow UI test (tests/test_mlflow_ui.py): Debian's package, installed once
 # (skipped when `command -v chromium` finds one). Without it the UI test fails in CI and is skipped elsewhere.

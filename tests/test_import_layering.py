@@ -84,3 +84,15 @@ def test_import_graph_is_acyclic() -> None:
 
     for module in sorted(graph):
         visit(module)
+
+
+def test_engine_and_services_do_not_import_the_search() -> None:
+    """Imports point one way (agents -> envs -> amc); only the command line (amc.cli) sits above the search."""
+    graph = _project_imports()
+    upward = {
+        module: sorted(t for t in targets if t.split(".")[0] in ("agents", "envs"))
+        for module, targets in graph.items()
+        if module.split(".")[0] == "amc" and not module.startswith("amc.cli")
+    }
+    assert {m: t for m, t in upward.items() if t} == {}
+    assert not any(t.startswith("agents") for m, targets in graph.items() if m.startswith("envs") for t in targets)
