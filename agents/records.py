@@ -66,6 +66,23 @@ class SearchConfig:
     def replace(self, **changes: Any) -> SearchConfig:
         return dataclasses.replace(self, **changes)
 
+    def with_room_to_learn(self) -> tuple[SearchConfig, str | None]:
+        """This config, with the DDPG warm-up scaled down when it would take more than half the episodes.
+
+        A DDPG search that spends its budget in random warm-up never learns and is a random search under
+        another name; the warm-up becomes a quarter of the episodes (AMC: 100 of 400) and the returned
+        note says so. Other agents, and budgets with room, are returned unchanged with no note.
+        """
+        warmup = self.ddpg.warmup_episodes
+        if self.agent != "ddpg" or warmup <= self.episodes // 2:
+            return self, None
+        scaled = self.episodes // 4
+        note = (
+            f"ddpg: warm-up scaled from {warmup} to {scaled} episodes so that {self.episodes - scaled} of "
+            f"{self.episodes} episodes learn (set ddpg.warmup_episodes to choose; it must be at most half the episodes)"
+        )
+        return self.replace(ddpg=dataclasses.replace(self.ddpg, warmup_episodes=scaled)), note
+
 
 @dataclass(frozen=True)
 class EpisodeRecord:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -398,6 +399,9 @@ def run_search(
         )
         save_yaml(config, out / "config.yaml")
     else:
+        config, note = config.with_room_to_learn()
+        if note:
+            print(note, file=sys.stderr, flush=True)
         config = resolve_checkpoint(config, cache_dir, progress)
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(config, out / "config.yaml")

@@ -175,3 +175,28 @@ def test_baseline_agents(trained_resnet20: Path, tmp_path: Path) -> None:
 def test_resume_needs_a_search(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no search to resume"):
         run_search(None, tmp_path, resume=True)
+
+
+def test_ddpg_warmup_is_scaled_when_it_leaves_no_room_to_learn(
+    trained_resnet20: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import dataclasses
+
+    config = _config(trained_resnet20 / "model.pt", episodes=4)
+    config = config.replace(ddpg=dataclasses.replace(config.ddpg, warmup_episodes=10))
+    assert config.with_room_to_learn()[0].ddpg.warmup_episodes == 1
+    roomy = config.replace(episodes=20)
+    assert roomy.with_room_to_learn() == (roomy, None)  # 10 of 20: half the budget still learns
+    assert config.replace(agent="random").with_room_to_learn()[1] is None
+
+    updates: list[float] = []
+    run_search(
+        config,
+        tmp_path / "s",
+        track=False,
+        progress=False,
+        on_episode=lambda r, s: updates.append(s.get("updates", 0.0)),
+    )
+    assert "warm-up scaled from 10 to 1 episodes so that 3 of 4 episodes learn" in capsys.readouterr().err
+    assert SearchConfig.from_yaml(tmp_path / "s" / "config.yaml").ddpg.warmup_episodes == 1  # resume keeps it
+    assert updates[0] == 0 and all(u > 0 for u in updates[1:]), updates
