@@ -1,0 +1,92 @@
+"""Markdown tables of a search-quality JSON (``search_quality.py``'s output), as the README shows them.
+
+python experiments/bench/quality_table.py                                  # results/search_quality.json
+python experiments/bench/quality_table.py experiments/bench/results/search_quality_reconstruct.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg")
+
+
+def _pct(values: list[float]) -> str:
+    return "/".join(f"{100 * v:.1f}" for v in values)
+
+
+def method_table(model: str, table: dict) -> list[str]:
+    """One row per method: test top-1 without fine-tuning (mean and per seed) per FLOPs target."""
+    targets = sorted(k for k in table if k.startswith("flops_"))
+    head = "| method | " + " | ".join(f"FLOPs {k[6:]}: test top-1 (per seed)" for k in targets) + " |"
+    lines = [
+        f"**{model}** (dense {100 * table['dense_test_top1']:.2f}%, {table['seeds']} dense seeds, "
+        f"{table['episodes']} episodes, criterion {table['criterion']}"
+        f"{', searched with reconstruction' if table.get('reconstruct') else ''})",
+        "",
+        head,
+        "| --- |" + " --- |" * len(targets),
+    ]
+    for method in METHODS:
+        cells = []
+        for key in targets:
+            c = table[key].get(method)
+            cells.append("–" if c is None else f"**{100 * c['test_top1_mean']:.2f}** ({_pct(c['test_top1'])})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    extra = [
+        ("ddpg fine-tuned", "ddpg", "finetuned_test_top1"),
+        ("uniform fine-tuned", "uniform", "finetuned_test_top1"),
+        ("ddpg best + reconstruction", "ddpg", "recon_test_top1"),
+        ("uniform + reconstruction", "uniform", "recon_test_top1"),
+        ("tpe best + reconstruction", "tpe", "recon_test_top1"),
+    ]
+    for label, method, name in extra:
+        cells = []
+        for key in targets:
+            c = table[key].get(method, {})
+            cells.append(f"{100 * c[name + '_mean']:.2f} ({_pct(c[name])})" if name in c else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    to99 = [str(round(table[k]["ddpg"]["episodes_to_99pct"])) if "ddpg" in table[k] else "–" for k in targets]
+    lines.append("| ddpg episodes to 99% of its best (search-val) | " + " | ".join(to99) + " |")
+    return lines
+
+
+def criterion_table(model: str, table: dict) -> list[str]:
+    crits = table.get("criteria", {})
+    if not crits:
+        return []
+    targets = sorted(crits)
+    names = list(next(iter(crits.values())))
+    lines = [
+        f"Criteria on **{model}** (test top-1 without fine-tuning, uniform / global policy):",
+        "",
+        "| criterion | " + " | ".join(f"FLOPs {k[6:]}" for k in targets) + " |",
+        "| --- |" + " --- |" * len(targets),
+    ]
+    for name in names:
+        cells = [
+            f"{100 * crits[k][name]['uniform_test_top1_mean']:.2f} / {100 * crits[k][name]['global_test_top1_mean']:.2f}"
+            for k in targets
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", type=Path, nargs="?", default=RESULTS / "search_quality.json")
+    args = parser.parse_args()
+    data = json.loads(args.json.read_text())
+    for model, table in data["models"].items():
+        print("\n".join(method_table(model, table)) + "\n")
+        crit = criterion_table(model, table)
+        if crit:
+            print("\n".join(crit) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
