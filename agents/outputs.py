@@ -79,7 +79,8 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
     )
     if tracker is not None:
         log_final(tracker, out, summary)
-    return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode)
+    run_name = getattr(tracker, "run_name", None)
+    return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode, run_name)
 
 
 ARTIFACTS = ("search.json", "best_policy.json", "config.yaml", "best_policy.png", "search_curves.png")

@@ -121,7 +121,7 @@ class SearchState:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Where the outputs are and what was found."""
+    """Where the outputs are and what was found (``run_id`` / ``run_name``: the MLflow run, None when untracked)."""
 
     out: Path
     best: EpisodeRecord
@@ -129,6 +129,7 @@ class SearchResult:
     uniform: dict[str, float]
     run_id: str | None
     episodes: int
+    run_name: str | None = None
 
 
 Hook = Callable[[EpisodeRecord, dict[str, float]], None]

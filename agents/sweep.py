@@ -27,7 +27,7 @@ class SweepConfig:
 
     Attributes:
         base: Search config YAML the trials start from (relative paths: to the sweep file).
-        name: Sweep name (the MLflow parent run's name).
+        name: Sweep name (the MLflow parent run is named ``sweep-<name>``, then its start time and short id).
         grid: Dotted SearchConfig field -> values; every combination is one trial
             (e.g. ``env.target_ratio: [0.3, 0.5]``, ``seed: [0, 1]``, ``env.reward: [acc, acc_log_flops]``).
         overrides: Dotted field -> value applied to every trial (e.g. ``episodes: 60``).

@@ -23,6 +23,7 @@ import pytest
 from agents.ddpg import DDPGConfig
 from agents.search import SearchConfig, run_search
 from amc.service.pareto import update_pareto
+from amc.service.ui import ui_urls
 from envs import EnvConfig
 
 pytestmark = pytest.mark.slow
@@ -151,7 +152,13 @@ def _end_group(proc: subprocess.Popen) -> None:
 def test_ui_prints_addresses(searched: dict, ui: dict) -> None:
     base = f"http://127.0.0.1:{ui['port']}/"
     assert ui["urls"][:2] == [base, f"{base}#/experiments/{searched['exp_id']}/runs"]
-    assert 'tags.amc.pareto = "true"' in urllib.parse.unquote(ui["urls"][2])
+    # `amc ui` starts while the search runs, so it usually finds no Pareto front yet and says what to run
+    pareto = ui_urls(ui["port"], searched["exp_id"])[2]
+    assert 'tags.amc.pareto = "true"' in urllib.parse.unquote(pareto)
+    log = ui["log"].read_text()
+    assert ui["urls"][2:] == [pareto] or (
+        len(ui["urls"]) == 2 and f"no Pareto front yet in experiment {EXPERIMENT!r}: run `amc pareto" in log
+    ), log
 
 
 def test_browser_shows_run_metrics_and_pareto_filter(searched: dict, ui: dict, tmp_path: Path) -> None:
@@ -170,7 +177,7 @@ def test_browser_shows_run_metrics_and_pareto_filter(searched: dict, ui: dict, t
             body = page.inner_text("body")
             for metric in ("reward", "top1", "flops_ratio", "params_ratio", "best_test_top1"):
                 assert metric in body, f"metric {metric} is not shown on the run page"
-            page.goto(ui["urls"][2])  # chart view filtered to tags.amc.pareto = "true"
+            page.goto(ui_urls(ui["port"], searched["exp_id"])[2])  # chart view filtered to tags.amc.pareto = "true"
             page.get_by_text(name).first.wait_for(timeout=PAGE_TIMEOUT_MS)
             page.get_by_text("1 matching run").first.wait_for(timeout=PAGE_TIMEOUT_MS)
             assert "pareto-front" not in page.inner_text("body"), "the Pareto run itself is not a search run"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from amc.pruning import kept_channels, replay_history
 from amc.service.export import load_ratio_mapping, removed_fraction, torch_pruning_ratio
 from amc.service.front import Candidate, ParetoFront, pareto_front, read_front_csv
 from amc.service.pareto import update_pareto
-from amc.service.ui import check_port_free, check_store, ui_command, ui_urls
+from amc.service.ui import check_port_free, check_store, has_pareto_front, ui_command, ui_lines, ui_urls
 from envs import EnvConfig
 
 EXPERIMENT = "test-pareto"
@@ -199,6 +200,12 @@ def test_pareto_command(store: dict, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "hypervolume" in out and (tmp_path / "pareto_front.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "pareto_front.json").read_text())
     assert summary["reference_point"] == {"top1": 0.0, "flops_ratio": 1.0, "params_ratio": 1.0}
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert rows[0][:4] == ["run", "run", "id", "episode"]
+    front = _front(store).front
+    assert [row[:3] for row in rows[1:]] == [[c.run_name, c.run_id[:8], str(c.episode)] for c in front], (
+        "each front policy's run is shown by name and run id"
+    )
     assert main(["pareto", "--experiment", "nope", "--tracking-uri", store["uri"]]) == 2
     assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
 
@@ -462,6 +469,91 @@ def test_export_errors(store: dict, tmp_path: Path, capsys: pytest.CaptureFixtur
         assert not tmp_path.exists() or not any(tmp_path.iterdir()), f"{args} wrote files"
 
 
+# --------------------------------------------------------------------------- read-only commands
+def _free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+READ_ONLY = {
+    "pareto": ["pareto", "--experiment", "digits-resnet20"],
+    "pareto-out": ["pareto", "--experiment", "digits-resnet20", "--no-log", "--out", "front"],
+    "export": ["export", "--experiment", "digits-resnet2", "--pareto", "--out", "export"],
+    "ui": ["ui", "--experiment", "digits-resnet20"],
+    "ui-no-experiment": ["ui"],
+}
+
+
+@pytest.mark.parametrize("where", ["default", "env", "flag", "file-store"])
+@pytest.mark.parametrize("command", sorted(READ_ONLY))
+def test_read_only_commands_create_no_store(
+    command: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Without a store, pareto / export / ui exit 2 with one line and leave every directory as it was."""
+    cwd, elsewhere = tmp_path / "cwd", tmp_path / "elsewhere"
+    cwd.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = list(READ_ONLY[command])
+    missing = {"default": cwd / "mlflow.db", "file-store": elsewhere / "mlruns"}.get(where, elsewhere / "mlflow.db")
+    if where == "env":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    elif where == "flag":
+        args += ["--tracking-uri", f"sqlite:///{missing}"]
+    elif where == "file-store":
+        args += ["--tracking-uri", str(missing)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert (
+        captured.err
+        == f"amc {args[0]}: error: there is no MLflow store at {missing}; run `amc search` first or pass --tracking-uri\n"
+    )
+    assert not any(cwd.iterdir()) and not any(elsewhere.iterdir()), "nothing was created"
+
+
+@pytest.mark.parametrize("command", ["pareto", "export", "ui"])
+def test_a_typo_in_the_experiment_writes_nothing(
+    store: dict, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(store["uri"])
+    before = sorted(e.name for e in client.search_experiments())
+    typo = EXPERIMENT + "s"
+    args = {
+        "pareto": ["pareto", "--experiment", typo, "--out", "front"],
+        "export": ["export", "--experiment", typo, "--pareto", "--out", "export"],
+        "ui": ["ui", "--experiment", typo, "--port", _free_port()],
+    }[command]
+    assert main([*args, "--tracking-uri", store["uri"]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"amc {command}: error: no MLflow experiment named {typo!r}")
+    assert f"it has: {', '.join(before)} " in err, "the store's experiments are listed"
+    assert not any(tmp_path.iterdir()), "nothing written here"
+    assert sorted(e.name for e in client.search_experiments()) == before, "no experiment created"
+
+
+def test_read_only_commands_in_a_real_process(store: dict, tmp_path: Path) -> None:
+    """The whole stderr of a real `amc` process is the one line (MLflow logs nothing), and nothing is written."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    amc = [sys.executable, "-m", "amc.cli"]
+    cases = [
+        (["pareto", "--experiment", EXPERIMENT], f"there is no MLflow store at {tmp_path / 'mlflow.db'}"),
+        (
+            ["export", "--experiment", "typo", "--pareto", "--out", "x", "--tracking-uri", store["uri"]],
+            "no MLflow experiment named 'typo'",
+        ),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([*amc, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+        assert not any(tmp_path.iterdir()), f"{args[0]} wrote {sorted(p.name for p in tmp_path.iterdir())}"
+
+
 # --------------------------------------------------------------------------- ui helpers
 def test_ui_command_and_checks(tmp_path: Path) -> None:
     cmd = ui_command("sqlite:////x/mlflow.db", 5123)
@@ -472,6 +564,59 @@ def test_ui_command_and_checks(tmp_path: Path) -> None:
         check_store("http://127.0.0.1:5000")
     with pytest.raises(ConfigError, match="no MLflow store"):
         check_store(f"sqlite:///{tmp_path / 'missing.db'}")
+    with pytest.raises(ConfigError, match="no MLflow store"):
+        check_store(str(tmp_path / "mlruns"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_ui_lines_say_to_run_amc_pareto_when_there_is_no_front() -> None:
+    base = "http://127.0.0.1:5123/"
+    assert ui_lines(5123) == [f"  {base}"]
+    with_front = ui_lines(5123, "my exp", "7")
+    assert with_front == [
+        f"  {base}",
+        f"  {base}#/experiments/7/runs   runs of 'my exp'",
+        f'  {ui_urls(5123, "7")[2]}   its Pareto front (tags.amc.pareto = "true", chart view)',
+    ]
+    without = ui_lines(5123, "my exp", "7", front=False, tracking_uri="sqlite:///a b.db")
+    assert without[:2] == with_front[:2] and len(without) == 3
+    assert without[2] == (
+        "  no Pareto front yet in experiment 'my exp': run `amc pareto --experiment 'my exp' --tracking-uri "
+        f"'sqlite:///a b.db'` first, then open {ui_urls(5123, '7')[2]}"
+    )
+    assert not without[2].strip().startswith("http"), "no address that would land on a filter matching nothing"
+
+
+def test_ui_command_without_a_pareto_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`amc ui --experiment` (the server replaced) on an experiment before and after `amc pareto`."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("no-front", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(exp_id, run_name="hand-made").info.run_id
+    client.log_artifact(run, str(write_json_atomic(tmp_path / "s" / "search.json", {"episodes": [DOMINATED]})))
+    client.set_terminated(run)
+    served: list[list[str]] = []
+    monkeypatch.setattr("amc.service.ui.serve", lambda cmd: served.append(cmd) or 0)
+    args = ["ui", "--experiment", "no-front", "--tracking-uri", uri, "--port", _free_port()]
+
+    assert not has_pareto_front(client, exp_id)
+    assert main(args) == 0 and len(served) == 1
+    out = capsys.readouterr().out
+    assert (
+        f"no Pareto front yet in experiment 'no-front': run `amc pareto --experiment no-front --tracking-uri {uri}` first"
+        in out
+    )
+    assert "searchFilter" not in "".join(line for line in out.splitlines() if line.strip().startswith("http"))
+
+    update_pareto("no-front", uri)
+    assert has_pareto_front(client, exp_id)
+    assert main(args) == 0 and len(served) == 2
+    out = capsys.readouterr().out
+    assert "no Pareto front yet" not in out and f"  {ui_urls(int(args[-1]), exp_id)[2]}   its Pareto front" in out
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         with pytest.raises(ConfigError, match="in use"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,8 @@ def test_interrupted_search_resumes_exactly(trained_resnet20: Path, tmp_path: Pa
     assert a == b, "a resumed search continues exactly where the interrupted one stopped"
     steps = [m.step for m in MlflowClient(uri).get_metric_history(resumed.run_id, "reward")]
     assert sorted(steps) == list(range(6)), "each episode logged to MLflow once"
+    name = MlflowClient(uri).get_run(resumed.run_id).info.run_name
+    assert resumed.run_name == name and name.endswith(f"-{resumed.run_id[:6]}"), "a resumed run keeps its name"
 
 
 def _metric_steps(client, run_id: str) -> dict[str, dict[int, list[float]]]:
@@ -145,6 +149,50 @@ def test_resume_logs_every_metric_of_episodes_checkpointed_but_not_flushed(
             assert len(values) == 1, f"{key} logged {len(values)} times for episode {step}"
             assert values == pytest.approx(steps[step], rel=1e-6), f"{key} of episode {step}"
     assert sorted(got["agent_critic_loss"]) == [2, 3, 4, 5], "agent statistics of the episodes after warm-up"
+
+
+def _check_run_name(client, run_id: str, prefix: str) -> str:
+    """The run's name is ``<prefix>-<start time, UTC, to the minute>-<first 6 characters of its id>``."""
+    run = client.get_run(run_id)
+    name = run.info.run_name
+    start = dt.datetime.fromtimestamp(run.info.start_time / 1000, tz=dt.UTC)
+    assert re.fullmatch(re.escape(prefix) + r"-\d{8}-\d{4}-[0-9a-f]{6}", name), name
+    assert name == f"{prefix}-{start:%Y%m%d-%H%M}-{run_id[:6]}", name
+    assert run.data.tags["mlflow.runName"] == name, "the UI's run name tag agrees"
+    return name
+
+
+def test_searches_of_one_config_get_their_own_run_names(trained_resnet20: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = _config(trained_resnet20 / "model.pt", "random", episodes=2)
+    results = [run_search(config, tmp_path / f"s{i}", tracking_uri=uri, progress=False) for i in range(2)]
+    client = MlflowClient(uri)
+    names = [_check_run_name(client, r.run_id, "resnet20-flops0.5-random-s3") for r in results]
+    assert names[0] != names[1], "two searches of one config in one experiment are told apart by name"
+    assert [r.run_name for r in results] == names
+
+
+def test_sweep_runs_get_their_own_names(trained_resnet20: Path, tmp_path: Path) -> None:
+    """The sweep's driver logs one child run per trial (no Ray needed to log): each has a name of its own."""
+    from mlflow.tracking import MlflowClient
+
+    from agents.sweep import SweepConfig, log_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = _config(trained_resnet20 / "model.pt", "random", episodes=2)
+    run_search(config, tmp_path / "trial", track=False, progress=False)
+    sweep = SweepConfig(base="unused.yaml", name="tiny", grid={"seed": [3, 3]})
+    trial = {"seed": 3, "out": str(tmp_path / "trial"), "best_top1": 0.5, "error": None}
+    parent_id = log_sweep(sweep, config, [trial, dict(trial)], uri)  # two trials with the same config fields
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name(config.experiment).experiment_id
+    children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    prefix = f"resnet20-flops0.5-random-s3-{config.env.reward}"
+    names = {_check_run_name(client, r.info.run_id, prefix) for r in children}
+    assert len(children) == 2 and len(names) == 2, "each trial's run has its own name"
+    _check_run_name(client, parent_id, "sweep-tiny")
 
 
 def test_checkpoint_versions(tmp_path: Path) -> None:

@@ -65,9 +65,14 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _print_front(front: Sequence[Candidate], objectives: tuple[str, ...], limit: int = 20) -> None:
-    print(f"  {'run':<36} {'episode':>7} " + " ".join(f"{n:>13}" for n in objectives))
-    for c in front[:limit]:
-        print(f"  {c.run_name[:36]:<36} {c.episode:>7} " + " ".join(f"{c.objective(n):>13.4f}" for n in objectives))
+    shown = front[:limit]
+    width = min(max((len(c.run_name) for c in shown), default=3), 60)
+    print(f"  {'run':<{width}} {'run id':<8} {'episode':>7} " + " ".join(f"{n:>13}" for n in objectives))
+    for c in shown:
+        print(
+            f"  {c.run_name[:width]:<{width}} {c.run_id[:8]:<8} {c.episode:>7} "
+            + " ".join(f"{c.objective(n):>13.4f}" for n in objectives)
+        )
     if len(front) > limit:
         print(f"  ... {len(front) - limit} more (see pareto_front.csv)")
 
@@ -167,19 +172,20 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 @_ui_args.run
 def _ui(args: argparse.Namespace) -> int:
     from amc.service.tracking import resolve_tracking_uri
-    from amc.service.ui import check_port_free, check_store, serve, ui_command, ui_urls
+    from amc.service.ui import check_port_free, check_store, has_pareto_front, serve, ui_command, ui_lines
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_store(uri)
     check_port_free(args.port)
-    experiment_id = None
+    experiment_id, front = None, True
     if args.experiment:
         from amc.service.candidates import find_experiment, mlflow_client
 
-        experiment_id = find_experiment(mlflow_client(uri), args.experiment).experiment_id
-    labels = ("", f"runs of {args.experiment!r}", f"its Pareto front ({PARETO_FILTER}, chart view)")
+        client = mlflow_client(uri)
+        experiment_id = find_experiment(client, args.experiment).experiment_id
+        front = has_pareto_front(client, experiment_id)
     print(f"MLflow UI for {uri} (starting, about 20 s; Ctrl-C stops it):")
-    for url, label in zip(ui_urls(args.port, experiment_id), labels):
-        print(f"  {url}   {label}".rstrip())
+    for line in ui_lines(args.port, args.experiment, experiment_id, front, args.tracking_uri):
+        print(line)
     sys.stdout.flush()
     return serve(ui_command(uri, args.port))

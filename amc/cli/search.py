@@ -131,7 +131,11 @@ def _print_summary(result) -> None:
         f"best policy: {result.out / 'best_policy.json'} (apply with: amc prune --checkpoint <dense model.pt> --policy ...)"
     )
     if result.run_id:
-        print(f"MLflow run: {result.run_id}")
+        print(
+            f"MLflow run: {result.run_name} (run id {result.run_id})"
+            if result.run_name
+            else f"MLflow run: {result.run_id}"
+        )
 
 
 @command("sweep", "run a grid of searches on Ray Tune (targets x seeds x rewards x agents)")

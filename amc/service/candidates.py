@@ -27,9 +27,14 @@ _PROGRESS_VAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def mlflow_client(uri: str) -> Any:
-    """An ``MlflowClient`` on ``uri`` (MLflow imported here, with an install hint)."""
-    from amc.service.tracking import _client
+    """An ``MlflowClient`` on the existing store ``uri`` (MLflow imported here, with an install hint).
 
+    Raises:
+        ConfigError: ``uri`` is a local store that does not exist (checked first: MLflow would create it).
+    """
+    from amc.service.tracking import _client, require_store
+
+    require_store(uri)
     return _client(uri)
 
 

@@ -12,6 +12,7 @@ configured artifact root (``--artifact-root`` / ``$AMC_ARTIFACT_ROOT``) or, with
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import os
 import re
@@ -49,6 +50,40 @@ def sqlite_path(uri: str) -> Path | None:
     if not path or path == ":memory:":
         return None
     return Path(path).resolve()
+
+
+def require_store(uri: str) -> None:
+    """Refuses a local store that does not exist yet: commands that only read must not create one.
+
+    MLflow creates a SQLite database file (and a file store's directory) the first time a client uses it,
+    so the check comes before any client is made. Servers and other databases are not checked here.
+
+    Raises:
+        ConfigError: ``uri`` is a ``sqlite:///`` file or a file store (``file:`` URI or a path) that is not there.
+    """
+    db = sqlite_path(uri)
+    if db is not None:
+        if not db.is_file():
+            raise ConfigError(f"there is no MLflow store at {db}; run `amc search` first or pass --tracking-uri")
+        return
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"there is no MLflow store at {path}; run `amc search` first or pass --tracking-uri")
+
+
+SHORT_ID_LENGTH = 6
+"""Characters of a run id appended to its run name."""
+
+
+def unique_run_name(base: str, run_id: str, start_time_ms: int) -> str:
+    """``<base>-<YYYYmmdd-HHMM>-<short id>``: the run's start time (UTC) and the first characters of its run id.
+
+    Two runs of one config (same model, target, agent and seed) thus get different names.
+    """
+    start = _dt.datetime.fromtimestamp(start_time_ms / 1000, tz=_dt.UTC)
+    return f"{base}-{start:%Y%m%d-%H%M}-{run_id[:SHORT_ID_LENGTH]}"
 
 
 def experiment_artifact_location(uri: str, experiment: str, artifact_root: str | Path | None = None) -> str | None:
@@ -109,7 +144,8 @@ class RunTracker:
     Args:
         uri: Tracking URI (see :func:`resolve_tracking_uri`).
         experiment: Experiment name (created when missing).
-        run_name: Name of a new run.
+        run_name: Name of a new run; its start time and the start of its run id are appended (see
+            :func:`unique_run_name`), so every run has a name of its own.
         run_id: Continue this existing run instead of creating one (resume).
         tags: Tags set on a new run.
         parent_run_id: Makes the new run a child of this one (sweeps).
@@ -134,7 +170,13 @@ class RunTracker:
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
-            run_id = self.client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
+            info = self.client.create_run(exp_id, run_name=run_name, tags=all_tags).info
+            run_id, self.run_name = info.run_id, info.run_name
+            if run_name:
+                self.run_name = unique_run_name(run_name, run_id, info.start_time)
+                self.client.update_run(run_id, name=self.run_name)
+        else:
+            self.run_name = self.client.get_run(run_id).info.run_name
         self.run_id = run_id
         self._pending: list[Any] = []
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlparse
 
 from amc.errors import ConfigError
@@ -37,14 +38,13 @@ def ui_command(tracking_uri: str, port: int) -> list[str]:
 
 
 def check_store(tracking_uri: str) -> None:
-    """Refuses a store that is already a server, or a SQLite file that does not exist."""
+    """Refuses a store that is already a server, or a local store (SQLite file, file store) that does not exist."""
+    from amc.service.tracking import require_store
+
     scheme = urlparse(tracking_uri).scheme
     if scheme in ("http", "https", "databricks"):
         raise ConfigError(f"{tracking_uri} is already an MLflow server; open it in a browser instead of `amc ui`")
-    if scheme == "sqlite":
-        path = Path(tracking_uri[len("sqlite:///") :])
-        if not path.is_file():
-            raise ConfigError(f"there is no MLflow store at {path}; run `amc search` first or pass --tracking-uri")
+    require_store(tracking_uri)
 
 
 def check_port_free(port: int) -> None:
@@ -65,6 +65,44 @@ def ui_urls(port: int, experiment_id: str | None = None) -> list[str]:
     return [base, runs, f"{runs}?searchFilter={quote(PARETO_FILTER)}&compareRunsMode=CHART"]
 
 
+def has_pareto_front(client: Any, experiment_id: str) -> bool:
+    """Whether any run of the experiment is tagged as owning a Pareto-front point (``amc pareto`` tags them)."""
+    return bool(client.search_runs([experiment_id], PARETO_FILTER, max_results=1))
+
+
+def ui_lines(
+    port: int,
+    experiment: str | None = None,
+    experiment_id: str | None = None,
+    front: bool = True,
+    tracking_uri: str | None = None,
+) -> list[str]:
+    """The lines ``amc ui`` prints: the UI's address and, for an experiment, its runs and its Pareto front.
+
+    Args:
+        port: The UI's port on 127.0.0.1.
+        experiment: Experiment name.
+        experiment_id: Its id (None: only the UI's address).
+        front: Whether the experiment has a Pareto front (see :func:`has_pareto_front`); without one, the
+            last line says to run ``amc pareto`` first instead of giving a filter that matches no run.
+        tracking_uri: A ``--tracking-uri`` to repeat in that ``amc pareto`` command.
+    """
+    urls = ui_urls(port, experiment_id)
+    lines = [f"  {urls[0]}"]
+    if experiment_id is None:
+        return lines
+    experiment = experiment if experiment is not None else experiment_id
+    lines.append(f"  {urls[1]}   runs of {experiment!r}")
+    if front:
+        lines.append(f"  {urls[2]}   its Pareto front ({PARETO_FILTER}, chart view)")
+    else:
+        cmd = f"amc pareto --experiment {shlex.quote(experiment)}"
+        if tracking_uri:
+            cmd += f" --tracking-uri {shlex.quote(tracking_uri)}"
+        lines.append(f"  no Pareto front yet in experiment {experiment!r}: run `{cmd}` first, then open {urls[2]}")
+    return lines
+
+
 def serve(cmd: list[str]) -> int:
     """Runs the server in the foreground; SIGTERM and Ctrl-C stop it too."""
     proc = subprocess.Popen(cmd)
@@ -79,4 +117,14 @@ def serve(cmd: list[str]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["PARETO_FILTER", "UI_HOST", "check_port_free", "check_store", "serve", "ui_command", "ui_urls"]
+__all__ = [
+    "PARETO_FILTER",
+    "UI_HOST",
+    "check_port_free",
+    "check_store",
+    "has_pareto_front",
+    "serve",
+    "ui_command",
+    "ui_lines",
+    "ui_urls",
+]
