@@ -7,9 +7,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from amc.engine import Workspace
+from amc.progress import Progress
 from amc.pruning import DEFAULT_CRITERION, prune_channels, widths_for
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 
@@ -38,14 +37,14 @@ def sensitivity(
         ratios: Pruning ratios tried for each group.
         criterion: Importance criterion that picks the removed channels (one without gradients).
         bn_batches: Training batches that re-estimate BatchNorm statistics after pruning (0: off).
-        progress: Show a progress bar.
+        progress: Show progress (a bar on a terminal, else a line every few seconds; see :mod:`amc.progress`).
         device: Torch device (``cpu``, ``cuda``, ``cuda:1``) of the BatchNorm re-estimation and the evaluations.
     """
     val = ws.data.loader("val", 256)
     calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=1), bn_batches)
     dense_top1 = evaluate(copy.deepcopy(ws.model).to(device), val)
     rows = []
-    bar = tqdm(total=len(ws.graph) * len(ratios), desc="sensitivity", disable=None if progress else True, unit="policy")
+    bar = Progress(len(ws.graph) * len(ratios), "sensitivity", "pruned model", enabled=progress)
     for group in ws.graph:
         for ratio in ratios:
             result = prune_channels(ws.model, ws.graph, widths_for(ws.graph, {group.name: ratio}), criterion)
