@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from agents.base import SearchAgent, create_agent
 from agents.outputs import write_outputs
@@ -30,6 +29,7 @@ from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, Sear
 from amc.config import flatten, save_yaml
 from amc.errors import ConfigError
 from amc.files import write_json_atomic, write_text_atomic
+from amc.progress import Progress
 from envs import ChannelPruningEnv
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def resolve_checkpoint(config: SearchConfig, cache_dir: Path | None = None, prog
     Args:
         config: The search config.
         cache_dir: Cache directory (None: :func:`amc.baseline.default_cache_dir`).
-        progress: Show a progress bar while training.
+        progress: Show progress while training (see :func:`amc.baseline.cached_baseline`).
     """
     if config.env.checkpoint:
         return config
@@ -151,7 +151,7 @@ class Search:
         config: The search config (the env's checkpoint must be set; see :func:`resolve_checkpoint`).
         out: Search directory.
         tracker: An :class:`amc.service.tracking.RunTracker` or None (no MLflow).
-        progress: Show a progress bar.
+        progress: Show progress (a bar on a terminal, else a line every few seconds; see :mod:`amc.progress`).
     """
 
     def __init__(self, config: SearchConfig, out: Path, tracker: Any = None, progress: bool = True) -> None:
@@ -170,12 +170,8 @@ class Search:
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
         """Runs the remaining episodes, then writes search.json, best_policy.json and the plots."""
-        self._bar = tqdm(
-            total=self.total,
-            initial=self.state.episode,
-            desc=f"search {self.config.agent}",
-            disable=None if self.progress else True,
-            unit="ep",
+        self._bar = Progress(
+            self.total, f"search {self.config.agent}", "episode", initial=self.state.episode, enabled=self.progress
         )
         self._on_episode = on_episode
         if self.workers > 1 and self.state.episode < self.total:
@@ -381,7 +377,7 @@ def run_search(
         resume: Continue the interrupted search in ``out``.
         tracking_uri: MLflow store (see :func:`amc.service.tracking.resolve_tracking_uri`).
         track: Log to MLflow.
-        progress: Show progress bars.
+        progress: Show progress (bars on a terminal, else a line every few seconds; see :mod:`amc.progress`).
         cache_dir: Cache directory of the dense baseline (None: :func:`amc.baseline.default_cache_dir`).
         parent_run_id: Makes the MLflow run a child of this one.
         on_episode: Called after every episode with its record and the agent's statistics.

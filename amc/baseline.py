@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from amc.data import DataConfig, load_data
 from amc.engine import spec_for
 from amc.files import write_json_atomic
 from amc.models import create_model
+from amc.progress import format_duration
 from amc.train import TrainConfig, evaluate, train
 
 
@@ -119,7 +122,8 @@ def cached_baseline(
         data_config: Data set settings.
         config: Training settings.
         cache_dir: Cache directory (None: :func:`default_cache_dir`); baselines go to its ``baselines/``.
-        progress: Show a progress bar while training.
+        progress: Show training progress (see :mod:`amc.progress`), and say on stderr when a baseline is
+            trained because the cache lacks it, and how long it took.
 
     Returns:
         The ``model.pt`` of the cached baseline.
@@ -128,13 +132,28 @@ def cached_baseline(
     if (out / "model.pt").is_file():
         return out / "model.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        _say(
+            f"training the dense baseline {model_name} on {data_config.name} ({config.epochs} epoch{'' if config.epochs == 1 else 's'}), "
+            f"cached in {out}"
+        )
+    start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        train_baseline(model_name, data_config, config, tmp, progress=progress)
+        report = train_baseline(model_name, data_config, config, tmp, progress=progress)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        _say(
+            f"dense baseline {model_name} on {data_config.name} trained in {format_duration(time.monotonic() - start)}: "
+            f"test top-1 {report['top1']:.2%} -> {out / 'model.pt'}"
+        )
     return out / "model.pt"
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _publish(tmp: Path, out: Path) -> None:

@@ -288,9 +288,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted((k for k in data if k not in fields), key=str)
     if unknown:
+        key = unknown[0]
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-        section = f"in {where}" if where else "at the top of the config"
-        raise ConfigError(f"unknown key {show(unknown[0])}{more} {section}; valid keys: {', '.join(fields)}")
+        if isinstance(key, str):
+            name = show(_join(where, key))
+        else:
+            name = show(key) + (f" in section {where}" if where else "")
+        valid = f"valid keys of {where}" if where else "valid keys at the top level"
+        raise ConfigError(f"unknown key {name}{more}; {valid}: {', '.join(fields)}")
     missing = [
         n
         for n, f in fields.items()

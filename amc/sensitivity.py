@@ -7,10 +7,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from amc.engine import Workspace
-from amc.pruning import DEFAULT_CRITERION, prune_channels, widths_for
+from amc.progress import Progress
+from amc.pruning import CRITERIA, DEFAULT_CRITERION, prune_channels, widths_for
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -30,25 +29,32 @@ def sensitivity(
     bn_batches: int = 8,
     progress: bool = True,
     device: str = "cpu",
+    seed: int = 0,
 ) -> tuple[float, list[SensitivityRow]]:
     """Returns the dense search-val top-1 and one row per (group, ratio).
 
     Args:
         ws: The dense model, its data and traced groups (the model stays on the CPU, where it is pruned).
         ratios: Pruning ratios tried for each group.
-        criterion: Importance criterion that picks the removed channels (one without gradients).
+        criterion: Importance criterion that picks the removed channels; a gradient-based one (taylor) reads
+            the gradients of one training batch, the batch ``amc prune --seed`` would use.
         bn_batches: Training batches that re-estimate BatchNorm statistics after pruning (0: off).
-        progress: Show a progress bar.
+        progress: Show progress (a bar on a terminal, else a line every few seconds; see :mod:`amc.progress`).
         device: Torch device (``cpu``, ``cuda``, ``cuda:1``) of the BatchNorm re-estimation and the evaluations.
+        seed: Seed of the training batches drawn for BatchNorm re-estimation and gradients (as ``amc prune``'s).
     """
     val = ws.data.loader("val", 256)
-    calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=1), bn_batches)
+    calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=seed + 1), bn_batches)
+    grad_batch = None
+    if CRITERIA.get(criterion).needs_gradients:
+        grad_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=seed + 2)))
     dense_top1 = evaluate(copy.deepcopy(ws.model).to(device), val)
     rows = []
-    bar = tqdm(total=len(ws.graph) * len(ratios), desc="sensitivity", disable=None if progress else True, unit="policy")
+    bar = Progress(len(ws.graph) * len(ratios), "sensitivity", "pruned model", enabled=progress)
     for group in ws.graph:
         for ratio in ratios:
-            result = prune_channels(ws.model, ws.graph, widths_for(ws.graph, {group.name: ratio}), criterion)
+            widths = widths_for(ws.graph, {group.name: ratio})
+            result = prune_channels(ws.model, ws.graph, widths, criterion, grad_batch)
             pruned = result.model.to(device)
             if bn_batches:
                 recalibrate_bn(pruned, calib)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from amc.errors import ConfigError
+from amc.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _train_epoch(
     loader: DataLoader,
     opt: torch.optim.Optimizer,
     sched: torch.optim.lr_scheduler.LRScheduler,
-    bar: tqdm,
+    bar: Progress,
     epoch: int,
 ) -> None:
     """One pass over ``loader`` in train mode, one optimizer and scheduler step per batch."""
@@ -97,8 +97,9 @@ def _train_epoch(
         bar.update()
 
 
-def _bar(total: int, desc: str, progress: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")
+def _bar(total: int, desc: str, progress: bool) -> Progress:
+    """A tqdm bar on a terminal, else a line every few seconds (see :mod:`amc.progress`); nothing without ``progress``."""
+    return Progress(total, desc, "step", enabled=progress, leave=False)
 
 
 def train(
@@ -179,7 +180,7 @@ def finetune(
         lr: Peak learning rate (reached after the warm-up).
         weight_decay: L2 penalty.
         seed: Seed of torch during training.
-        progress: Show a progress bar.
+        progress: Show progress (a bar on a terminal, else a line every few seconds; see :mod:`amc.progress`).
         val_loader: Split to select the best epoch on; None turns selection off.
         warmup: Fraction of the steps spent on the linear warm-up, in [0, 1).
 

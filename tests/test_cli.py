@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from amc.baseline import train_baseline
 from amc.checkpoint import load_model
 from amc.cli import main
 from amc.cost import count_cost
+from amc.data import DataConfig
 from amc.models import model_names
+from amc.train import TrainConfig
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -132,6 +135,15 @@ def test_sensitivity_command(trained_resnet20: Path, tmp_path: Path) -> None:
     assert by[("conv1", "0.20")] >= by[("conv1", "0.80")] - 0.05  # pruning more rarely helps
 
 
+def test_sensitivity_with_a_gradient_criterion(tmp_path: Path) -> None:
+    """taylor, a choice of every --criterion, reads the gradients of one training batch in sensitivity too."""
+    train_baseline("resnet20", DataConfig("digits"), TrainConfig(epochs=0), tmp_path / "dense", progress=False)
+    args = ["sensitivity", "--checkpoint", str(tmp_path / "dense" / "model.pt"), "--ratios", "0.5"]
+    assert main([*args, "--criterion", "taylor", "--out", str(tmp_path / "s")]) == 0
+    lines = (tmp_path / "s" / "sensitivity.csv").read_text().strip().splitlines()
+    assert lines[0] == "group,ratio,top1" and len(lines) == 1 + 12
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -153,7 +165,7 @@ def test_sensitivity_command(trained_resnet20: Path, tmp_path: Path) -> None:
         (["prune", "--model", "resnet20", "--out", "X"], "one of the arguments --policy --uniform is required"),
         (
             ["prune", "--model", "resnet20", "--uniform", "0.5", "--criterion", "magic", "--out", "X"],
-            "criterion 'magic' is unknown",
+            "argument --criterion: invalid choice: 'magic'",
         ),
         (["sensitivity", "--checkpoint", "missing.pt", "--out", "X"], "does not exist"),
         (["sensitivity", "--model", "resnet20", "--checkpoint", "x.pt", "--ratios", "0.5,2", "--out", "X"], "--ratios"),

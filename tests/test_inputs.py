@@ -310,6 +310,26 @@ def test_config_error_names_the_dotted_field(tmp_path: Path) -> None:
     assert "key.yaml.env" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "valid"),
+    [
+        ("env:\n  bogus: 1\n", "'env.bogus'", "valid keys of env: model, data,"),
+        ("env:\n  data:\n    bogus: 1\n", "'env.data.bogus'", "valid keys of env.data: name, root,"),
+        ("bogus: 1\n", "'bogus'", "valid keys at the top level: env, agent,"),
+        ("env:\n  1: 2\n", "1 in section env", "valid keys of env: model,"),
+    ],
+)
+def test_unknown_key_error_names_the_file_and_the_dotted_key_apart(
+    text: str, key: str, valid: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "key.yaml"
+    path.write_text(text)
+    with pytest.raises(AmcError) as info:
+        load_yaml(SearchConfig, path)
+    assert str(info.value).startswith(f"config file {path}: unknown key {key}; {valid}"), str(info.value)
+    assert "key.yaml.env" not in str(info.value)
+
+
 # --------------------------------------------------------------------------- paths that are not files
 def _make(kind: str, d: Path) -> Path:
     p = d / f"input-{kind}"

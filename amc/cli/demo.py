@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
+from amc.cli.options import add_tracking_uri, non_negative_int
 from amc.cost import LatencyConfig
 from amc.engine import FinetuneSchedule, Workspace, build_workspace, cost_report, prune_and_finetune, uniform_policy
 from amc.policy import Policy, load_policy
@@ -20,14 +21,27 @@ from amc.train import evaluate
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "digits-resnet20-flops50.yaml"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m amc.cli.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=CONFIG, help="search config (default: the embedded default)")
-    parser.add_argument("--episodes", type=int, default=None, help="override the search's episode budget")
-    parser.add_argument("--finetune-epochs", type=int, default=5)
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///mlflow.db here)")
+    parser.add_argument(
+        "--episodes", type=int, default=None, help="override the config's episodes: the search's budget"
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=non_negative_int,
+        default=5,
+        help="fine-tuning epochs of the uniform and the searched policy, each (default: 5)",
+    )
+    add_tracking_uri(parser)
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/demo/<time>)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from agents.search import SearchConfig, run_search
 

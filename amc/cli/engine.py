@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amc.cli.commands import command
+from amc.cli.options import add_criterion, add_device, non_negative_int, positive_int, seed_int
 from amc.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,28 +21,6 @@ if TYPE_CHECKING:
 
 
 # --------------------------------------------------------------------------- shared flags
-def _integer(text: str, minimum: int, maximum: int = 2**63 - 1) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-    if not minimum <= value <= maximum:
-        raise argparse.ArgumentTypeError(f"expected an integer in [{minimum}, {maximum}], got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _integer(text, 1)
-
-
-def _non_negative_int(text: str) -> int:
-    return _integer(text, 0)
-
-
-def _seed(text: str) -> int:
-    return _integer(text, 0, 2**32 - 1)
-
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -63,12 +41,6 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _device(text: str) -> str:
-    if text == "cpu" or re.fullmatch(r"cuda(:\d{1,3})?", text):
-        return text
-    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
-
-
 def _out_dir(text: str) -> Path:
     if not text or "\x00" in text:
         raise argparse.ArgumentTypeError(f"expected a directory path, got {text!r}")
@@ -78,11 +50,14 @@ def _out_dir(text: str) -> Path:
     return path
 
 
+MODEL_HELP = "model name: resnet20, resnet56, plain20, vgg_small, mobilenetv2_small or torchvision:NAME"
+
+
 def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) -> None:
     p.add_argument(
         "--model",
         required=model_required,
-        help="model name: resnet20, resnet56, plain20, vgg_small or torchvision:NAME (default: from --checkpoint)",
+        help=MODEL_HELP + (" (required)" if model_required else " (default: the model of --checkpoint)"),
     )
     p.add_argument(
         "--data", default="digits", help="data set: digits (embedded, default), cifar10, imagefolder, synthetic"
@@ -91,10 +66,10 @@ def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) ->
         "--data-dir", default=None, help="directory of a data set on disk (cifar10, imagefolder); nothing is downloaded"
     )
     p.add_argument(
-        "--input-size", type=_non_negative_int, default=0, help="input image side (0: the data set's default)"
+        "--input-size", type=non_negative_int, default=0, help="input image side (0: the data set's default)"
     )
-    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    add_device(p)
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
 
 
 def _data_config(args: argparse.Namespace):
@@ -135,7 +110,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lr", type=_positive_float, default=0.1, help="initial learning rate, cosine schedule (default: 0.1)"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per training step (default: 64)")
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, report.json)")
 
 
@@ -162,12 +137,18 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--policy", type=Path, help="policy JSON (from `amc search` or written by hand)")
     which.add_argument("--uniform", type=_ratio, metavar="R", help="prune every group by the same ratio R")
+    add_criterion(p, "that picks the removed channels with --uniform (a --policy names its own)")
     p.add_argument(
-        "--criterion", default="l2", help="importance criterion for --uniform: l1, l2, bn_scale, taylor (default: l2)"
+        "--granularity",
+        default="channel",
+        choices=("channel", "unstructured", "nm"),
+        help="with --uniform: remove whole channels (default), single weights, or 2:4 (N:M) patterns",
     )
-    p.add_argument("--granularity", default="channel", choices=("channel", "unstructured", "nm"), help="for --uniform")
     p.add_argument(
-        "--round-to", type=_positive_int, default=1, help="round kept channels to a multiple (for --uniform)"
+        "--round-to",
+        type=positive_int,
+        default=1,
+        help="with --uniform: round kept channels to a multiple (default: 1)",
     )
     p.add_argument(
         "--allow-partial",
@@ -175,20 +156,27 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
         help="accept a --policy that leaves groups of the model out; those groups stay dense (listed)",
     )
     p.add_argument(
-        "--finetune-epochs", type=_non_negative_int, default=5, help="fine-tuning epochs in total (default: 5)"
+        "--finetune-epochs", type=non_negative_int, default=5, help="fine-tuning epochs in total (default: 5)"
     )
     p.add_argument(
-        "--iterative", type=_positive_int, default=1, metavar="K", help="prune in K rounds, fine-tuning after each"
+        "--iterative",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="prune in K rounds, fine-tuning after each (default: 1)",
     )
     p.add_argument("--lr", type=_positive_float, default=0.01, help="fine-tuning learning rate (default: 0.01)")
     p.add_argument(
         "--lr-rewind", action="store_true", help="rewind to the training learning rate (0.1) for fine-tuning"
     )
     p.add_argument(
-        "--bn-batches", type=_non_negative_int, default=8, help="training batches for BN recalibration; 0 turns it off"
+        "--bn-batches",
+        type=non_negative_int,
+        default=8,
+        help="training batches for BatchNorm recalibration after pruning (default: 8; 0 turns it off)",
     )
-    p.add_argument("--latency-batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
-    p.add_argument("--latency-threads", type=_positive_int, default=1, help="CPU threads for latency (default: 1)")
+    p.add_argument("--latency-batch", type=positive_int, default=1, help="batch size for latency (default: 1)")
+    p.add_argument("--latency-threads", type=positive_int, default=1, help="CPU threads for latency (default: 1)")
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, policy.json, report.json)")
 
 
@@ -290,31 +278,27 @@ def _print_table(r: dict) -> None:
 def _sens_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p)
     p.add_argument("--checkpoint", required=True, help="dense model file (model.pt from `amc train`)")
-    p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="comma-separated ratios")
     p.add_argument(
-        "--criterion",
-        default="l2",
-        choices=("l1", "l2", "bn_scale"),
-        help="importance criterion (default: l2, measured best on the embedded default)",
+        "--ratios",
+        default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+        help="comma-separated pruning ratios, each the fraction of a group's channels removed (default: 0.1 to 0.9)",
     )
+    add_criterion(p, "that picks the removed channels")
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (sensitivity.csv, sensitivity.png)")
 
 
 @_sens_args.run
 def _sensitivity(args: argparse.Namespace) -> int:
     from amc.engine import build_workspace
-    from amc.pruning import CRITERIA
     from amc.sensitivity import sensitivity, write_sensitivity
 
     try:
         ratios = tuple(_ratio(r) for r in args.ratios.split(","))
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(f"--ratios: {exc}") from None
-    if CRITERIA.get(args.criterion).needs_gradients:
-        raise ConfigError(f"criterion {args.criterion!r} needs gradients; use l1, l2 or bn_scale for sensitivity")
     _check_device(args.device)
     ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
-    dense, rows = sensitivity(ws, ratios, args.criterion, device=args.device)
+    dense, rows = sensitivity(ws, ratios, args.criterion, device=args.device, seed=args.seed)
     csv_path, png_path = write_sensitivity(args.out, dense, rows)
     print(f"dense search-val top-1 {dense:.2%}; wrote {csv_path} and {png_path}")
     return 0

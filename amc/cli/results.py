@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amc.cli.commands import command
+from amc.cli.options import add_tracking_uri, non_negative_int, seed_int
 from amc.errors import ConfigError
 from amc.service.ui import PARETO_FILTER
 
 if TYPE_CHECKING:
     from amc.service.front import Candidate
-
-_TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
 
 
 def _flops_ratio(text: str) -> float:
@@ -37,16 +36,22 @@ def _flops_ratio(text: str) -> float:
 @command("pareto", "compute an experiment's Pareto front over every policy its searches evaluated, log it to MLflow")
 def _pareto_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. digits-resnet20)")
-    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    add_tracking_uri(p)
     p.add_argument("--out", type=Path, help="also write pareto_front.csv/.json/.png and pareto_candidates.csv here")
-    p.add_argument("--no-log", action="store_true", help="compute only: leave the MLflow experiment untouched")
+    p.add_argument(
+        "--no-tracking",
+        "--no-log",
+        dest="no_tracking",
+        action="store_true",
+        help="do not log to MLflow: compute only, leave the experiment untouched",
+    )
 
 
 @_pareto_args.run
 def _pareto(args: argparse.Namespace) -> int:
     from amc.service.pareto import update_pareto
 
-    report = update_pareto(args.experiment, args.tracking_uri, args.out, log_to_mlflow=not args.no_log)
+    report = update_pareto(args.experiment, args.tracking_uri, args.out, log_to_mlflow=not args.no_tracking)
     front = report.front
     ref = ", ".join(f"{n} {r:g}" for n, r in zip(front.objectives, front.reference))
     print(
@@ -98,7 +103,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         "--max-flops-ratio",
         type=_flops_ratio,
         metavar="X",
-        help="only policies keeping at most X of the dense FLOPs; the highest top-1 among them is chosen",
+        help="a filter on what the searches found, not a search budget: only policies whose FLOPs ratio (the kept "
+        "fraction of the dense FLOPs, in (0, 1]) is at most X, whatever cost the search budgeted; the highest "
+        "top-1 among them is chosen (default: no limit)",
     )
     source.add_argument(
         "--all",
@@ -106,7 +113,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         dest="every",
         help="with --pareto: every front policy within the budget, one directory each",
     )
-    source.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    add_tracking_uri(source)
     p.add_argument(
         "--format",
         default="amc",
@@ -124,8 +131,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         "batch (default: the run's, else digits)",
     )
     dense.add_argument("--data-dir", help="directory of that data set (cifar10, imagefolder)")
-    dense.add_argument("--input-size", type=int, default=0, help="input image side (0: the data set's default)")
-    dense.add_argument("--seed", type=int, default=0, help="`amc prune --seed`, for the taylor criterion (default: 0)")
+    dense.add_argument(
+        "--input-size", type=non_negative_int, default=0, help="input image side (0: the data set's default)"
+    )
+    dense.add_argument(
+        "--seed", type=seed_int, default=0, help="`amc prune --seed`, for the taylor criterion (default: 0)"
+    )
     p.add_argument("--out", required=True, type=Path, help="output directory")
 
 
@@ -164,7 +175,7 @@ def _export(args: argparse.Namespace) -> int:
 
 @command("ui", "start the MLflow UI on this project's store (bound to 127.0.0.1) and print its address")
 def _ui_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    add_tracking_uri(p)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
     p.add_argument("--experiment", help="also print the addresses of this experiment's runs and its Pareto front")
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from amc.cli.commands import command
+from amc.cli.options import add_address, add_device, add_tracking_uri, seed_int
 from amc.errors import ConfigError
 
 AGENT_NAMES = ("ddpg", "random", "uniform", "global", "sensitivity", "tpe")
@@ -14,7 +15,7 @@ AGENT_NAMES = ("ddpg", "random", "uniform", "global", "sensitivity", "tpe")
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     """``--tracking-uri``, ``--artifact-root`` and ``--cache-dir``: where a search writes besides its own directory."""
-    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    add_tracking_uri(p)
     p.add_argument(
         "--artifact-root",
         metavar="DIR_OR_URI",
@@ -43,15 +44,29 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         help="override the config's agent: ddpg, or a baseline in the same harness (random, uniform, "
         "global, sensitivity, tpe; see README)",
     )
-    p.add_argument("--episodes", type=int, help="override the config's episode budget")
-    p.add_argument("--seed", type=int, help="override the config's seed")
-    p.add_argument("--target", type=float, help="override the config's target ratio (fraction of the dense cost kept)")
+    p.add_argument("--episodes", type=int, help="override the config's episodes: the search's budget, warm-up included")
+    p.add_argument("--seed", type=seed_int, help="override the config's seed (the agent's)")
+    p.add_argument(
+        "--target-ratio",
+        "--target",
+        dest="target_ratio",
+        type=float,
+        metavar="R",
+        help="override the search's budget (env.target_ratio): the pruned model may keep at most the fraction R "
+        "of the dense cost of env.target_metric (flops or params), in (0, 1]; every episode meets it",
+    )
     _add_set_arg(p, "any field of the config")
     p.add_argument(
-        "--workers", type=int, help="rollout workers (Ray actors); default: the config's, 0 = local CPUs, 1 = no Ray"
+        "--workers",
+        type=int,
+        help="override the config's workers, the rollout workers: 0 = one Ray actor per local CPU, 1 = in-process "
+        "without Ray, N = N Ray actors (the shipped configs say 0; a config that leaves it out means 1)",
     )
-    p.add_argument(
-        "--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally, stop at the end)"
+    add_address(p)
+    add_device(
+        p,
+        "torch device: cpu only (a search prunes and evaluates on the CPU; its config has no device setting); "
+        "fine-tune the found policy on a GPU with `amc prune --device cuda`",
     )
     _add_store_args(p)
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
@@ -61,6 +76,12 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 @_search_args.run
 def _search(args: argparse.Namespace) -> int:
+    if args.device != "cpu":
+        raise ConfigError(
+            f"--device {args.device}: a search runs on the CPU (its rollouts prune and evaluate there; the search "
+            "config has no device setting); drop --device, and fine-tune the found policy on the GPU with "
+            "amc prune --device cuda"
+        )
     from agents.search import SearchConfig, run_search
 
     if args.resume is not None:
@@ -116,8 +137,8 @@ def _add_set_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 def _with_overrides(config, args: argparse.Namespace):
     changes = {k: getattr(args, k) for k in ("agent", "episodes", "seed", "workers") if getattr(args, k) is not None}
-    if args.target is not None:
-        changes["env"] = config.env.replace(target_ratio=args.target)
+    if args.target_ratio is not None:
+        changes["env"] = config.env.replace(target_ratio=args.target_ratio)
     return config.replace(**changes) if changes else config
 
 
@@ -144,7 +165,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
         "--config", type=Path, required=True, help="sweep YAML (e.g. experiments/sweeps/digits-resnet20-grid.yaml)"
     )
     _add_store_args(p)
-    p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally)")
+    add_address(p)
     p.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<name>)")
     _add_set_arg(p, "any field of the base search config, before the sweep's own overrides and grid")
 
