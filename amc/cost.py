@@ -70,6 +70,32 @@ class LatencyConfig:
 @torch.no_grad()
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig = LatencyConfig()) -> float:
     """Median wall time of one forward pass in milliseconds."""
+    return latency_stats(model, input_shape, config).median_ms
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Repeated blocked measurements of one forward pass (``torch.utils.benchmark``), in milliseconds.
+
+    Attributes:
+        median_ms: Median over the measured blocks.
+        iqr_ms: Interquartile range over the blocks (the spread: a shared machine is noisy).
+        blocks: Number of blocks measured.
+    """
+
+    median_ms: float
+    iqr_ms: float
+    blocks: int
+
+    def __str__(self) -> str:
+        return f"{self.median_ms:.3f} ± {self.iqr_ms / 2:.3f}"
+
+
+@torch.no_grad()
+def latency_stats(
+    model: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig = LatencyConfig()
+) -> LatencyStats:
+    """Median and interquartile range of one forward pass, over ``torch.utils.benchmark``'s blocked runs."""
     from torch.utils import benchmark
 
     device = torch.device(config.device)
@@ -79,7 +105,8 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], config: Late
         stmt="model(x)", globals={"model": model, "x": x}, num_threads=config.threads or torch.get_num_threads()
     )
     model(x)  # warm-up
-    return float(timer.blocked_autorange(min_run_time=config.min_run_time).median * 1e3)
+    m = timer.blocked_autorange(min_run_time=config.min_run_time)
+    return LatencyStats(float(m.median * 1e3), float(m.iqr * 1e3), len(m.times))
 
 
 class LatencyCache:
