@@ -23,3 +23,25 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     amc = namespace["amc"]
     assert amc.count_cost(small, example).flops < 0.4 * amc.count_cost(model, example).flops
     assert (tmp_path / "resnet18-half.json").is_file()
+
+
+def test_readme_loading_example_runs(trained_resnet20: Path, tmp_path: Path, capsys) -> None:
+    """The "Loading what the commands write" snippet, after the commands its comment names."""
+    import shutil
+
+    from amc.cli import main
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "load_model" in b)
+    shutil.copytree(trained_resnet20, tmp_path / "r20")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["prune", "--checkpoint", "r20/model.pt", "--uniform", "0.5", "--finetune-epochs", "0",
+                     "--latency-batch", "1", "--out", "r20-u50"]) == 0  # fmt: skip
+        assert main(["export", "--policy", "r20-u50/policy.json", "--checkpoint", "r20/model.pt",
+                     "--format", "torch-pruning", "--out", "tp"]) == 0  # fmt: skip
+        capsys.readouterr()
+        exec(compile(block, "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "True", "the export gives amc prune's architecture"
