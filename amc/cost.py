@@ -7,6 +7,7 @@ width configuration, since many policies in a search share widths.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -96,6 +97,9 @@ def latency_stats(
     model: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig = LatencyConfig()
 ) -> LatencyStats:
     """Median and interquartile range of one forward pass, over ``torch.utils.benchmark``'s blocked runs."""
+    # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on machines without CUDA: not
+    # the user's concern when timing a forward pass
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
     device = torch.device(config.device)
