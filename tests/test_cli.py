@@ -254,3 +254,14 @@ def test_search_bad_input(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_prune_stderr_holds_only_the_projects_own_lines(trained_resnet20: Path, tmp_path: Path) -> None:
+    """No library noise (torch's CUDA_HOME warning on CPU machines, Python warnings) reaches the user."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "amc.cli", "prune", "--checkpoint", str(trained_resnet20 / "model.pt"),
+         "--uniform", "0.5", "--finetune-epochs", "0", "--latency-batch", "1", "--out", str(tmp_path / "p")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
