@@ -114,6 +114,32 @@ def test_resume_runs_the_plans_made_before_the_checkpoint(trained_resnet20: Path
     assert search(tmp_path / "cut") == straight, "the resumed search continues exactly"
 
 
+def test_tpe_resume_adopts_the_checkpointed_trial(trained_resnet20: Path, tmp_path: Path) -> None:
+    """A trial asked before the checkpoint and not yet told is asked again with the same parameters."""
+    from agents.search import Search, save_yaml
+
+    config = _config(trained_resnet20 / "model.pt", "tpe", episodes=4).replace(workers=2)
+
+    def search(out: Path, on_episode=None) -> list[dict]:
+        if not out.exists():
+            out.mkdir()
+            save_yaml(config, out / "config.yaml")
+        Search(config, out, progress=False, ray=False).run(on_episode)
+        return json.loads((out / "search.json").read_text())["episodes"]
+
+    straight = search(tmp_path / "straight")
+
+    def interrupt_in_episode_2(record, stats) -> None:
+        if record.episode == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        search(tmp_path / "cut", interrupt_in_episode_2)
+    resumed = search(tmp_path / "cut")
+    assert [e["episode"] for e in resumed] == list(range(4)), "nothing duplicated, nothing missing"
+    assert resumed[:3] == straight[:3], "episode 2 ran the trial planned before the checkpoint"
+
+
 def _metric_steps(client, run_id: str) -> dict[str, dict[int, list[float]]]:
     """Every metric of a run: name -> step -> the values logged at that step."""
     out: dict[str, dict[int, list[float]]] = {}
