@@ -1,11 +1,12 @@
 """Search agents behind one small interface, looked up by name: ``ddpg``, ``random``, ``uniform``.
 
-All agents act through the same environment, so the budget wall bounds every one of them alike.
+An agent plans episodes (:class:`EpisodePlan`) and learns from them; :class:`agents.rollout.EpisodeRunner`
+plays the plans, in-process or on Ray actors alike. All agents act through the same environment, so the
+budget wall bounds every one of them alike.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from envs import ChannelPruningEnv
 
 @dataclass(frozen=True)
 class EpisodePlan:
-    """How a rollout worker should act in one episode (parallel searches ship this, not the agent).
+    """How to act in one episode: what :class:`agents.rollout.EpisodeRunner` plays (shipped to Ray actors).
 
     Attributes:
         episode: Episode index.
@@ -31,6 +32,8 @@ class EpisodePlan:
         actor_state: Actor weights of an ``actor`` plan.
         action: The action of a ``fixed`` plan.
         actions: The per-group actions of a ``sequence`` plan.
+        planned_after: Episodes the agent had learned from when it made the plan (set by the search loop;
+            None when the plan does not depend on what the agent learned, see :meth:`SearchAgent.fixed_plan`).
     """
 
     episode: int
@@ -40,6 +43,7 @@ class EpisodePlan:
     actor_state: Any = None
     action: float = 0.0
     actions: tuple[float, ...] = ()
+    planned_after: int | None = None
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -48,7 +52,11 @@ def episode_seed(seed: int, episode: int) -> int:
 
 
 class SearchAgent:
-    """Picks one action per group; learns (or not) at the end of each episode.
+    """Plans each episode (one action per group); learns (or not) at the end of each episode.
+
+    The search calls :meth:`plan` for episodes in episode order and :meth:`end_episode` for finished
+    episodes in episode order; how the two interleave is fixed by the number of workers (see
+    :class:`agents.search.Search`), never by timing.
 
     Attributes:
         single_episode: The agent always proposes the same policy, so one episode is enough.
@@ -56,8 +64,19 @@ class SearchAgent:
 
     single_episode: bool = False
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    def plan(self, episode: int) -> EpisodePlan:
+        """How to act in ``episode``."""
         raise NotImplementedError
+
+    def fixed_plan(self, episode: int) -> bool:
+        """Whether :meth:`plan` gives the same plan for ``episode`` whatever the agent has learned.
+
+        Such plans draw nothing from the agent's state, so a search may make them early, for idle workers.
+        """
+        return False
+
+    def adopt(self, plan: EpisodePlan) -> None:
+        """Takes back a plan this agent made before the checkpoint it was restored from (not yet finished)."""
 
     def end_episode(
         self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
@@ -69,10 +88,6 @@ class SearchAgent:
     def noise(self) -> float | None:
         """Current exploration noise, for the progress bar (None when the agent has none)."""
         return None
-
-    def plan(self, episode: int) -> EpisodePlan:
-        """What a rollout worker should do in ``episode`` (parallel searches)."""
-        raise NotImplementedError
 
     def save(self, directory: Path) -> None:
         """Writes what :meth:`restore` needs to continue exactly."""
@@ -86,24 +101,16 @@ AGENTS: Registry[AgentFactory] = Registry("agent")
 
 
 class RandomAgent(SearchAgent):
-    """Uniform random actions in [-1, 1] (then bounded by the env's budget wall)."""
+    """Uniform random actions in [-1, 1] (then bounded by the env's budget wall), seeded per episode."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
 
     def plan(self, episode: int) -> EpisodePlan:
         return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self.rng.uniform(-1.0, 1.0, size=(1,)).astype(np.float32)
-
-    def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "rng.json").write_text(json.dumps(self.rng.bit_generator.state))
-
-    def restore(self, directory: Path) -> None:
-        self.rng.bit_generator.state = json.loads((directory / "rng.json").read_text())
+    def fixed_plan(self, episode: int) -> bool:
+        return True
 
 
 class UniformAgent(SearchAgent):
@@ -116,15 +123,19 @@ class UniformAgent(SearchAgent):
         # nudge up so that float32 rounding never maps back to a ratio just below the bisected one
         self.action = np.clip(np.array([action + 1e-6], dtype=np.float32), -1.0, 1.0)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self.action.copy()
-
     def plan(self, episode: int) -> EpisodePlan:
         return EpisodePlan(episode, "fixed", 0, action=float(self.action[0]))
 
+    def fixed_plan(self, episode: int) -> bool:
+        return True
+
 
 class DDPGAgent(SearchAgent):
-    """The AMC-style DDPG agent (:class:`agents.ddpg.AMCDDPG`)."""
+    """The AMC-style DDPG agent (:class:`agents.ddpg.AMCDDPG`).
+
+    Warm-up episodes are random plans seeded per episode; later ones ship the actor's weights, the current
+    noise sigma and a per-episode seed of the truncated-normal exploration (drawn in the runner).
+    """
 
     def __init__(self, env: ChannelPruningEnv, config: object, seed: int) -> None:
         from agents.ddpg import AMCDDPG
@@ -139,8 +150,8 @@ class DDPGAgent(SearchAgent):
             episode, "actor", episode_seed(self.seed, episode), self.impl.sigma, self.impl.get_actor_state()
         )
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self.impl.act(obs)
+    def fixed_plan(self, episode: int) -> bool:
+        return episode < self.impl.config.warmup_episodes
 
     def end_episode(
         self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float

@@ -58,21 +58,17 @@ class PolicyAgent(SearchAgent):
         self.kept = dict(kept)
         self.actions = tuple(action_for_kept(env, name, kept[name]) for name in env.group_names)
         self.evaluations = evaluations
-        self._step = 0
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        action = self.actions[self._step % len(self.actions)]
-        self._step += 1
-        return np.array([action], dtype=np.float32)
+    def plan(self, episode: int) -> EpisodePlan:
+        return EpisodePlan(episode, "sequence", 0, actions=self.actions)
+
+    def fixed_plan(self, episode: int) -> bool:
+        return True
 
     def end_episode(
         self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
     ) -> dict[str, float]:
-        self._step = 0
         return {"evaluations": float(self.evaluations)}
-
-    def plan(self, episode: int) -> EpisodePlan:
-        return EpisodePlan(episode, "sequence", 0, actions=self.actions)
 
 
 # --------------------------------------------------------------------------- global
@@ -179,8 +175,6 @@ class TPEAgent(SearchAgent):
         self.groups = len(env.group_names)
         self.study = self._new_study(seed)
         self._asked: deque = deque()
-        self._current: tuple[float, ...] = ()
-        self._step = 0
 
     @staticmethod
     def _new_study(seed: int):
@@ -200,21 +194,18 @@ class TPEAgent(SearchAgent):
         self._asked.append(trial)
         return actions
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        if self._step == 0:
-            self._current = self._ask()
-        action = self._current[self._step]
-        self._step += 1
-        return np.array([action], dtype=np.float32)
-
     def plan(self, episode: int) -> EpisodePlan:
         return EpisodePlan(episode, "sequence", 0, actions=self._ask())
+
+    def adopt(self, plan: EpisodePlan) -> None:
+        """Asks again for a trial asked before the checkpoint, now with the plan's actions as its parameters."""
+        self.study.enqueue_trial({f"a{i:03d}": a for i, a in enumerate(plan.actions)})
+        self._ask()
 
     def end_episode(
         self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
     ) -> dict[str, float]:
         self.study.tell(self._asked.popleft(), float(final_reward))
-        self._step = 0
         return {"trials": float(len(self.study.trials))}
 
     def save(self, directory: Path) -> None:
@@ -237,7 +228,6 @@ class TPEAgent(SearchAgent):
                 )
             )
         self._asked.clear()
-        self._step = 0
 
 
 AGENTS.register("global", lambda env, ddpg_config, seed: PolicyAgent(env, global_kept(env)))

@@ -1,37 +1,22 @@
-"""Parallel rollouts on Ray: actors that run whole episodes with the current actor weights.
+"""Parallel rollouts on Ray: actors that run whole episodes of the plans the learner hands them.
 
-Each :class:`RolloutWorker` is a Ray actor with its own environment; the dense model and the data are
-put into the object store once and shared by all workers. The learner (the search loop) keeps one
-episode in flight per worker, hands each a plan (random actions during warm-up, else the latest actor
-weights plus the noise sigma and a seed), and learns from finished episodes in episode order, so every
-transition of an episode still gets that episode's final reward (AMC's credit assignment) and the
-search's records and checkpoints stay a prefix of the episode sequence. An episode lost with a dead
-worker is run again on a restarted actor.
+Each :class:`RolloutPool` actor is a Ray actor with its own environment and the same
+:class:`agents.rollout.EpisodeRunner` an in-process search uses; the dense model and the data are put
+into the object store once and shared by all workers. The search loop (:class:`agents.search.Search`)
+decides which plan runs when (see its docstring); the pool runs plans and hands back results as they
+finish. An episode lost with a dead worker is run again, with the same plan, on a restarted actor.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from agents.base import EpisodePlan
+from agents.rollout import EpisodeResult, EpisodeRunner
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EpisodeResult:
-    """One finished episode as a worker returns it."""
-
-    plan: EpisodePlan
-    observations: list[np.ndarray]
-    actions: list[np.ndarray]
-    reward: float
-    info: dict[str, Any]
 
 
 def require_ray():
@@ -44,43 +29,6 @@ def require_ray():
 
 def local_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-class PlanExecutor:
-    """Runs an :class:`EpisodePlan` in an environment (inside a worker, or in-process)."""
-
-    def __init__(self, env: Any, ddpg_config: Any) -> None:
-        self.env = env
-        self.ddpg_config = ddpg_config
-        self._actor = None
-
-    def run(self, plan: EpisodePlan) -> EpisodeResult:
-        rng = np.random.default_rng(plan.seed)
-        act = self._policy(plan, rng)
-        obs, _ = self.env.reset(seed=plan.episode)
-        observations, actions, done, reward, info = [obs], [], False, 0.0, {}
-        while not done:
-            obs, reward, done, _, info = self.env.step(act(obs))
-            observations.append(obs)
-            actions.append(np.array([info["applied_action"]], dtype=np.float32))  # after the wall (see run_episode)
-        return EpisodeResult(plan, observations, actions, float(reward), info)
-
-    def _policy(self, plan: EpisodePlan, rng: np.random.Generator):
-        if plan.kind == "random":
-            return lambda obs: rng.uniform(-1.0, 1.0, size=(1,)).astype(np.float32)
-        if plan.kind == "fixed":
-            return lambda obs: np.array([plan.action], dtype=np.float32)
-        if plan.kind == "sequence":
-            steps = iter(plan.actions)
-            return lambda obs: np.array([next(steps)], dtype=np.float32)
-        from agents.ddpg import AMCDDPG, truncated_normal_action
-
-        if self._actor is None:
-            self._actor = AMCDDPG(self.env, self.ddpg_config)
-        self._actor.set_actor_state(plan.actor_state)
-        return lambda obs: truncated_normal_action(
-            self._actor.act_deterministic(obs).astype(np.float64), plan.sigma, rng
-        )
 
 
 def build_env(payload: dict) -> Any:
@@ -97,10 +45,10 @@ class _Worker:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.executor = PlanExecutor(build_env(payload), ddpg_config)
+        self.runner = EpisodeRunner(build_env(payload), ddpg_config)
 
     def run(self, plan: EpisodePlan) -> EpisodeResult:
-        return self.executor.run(plan)
+        return self.runner.run(plan)
 
     def pid(self) -> int:
         return os.getpid()
@@ -108,6 +56,9 @@ class _Worker:
 
 class RolloutPool:
     """``workers`` Ray actors sharing one payload (model, data, env config) from the object store.
+
+    The interface of :class:`agents.rollout.LocalRollouts`: :meth:`free`, :meth:`submit`,
+    :meth:`next_result` and :meth:`shutdown`.
 
     Args:
         payload: The engine workspace (dense model, data, traced groups) and the env config (see :func:`build_env`).
@@ -125,12 +76,37 @@ class RolloutPool:
         self._cls = ray.remote(num_cpus=1, max_restarts=0)(_Worker)
         self.actors = [self._spawn() for _ in range(workers)]
         self.restarts = 0
+        self._idle = list(range(workers))
+        self._pending: dict[Any, tuple[int, EpisodePlan]] = {}
 
     def _spawn(self):
         return self._cls.remote(self.payload_ref, self.threads, self.ddpg_config)
 
-    def submit(self, index: int, plan: EpisodePlan):
-        return self.actors[index].run.remote(plan)
+    def free(self) -> int:
+        """Workers without an episode."""
+        return len(self._idle)
+
+    def submit(self, plan: EpisodePlan) -> None:
+        """Hands ``plan`` to an idle worker."""
+        self._start(self._idle.pop(), plan)
+
+    def _start(self, index: int, plan: EpisodePlan) -> None:
+        self._pending[self.actors[index].run.remote(plan)] = (index, plan)
+
+    def next_result(self) -> EpisodeResult:
+        """The next episode to finish (an episode whose worker died is run again on a restarted one)."""
+        while True:
+            (ref,), _ = self.ray.wait(list(self._pending), num_returns=1)
+            index, plan = self._pending.pop(ref)
+            try:
+                result = self.ray.get(ref)
+            except self.ray.exceptions.RayActorError:
+                log.warning("rollout worker %d died during episode %d; restarting it", index, plan.episode)
+                self.replace(index)
+                self._start(index, plan)
+                continue
+            self._idle.append(index)
+            return result
 
     def replace(self, index: int) -> None:
         """Restarts the actor at ``index`` after it died."""

@@ -32,7 +32,9 @@ class SearchConfig:
         baseline: Training settings of the dense baseline, trained and cached when ``env.checkpoint`` is empty.
         checkpoint_every: Episodes between search checkpoints (and MLflow metric writes).
         experiment: MLflow experiment name.
-        workers: Rollout workers (Ray actors); 1 runs in-process without Ray, 0 uses the local CPUs.
+        workers: Rollout workers (Ray actors); 1 runs in-process without Ray, 0 uses the local CPUs. With N
+            workers, an episode whose plan depends on learning is planned N - 1 episodes behind the learner
+            (in-process: right after the previous one), so a seed gives the same episodes for a given N.
         threads: torch threads per rollout worker (0: local CPUs divided by workers).
     """
 
@@ -86,7 +88,13 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class EpisodeRecord:
-    """What one episode found."""
+    """What one episode found.
+
+    Attributes:
+        planned_after: Episodes the agent had learned from when it planned this one (None: the plan did not
+            depend on learning, e.g. random and warm-up episodes). In-process it is the episode itself; with
+            N workers it is N - 1 episodes behind (see :class:`agents.search.Search`).
+    """
 
     episode: int
     reward: float
@@ -94,6 +102,7 @@ class EpisodeRecord:
     flops_ratio: float
     params_ratio: float
     ratios: dict[str, float]
+    planned_after: int | None = None
 
 
 @dataclass
@@ -106,6 +115,8 @@ class SearchState:
         run_id: The search's MLflow run (None: not tracked).
         tracking_uri: The MLflow store of ``run_id``.
         agent_stats: Episode -> the agent's statistics of it (logged as ``agent_*`` metrics; finite values only).
+        plans: Episode -> the :class:`agents.base.EpisodePlan` made for it and not yet learned from (a
+            resumed search runs these plans instead of planning those episodes again).
     """
 
     episode: int = 0
@@ -113,6 +124,7 @@ class SearchState:
     run_id: str | None = None
     tracking_uri: str | None = None
     agent_stats: dict[int, dict[str, float]] = field(default_factory=dict)
+    plans: dict[int, Any] = field(default_factory=dict)
 
     @property
     def best(self) -> EpisodeRecord | None:

@@ -5,8 +5,8 @@ Outputs in the search directory:
 - ``search.json``: target, uniform baseline, best policy and one record per episode;
 - ``best_policy.json``: the best policy in the engine's format (``amc prune --policy`` applies it);
 - ``best_policy.png`` / ``search_curves.png``: per-group ratios against uniform, reward and top-1 curves;
-- ``checkpoint/``: agent, replay buffer, counters, records and the agent's statistics of every episode,
-  every ``checkpoint_every`` episodes.
+- ``checkpoint/``: agent, replay buffer, counters, records, the agent's statistics of every episode and
+  the plans made but not yet learned from, every ``checkpoint_every`` episodes.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import logging
 import math
 import shutil
 import sys
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from agents.base import SearchAgent, create_agent
+from agents.base import EpisodePlan, SearchAgent, create_agent
 from agents.outputs import write_outputs
 from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState
+from agents.rollout import EpisodeResult, EpisodeRunner, LocalRollouts
 from amc.config import flatten, save_yaml
 from amc.errors import ConfigError
 from amc.files import write_json_atomic, write_text_atomic
@@ -34,8 +34,11 @@ from envs import ChannelPruningEnv
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_VERSION = 2
-"""Version of a checkpoint's ``state.json`` (1, without a version field: no per-episode agent statistics)."""
+CHECKPOINT_VERSION = 3
+"""Version of a checkpoint's ``state.json`` (1, without a version field: no per-episode agent statistics;
+2: no saved plans, and a random agent's one random stream in ``agent/rng.json``)."""
+PLANS_FILE = "plans.pt"
+"""The plans made and not yet learned from, next to ``state.json`` (its ``planned`` lists their episodes)."""
 
 
 def resolve_checkpoint(config: SearchConfig, cache_dir: Path | None = None, progress: bool = True) -> SearchConfig:
@@ -61,6 +64,12 @@ def _save_checkpoint(out: Path, agent: SearchAgent, state: SearchState) -> None:
     tmp = root / f".tmp-{state.episode:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     agent.save(tmp / "agent")
+    plans = [state.plans[e] for e in sorted(state.plans)]
+    if plans:
+        import torch
+
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save([dataclasses.asdict(p) for p in plans], tmp / PLANS_FILE)
     write_json_atomic(
         tmp / "state.json",
         {
@@ -70,6 +79,7 @@ def _save_checkpoint(out: Path, agent: SearchAgent, state: SearchState) -> None:
             "tracking_uri": state.tracking_uri,
             "records": [dataclasses.asdict(r) for r in state.records],
             "agent_stats": {str(k): v for k, v in sorted(state.agent_stats.items())},
+            "planned": [p.episode for p in plans],
         },
     )
     shutil.rmtree(target, ignore_errors=True)
@@ -104,7 +114,14 @@ def _load_checkpoint(out: Path, agent: SearchAgent) -> SearchState:
     where, data = found
     agent.restore(where / "agent")
     records = [EpisodeRecord(**r) for r in data["records"]]
-    return SearchState(int(data["episode"]), records, data.get("run_id"), data.get("tracking_uri"), _agent_stats(data))
+    state = SearchState(int(data["episode"]), records, data.get("run_id"), data.get("tracking_uri"), _agent_stats(data))
+    if data.get("planned"):
+        import torch
+
+        for fields in torch.load(where / PLANS_FILE, weights_only=True):
+            plan = EpisodePlan(**{**fields, "actions": tuple(fields["actions"])})
+            state.plans[plan.episode] = plan
+    return state
 
 
 def _agent_stats(data: Mapping[str, Any]) -> dict[int, dict[str, float]]:
@@ -118,43 +135,41 @@ def checkpointed_agent_stats(out: Path) -> dict[int, dict[str, float]]:
 
 
 # --------------------------------------------------------------------------- the loop
-def run_episode(env: ChannelPruningEnv, agent: SearchAgent, episode: int) -> tuple[EpisodeRecord, dict[str, float]]:
-    """Runs one episode; the agent learns from it; returns its record and the agent's statistics."""
-    obs, _ = env.reset(seed=episode)
-    observations, actions = [obs], []
-    done, reward, info = False, 0.0, {}
-    while not done:
-        obs, reward, done, _, info = env.step(agent.act(obs))
-        observations.append(obs)
-        # the agent learns from the action the budget wall let through; AMC's code stores the actor's action
-        # before the wall instead (a documented difference: the critic then sees the ratio actually applied)
-        actions.append(np.array([info["applied_action"]], dtype=np.float32))
-    stats = agent.end_episode(observations, actions, float(reward))
-    return _record(episode, float(reward), info), stats
+def run_episode(
+    env: ChannelPruningEnv, agent: SearchAgent, episode: int, ddpg_config: Any = None
+) -> tuple[EpisodeRecord, dict[str, float]]:
+    """Runs the agent's plan of one episode in ``env``; the agent learns from it; returns its record and statistics.
 
-
-def _record(episode: int, reward: float, info: dict[str, Any]) -> EpisodeRecord:
-    return EpisodeRecord(
-        episode,
-        float(reward),
-        float(info["top1"]),
-        float(info["flops_ratio"]),
-        float(info["params_ratio"]),
-        {k: float(v) for k, v in info["ratios"].items()},
-    )
+    ``ddpg_config``: the DDPG settings (actor shape) of ``actor`` plans (None: the defaults).
+    """
+    result = EpisodeRunner(env, ddpg_config).run(agent.plan(episode))
+    return result.record, agent.end_episode(result.observations, result.actions, result.reward)
 
 
 class Search:
     """Runs (or resumes) one search and writes its outputs.
+
+    The agent plans episodes and learns from finished ones in episode order; an
+    :class:`agents.rollout.EpisodeRunner` plays the plans, in this process (one worker, no Ray) or on
+    ``workers`` Ray actors. A plan that depends on learning (see :meth:`SearchAgent.fixed_plan`) is made
+    exactly when the agent has learned from ``episode - workers + 1`` episodes (in-process: right after the
+    previous episode), whichever worker finishes first, so a seed and a number of workers give the same
+    episodes every time, and one Ray worker gives the same episodes as in-process. Plans that do not depend
+    on learning (random, warm-up) are made early for idle workers. Every checkpoint keeps the plans made
+    and not yet learned from, so a resumed search continues exactly.
 
     Args:
         config: The search config (the env's checkpoint must be set; see :func:`resolve_checkpoint`).
         out: Search directory.
         tracker: An :class:`amc.service.tracking.RunTracker` or None (no MLflow).
         progress: Show progress (a bar on a terminal, else a line every few seconds; see :mod:`amc.progress`).
+        ray: Play the episodes on Ray actors (None: when there is more than one worker). False with more
+            than one worker plays them one at a time in this process, planned as ``workers`` workers would.
     """
 
-    def __init__(self, config: SearchConfig, out: Path, tracker: Any = None, progress: bool = True) -> None:
+    def __init__(
+        self, config: SearchConfig, out: Path, tracker: Any = None, progress: bool = True, ray: bool | None = None
+    ) -> None:
         from agents.parallel import build_env, local_cpus
         from amc.engine import build_workspace
 
@@ -166,7 +181,8 @@ class Search:
         self.state = _load_checkpoint(out, self.agent)
         self.total = 1 if self.agent.single_episode else config.episodes
         self.workers = 1 if self.agent.single_episode else (config.workers or local_cpus())
-        self.pool = None
+        self.uses_ray = self.workers > 1 if ray is None else ray
+        self.pool: Any = None
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
         """Runs the remaining episodes, then writes search.json, best_policy.json and the plots."""
@@ -174,13 +190,63 @@ class Search:
             self.total, f"search {self.config.agent}", "episode", initial=self.state.episode, enabled=self.progress
         )
         self._on_episode = on_episode
-        if self.workers > 1 and self.state.episode < self.total:
-            self._run_parallel()
-        while self.state.episode < self.total:
-            record, stats = run_episode(self.env, self.agent, self.state.episode)
-            self._consumed(record, stats)
+        if self.state.episode < self.total:
+            self._run_episodes()
         self._bar.close()
         return self.finish()
+
+    def _run_episodes(self) -> None:
+        """Plans, plays and learns from the remaining episodes (see the class docstring for the schedule)."""
+        if self.uses_ray:
+            from agents.parallel import RolloutPool
+
+            self.pool = RolloutPool(self.payload, self.workers, self.config.ddpg, self.config.threads)
+        else:
+            self.pool = LocalRollouts(self.env, self.config.ddpg)
+        self._queue: deque[int] = deque(sorted(self.state.plans))  # planned, not yet handed to a worker
+        for episode in self._queue:
+            self.agent.adopt(self.state.plans[episode])
+        self._next_plan = max(self.state.plans, default=self.state.episode - 1) + 1
+        finished: dict[int, EpisodeResult] = {}
+        try:
+            self._plan_due()
+            while self.state.episode < self.total:
+                self._hand_out()
+                result = self.pool.next_result()
+                finished[result.plan.episode] = result
+                while self.state.episode in finished:
+                    self._consume_result(finished.pop(self.state.episode))
+                    self._plan_due()
+        finally:
+            self.pool.shutdown()
+
+    def _plan_due(self) -> None:
+        """Plans every episode that is at most ``workers - 1`` episodes ahead of the learner."""
+        while self._next_plan < min(self.total, self.state.episode + self.workers):
+            self._plan_next()
+
+    def _hand_out(self) -> None:
+        """Gives idle workers the planned episodes in episode order, then fixed plans made early."""
+        while self.pool.free():
+            if not self._queue:
+                if self._next_plan >= self.total or not self.agent.fixed_plan(self._next_plan):
+                    return
+                self._plan_next()
+            self.pool.submit(self.state.plans[self._queue.popleft()])
+
+    def _plan_next(self) -> None:
+        episode = self._next_plan
+        plan = self.agent.plan(episode)
+        if not self.agent.fixed_plan(episode):
+            plan = dataclasses.replace(plan, planned_after=self.state.episode)
+        self.state.plans[episode] = plan
+        self._queue.append(episode)
+        self._next_plan += 1
+
+    def _consume_result(self, result: EpisodeResult) -> None:
+        stats = self.agent.end_episode(result.observations, result.actions, result.reward)
+        del self.state.plans[result.plan.episode]
+        self._consumed(result.record, stats)
 
     def _consumed(self, record: EpisodeRecord, stats: dict[str, float]) -> None:
         self.state.records.append(record)
@@ -194,39 +260,6 @@ class Search:
         self._bar.update()
         if self.state.episode % self.config.checkpoint_every == 0 or self.state.episode == self.total:
             self.checkpoint()
-
-    def _run_parallel(self) -> None:
-        """Keeps one episode in flight per Ray worker; learns from results in episode order."""
-        from agents.parallel import RolloutPool
-
-        self.pool = pool = RolloutPool(self.payload, self.workers, self.config.ddpg, self.config.threads)
-        ray = pool.ray
-        pending: dict[Any, tuple[int, Any]] = {}
-        finished: dict[int, Any] = {}
-        free, next_episode = list(range(self.workers)), self.state.episode
-        try:
-            while self.state.episode < self.total:
-                while free and next_episode < self.total:
-                    worker, plan = free.pop(), self.agent.plan(next_episode)
-                    pending[pool.submit(worker, plan)] = (worker, plan)
-                    next_episode += 1
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                worker, plan = pending.pop(ref)
-                try:
-                    finished[plan.episode] = ray.get(ref)
-                    free.append(worker)
-                except ray.exceptions.RayActorError:
-                    log.warning("rollout worker %d died during episode %d; restarting it", worker, plan.episode)
-                    pool.replace(worker)
-                    pending[pool.submit(worker, plan)] = (worker, plan)
-                while self.state.episode in finished:
-                    self._consume_result(finished.pop(self.state.episode))
-        finally:
-            pool.shutdown()
-
-    def _consume_result(self, result: Any) -> None:
-        stats = self.agent.end_episode(result.observations, result.actions, result.reward)
-        self._consumed(_record(result.plan.episode, result.reward, result.info), stats)
 
     def checkpoint(self) -> None:
         _save_checkpoint(self.out, self.agent, self.state)
@@ -402,7 +435,7 @@ def run_search(
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(config, out / "config.yaml")
     search = Search(config, out, None, progress)
-    started_ray = _init_ray(address) if search.workers > 1 else False
+    started_ray = _init_ray(address) if search.uses_ray else False
     if track:
         search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id, artifact_root)
     try:

@@ -54,10 +54,10 @@ def test_fixed_policies_pass_the_wall_unchanged(env: ChannelPruningEnv) -> None:
     """global picks widths that meet the target, so the wall never cuts them and the env keeps them exactly."""
     kept = global_kept(env)
     assert env.wall.meets(kept)
-    agent = create_agent("global", env, DDPGConfig(), 0)
-    obs, _ = env.reset(seed=0)
-    for name in env.group_names:
-        obs, _, _, _, info = env.step(agent.act(obs))
+    actions = create_agent("global", env, DDPGConfig(), 0).plan(0).actions
+    env.reset(seed=0)
+    for name, action in zip(env.group_names, actions, strict=True):
+        _, _, _, _, info = env.step(np.array([action], dtype=np.float32))
         assert info["kept"] == kept[name] and not info["walled"]
     for name in env.group_names:  # the action chosen for any count maps back to exactly that count
         channels = env.graph.group(name).channels

@@ -11,7 +11,8 @@ import ray
 
 from agents.base import RandomAgent
 from agents.ddpg import DDPGConfig
-from agents.parallel import PlanExecutor, build_env
+from agents.parallel import build_env
+from agents.rollout import EpisodeRunner
 from agents.search import EpisodeRecord, Search, SearchConfig, run_search, save_yaml
 from agents.sweep import SweepConfig, run_sweep
 from amc.engine import build_workspace
@@ -49,23 +50,15 @@ def in_process(trained_resnet20: Path):
     """Runs the random plan of an episode (seeded per episode, as a Ray worker gets it) in this process."""
     config = _config(trained_resnet20 / "model.pt", 1)
     ws = build_workspace(config.env.model, config.env.data, config.env.checkpoint)
-    executor, agent, cache = (
-        PlanExecutor(build_env({"ws": ws, "env_config": config.env}), config.ddpg),
+    runner, agent, cache = (
+        EpisodeRunner(build_env({"ws": ws, "env_config": config.env}), config.ddpg),
         RandomAgent(SEED),
         {},
     )
 
     def run(episode: int) -> EpisodeRecord:
         if episode not in cache:
-            r = executor.run(agent.plan(episode))
-            cache[episode] = EpisodeRecord(
-                episode,
-                r.reward,
-                r.info["top1"],
-                r.info["flops_ratio"],
-                r.info["params_ratio"],
-                {k: float(v) for k, v in r.info["ratios"].items()},
-            )
+            cache[episode] = runner.run(agent.plan(episode)).record
         return cache[episode]
 
     return run
@@ -94,10 +87,36 @@ def test_parallel_search_matches_in_process(ray_random: list[dict], in_process) 
     _assert_same_episodes(ray_random, in_process)
 
 
+def _search(config: SearchConfig, out: Path, ray: bool) -> list[dict]:
+    """The episode records of ``config`` searched on Ray actors or in this process (planned as its workers would)."""
+    out.mkdir(parents=True)
+    save_yaml(config, out / "config.yaml")
+    Search(config, out, progress=False, ray=ray).run()
+    return json.loads((out / "search.json").read_text())["episodes"]
+
+
+def _assert_identical(got: list[dict], want: list[dict]) -> None:
+    assert [e["episode"] for e in got] == [e["episode"] for e in want]
+    for a, b in zip(got, want, strict=True):
+        assert a["ratios"] == b["ratios"], f"episode {b['episode']}: other ratios"
+        assert a["planned_after"] == b["planned_after"], f"episode {b['episode']}: planned at another point"
+        for key in ("reward", "top1", "flops_ratio", "params_ratio"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), f"episode {b['episode']}: {key}"
+
+
+@pytest.mark.parametrize("agent", ["random", "ddpg", "tpe"])
+def test_one_ray_worker_gives_the_in_process_episodes(trained_resnet20: Path, tmp_path: Path, agent: str) -> None:
+    config = _config(trained_resnet20 / "model.pt", 1, episodes=6, agent=agent)
+    run_search(config, tmp_path / "local", track=False, progress=False)  # workers: 1 -> in-process, no Ray
+    want = json.loads((tmp_path / "local" / "search.json").read_text())["episodes"]
+    _assert_identical(_search(config, tmp_path / "ray", ray=True), want)
+    if agent == "ddpg":  # 3 warm-up episodes, then each plan comes from an actor that learned from every episode before
+        assert [e["planned_after"] for e in want] == [None, None, None, 3, 4, 5]
+
+
 def test_parallel_ddpg_search(trained_resnet20: Path, tmp_path: Path, in_process) -> None:
-    result = run_search(
-        _config(trained_resnet20 / "model.pt", 2, episodes=6), tmp_path / "par", track=False, progress=False
-    )
+    config = _config(trained_resnet20 / "model.pt", 2, episodes=6)
+    result = run_search(config, tmp_path / "par", track=False, progress=False)
     b = json.loads((tmp_path / "par" / "search.json").read_text())
     assert [e["episode"] for e in b["episodes"]] == list(range(6))
     assert all(e["flops_ratio"] <= 0.4 for e in b["episodes"]), "the budget holds on every worker"
@@ -105,6 +124,10 @@ def test_parallel_ddpg_search(trained_resnet20: Path, tmp_path: Path, in_process
     # warm-up plans are random plans seeded per episode with the search seed: the same episodes as in-process
     _assert_same_episodes(b["episodes"][:3], in_process)
     assert result.best.flops_ratio <= 0.4 and result.best.reward == max(e["reward"] for e in b["episodes"])
+    # after warm-up each episode is planned one episode behind the learner, whichever worker finishes first:
+    # the same episodes as the two-worker schedule played one episode at a time in this process
+    assert [e["planned_after"] for e in b["episodes"]] == [None, None, None, 2, 3, 4]
+    _assert_identical(b["episodes"], _search(config, tmp_path / "local", ray=False))
 
 
 class Interrupt(Exception):

@@ -87,6 +87,59 @@ def test_interrupted_search_resumes_exactly(trained_resnet20: Path, tmp_path: Pa
     assert resumed.run_name == name and name.endswith(f"-{resumed.run_id[:6]}"), "a resumed run keeps its name"
 
 
+def test_resume_runs_the_plans_made_before_the_checkpoint(trained_resnet20: Path, tmp_path: Path) -> None:
+    """Two workers plan each episode one behind the learner; a resume runs the checkpointed plan, not a new one."""
+    from agents.search import Search, save_yaml
+
+    config = _config(trained_resnet20 / "model.pt").replace(workers=2)
+
+    def search(out: Path, on_episode=None) -> list[dict]:
+        if not out.exists():
+            out.mkdir()
+            save_yaml(config, out / "config.yaml")
+        Search(config, out, progress=False, ray=False).run(on_episode)  # the two-worker schedule, in this process
+        return json.loads((out / "search.json").read_text())["episodes"]
+
+    straight = search(tmp_path / "straight")
+    assert [e["planned_after"] for e in straight] == [None, None, 1, 2, 3, 4], "2 warm-up episodes, then one behind"
+
+    def interrupt_in_episode_4(record, stats) -> None:
+        if record.episode == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        search(tmp_path / "cut", interrupt_in_episode_4)
+    state = json.loads(next((tmp_path / "cut" / "checkpoint").glob("ep-*/state.json")).read_text())
+    assert state["episode"] == 4 and state["planned"] == [4], "episode 4 was planned after 3 episodes"
+    assert search(tmp_path / "cut") == straight, "the resumed search continues exactly"
+
+
+def test_tpe_resume_adopts_the_checkpointed_trial(trained_resnet20: Path, tmp_path: Path) -> None:
+    """A trial asked before the checkpoint and not yet told is asked again with the same parameters."""
+    from agents.search import Search, save_yaml
+
+    config = _config(trained_resnet20 / "model.pt", "tpe", episodes=4).replace(workers=2)
+
+    def search(out: Path, on_episode=None) -> list[dict]:
+        if not out.exists():
+            out.mkdir()
+            save_yaml(config, out / "config.yaml")
+        Search(config, out, progress=False, ray=False).run(on_episode)
+        return json.loads((out / "search.json").read_text())["episodes"]
+
+    straight = search(tmp_path / "straight")
+
+    def interrupt_in_episode_2(record, stats) -> None:
+        if record.episode == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        search(tmp_path / "cut", interrupt_in_episode_2)
+    resumed = search(tmp_path / "cut")
+    assert [e["episode"] for e in resumed] == list(range(4)), "nothing duplicated, nothing missing"
+    assert resumed[:3] == straight[:3], "episode 2 ran the trial planned before the checkpoint"
+
+
 def _metric_steps(client, run_id: str) -> dict[str, dict[int, list[float]]]:
     """Every metric of a run: name -> step -> the values logged at that step."""
     out: dict[str, dict[int, list[float]]] = {}
@@ -120,7 +173,7 @@ def test_resume_logs_every_metric_of_episodes_checkpointed_but_not_flushed(
     monkeypatch.undo()
     client = MlflowClient(uri)
     state = json.loads(next((tmp_path / "cut" / "checkpoint").glob("ep-*/state.json")).read_text())
-    assert state["version"] == 2 and sorted(state["agent_stats"]) == ["0", "1", "2", "3"]
+    assert state["version"] == 3 and sorted(state["agent_stats"]) == ["0", "1", "2", "3"]
     assert client.get_run(state["run_id"]).info.status == "KILLED"
     before = _metric_steps(client, state["run_id"])
     assert sorted(before["reward"]) == [0, 1] and sorted(before["agent_sigma"]) == [0, 1], (
