@@ -435,7 +435,12 @@ def run_search(
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(config, out / "config.yaml")
     search = Search(config, out, None, progress)
-    started_ray = _init_ray(address) if search.uses_ray else False
+    try:
+        started_ray = _init_ray(address) if search.uses_ray else False
+    except BaseException:
+        if not resume:  # nothing ran: the same command works again once the cluster can be joined
+            (out / "config.yaml").unlink(missing_ok=True)
+        raise
     if track:
         search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id, artifact_root)
     try:
@@ -453,16 +458,9 @@ def run_search(
 
 def _init_ray(address: str | None) -> bool:
     """Joins the cluster at ``address`` (``auto`` or HOST:PORT) or starts Ray locally; True if started here."""
-    from agents.parallel import local_cpus, require_ray
+    from agents.cluster import init_ray
 
-    ray = require_ray()
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
-    return True
+    return init_ray(address)
 
 
 __all__ = ["EpisodeRecord", "Search", "SearchConfig", "SearchResult", "run_episode", "run_search", "save_yaml"]

@@ -117,20 +117,14 @@ def run_sweep(
     """
     from ray import tune
 
-    from agents.parallel import local_cpus, require_ray
+    from agents.cluster import init_ray
+    from agents.parallel import require_ray
 
     ray = require_ray()
     base = resolve_checkpoint(base, cache_dir)  # train the shared baseline once, before the trials
     base = dataclasses.replace(base, env=base.env.replace(checkpoint=str(Path(base.env.checkpoint).resolve())))
     out = out.resolve()
-    started = not ray.is_initialized()
-    if started:
-        kwargs = (
-            {"address": address}
-            if address
-            else {"address": "local", "num_cpus": local_cpus(), "include_dashboard": False}
-        )
-        ray.init(log_to_driver=False, **kwargs)
+    started = init_ray(address)
     try:
         workers = base.workers or 1
         bundles = [{"CPU": 1}] + ([{"CPU": 1}] * workers if workers > 1 else [])

@@ -18,6 +18,7 @@ from agents.search import SearchConfig
 from amc.cli import build_parser
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
+RAY = ("ray-head", "ray-worker", "app")
 
 
 def _services() -> dict:
@@ -91,6 +92,25 @@ def test_ray_commands_parse(service: str) -> None:
     assert argv[:2] == ["ray", "start"]
     ctx = start.make_context("start", argv[2:])  # click validates every option without starting Ray
     assert ctx.params["block"] is True
+
+
+def test_every_ray_process_uses_the_same_token_authentication() -> None:
+    services = _services()
+    head = _start_params("ray-head")
+    worker = _start_params("ray-worker")
+    app = _parse_amc(shlex.split(services["app"]["command"])[1:])
+    assert worker["address"] == app.address == f"ray-head:{head['port']}", "workers and the app join the head"
+    auth = {name: {k: v for k, v in services[name]["environment"].items() if k.startswith("RAY_AUTH")} for name in RAY}
+    assert auth["ray-head"]["RAY_AUTH_MODE"] == "token", "the head is not open to anyone who reaches it"
+    assert auth["ray-head"]["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), "the token comes from the user"
+    assert auth["ray-worker"] == auth["app"] == auth["ray-head"], "head, workers and driver share mode and token"
+
+
+def _start_params(service: str) -> dict:
+    """The options of a compose service's ``ray start`` command, as click parses them."""
+    from ray.scripts.scripts import start
+
+    return start.make_context("start", shlex.split(_services()[service]["command"])[2:]).params
 
 
 def test_mlflow_server_command_parses() -> None:
