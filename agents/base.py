@@ -113,15 +113,25 @@ class RandomAgent(SearchAgent):
         return True
 
 
+def uniform_action(env: ChannelPruningEnv) -> float:
+    """The action that gives every group the uniform ratio (the smallest that meets the target)."""
+    action = env.ratio_to_action(next(iter(env.uniform_ratios().values())))
+    # nudge up so that float32 rounding never maps back to a ratio just below the bisected one
+    return float(np.clip(np.float32(action + 1e-6), -1.0, 1.0))
+
+
+def uniform_plan(env: ChannelPruningEnv, episode: int) -> EpisodePlan:
+    """A plan playing the uniform policy, as per-group actions (so that any agent can adopt it)."""
+    return EpisodePlan(episode, "sequence", 0, actions=(uniform_action(env),) * len(env.group_names))
+
+
 class UniformAgent(SearchAgent):
     """The same ratio in every group: the smallest that meets the target on the exact count."""
 
     single_episode = True
 
     def __init__(self, env: ChannelPruningEnv) -> None:
-        action = env.ratio_to_action(next(iter(env.uniform_ratios().values())))
-        # nudge up so that float32 rounding never maps back to a ratio just below the bisected one
-        self.action = np.clip(np.array([action + 1e-6], dtype=np.float32), -1.0, 1.0)
+        self.action = np.array([uniform_action(env)], dtype=np.float32)
 
     def plan(self, episode: int) -> EpisodePlan:
         return EpisodePlan(episode, "fixed", 0, action=float(self.action[0]))

@@ -36,6 +36,8 @@ class SearchConfig:
             workers, an episode whose plan depends on learning is planned N - 1 episodes behind the learner
             (in-process: right after the previous one), so a seed gives the same episodes for a given N.
         threads: torch threads per rollout worker (0: local CPUs divided by workers).
+        uniform_first: The first episode of a searching agent (random, tpe, ddpg) plays the uniform policy,
+            so the search's best is never below the uniform baseline on search-val (with reward ``acc``).
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -47,6 +49,7 @@ class SearchConfig:
     checkpoint_every: int = 10
     experiment: str = "amc-search"
     workers: int = 1
+    uniform_first: bool = True
     threads: int = 0
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from agents.base import EpisodePlan, SearchAgent, create_agent
+from agents.base import EpisodePlan, SearchAgent, create_agent, uniform_plan
 from agents.outputs import write_outputs
 from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState
 from agents.rollout import EpisodeResult, EpisodeRunner, LocalRollouts
@@ -236,8 +236,12 @@ class Search:
 
     def _plan_next(self) -> None:
         episode = self._next_plan
-        plan = self.agent.plan(episode)
-        if not self.agent.fixed_plan(episode):
+        if episode == 0 and self.config.uniform_first and not self.agent.single_episode:
+            plan = uniform_plan(self.env, 0)  # the simplest answer is a candidate: never return less
+            self.agent.adopt(plan)
+        else:
+            plan = self.agent.plan(episode)
+        if not self.agent.fixed_plan(episode) and not (episode == 0 and self.config.uniform_first):
             plan = dataclasses.replace(plan, planned_after=self.state.episode)
         self.state.plans[episode] = plan
         self._queue.append(episode)

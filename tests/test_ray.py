@@ -42,6 +42,7 @@ def _config(checkpoint: Path, workers: int, episodes: int = 8, agent: str = "ddp
         experiment="test-ray",
         workers=workers,
         threads=1,
+        uniform_first=False,  # episodes compared with the agent's own plans, played outside a search
     )
 
 

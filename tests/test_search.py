@@ -301,3 +301,19 @@ def test_ddpg_warmup_is_scaled_when_it_leaves_no_room_to_learn(
     assert "warm-up scaled from 10 to 1 episodes so that 3 of 4 episodes learn" in capsys.readouterr().err
     assert SearchConfig.from_yaml(tmp_path / "s" / "config.yaml").ddpg.warmup_episodes == 1  # resume keeps it
     assert updates[0] == 0 and all(u > 0 for u in updates[1:]), updates
+
+
+@pytest.mark.parametrize("agent", ["random", "tpe", "ddpg"])
+def test_first_episode_plays_the_uniform_policy(agent: str, trained_resnet20: Path, tmp_path: Path) -> None:
+    """The simplest answer is always a candidate: a search never returns less than uniform on search-val."""
+    config = _config(trained_resnet20 / "model.pt", agent=agent, episodes=4)
+    run_search(config, tmp_path / "s", track=False, progress=False)
+    summary = json.loads((tmp_path / "s" / "search.json").read_text())
+    first, uniform = summary["episodes"][0], summary["uniform"]
+    assert all(r == pytest.approx(uniform["ratio"], abs=1e-6) for r in first["ratios"].values()), first["ratios"]
+    assert first["top1"] == pytest.approx(uniform["top1"])
+    assert summary["best"]["top1"] >= uniform["top1"]
+
+    run_search(config.replace(uniform_first=False), tmp_path / "off", track=False, progress=False)
+    off = json.loads((tmp_path / "off" / "search.json").read_text())["episodes"][0]
+    assert len(set(off["ratios"].values())) > 1, "without uniform_first the agent plans episode 0 itself"
