@@ -165,16 +165,24 @@ class Search:
         progress: Show progress (a bar on a terminal, else a line every few seconds; see :mod:`amc.progress`).
         ray: Play the episodes on Ray actors (None: when there is more than one worker). False with more
             than one worker plays them one at a time in this process, planned as ``workers`` workers would.
+        workspace: Your own model and data (:func:`amc.engine.workspace_for`) instead of the config's
+            registry model, data set and checkpoint.
     """
 
     def __init__(
-        self, config: SearchConfig, out: Path, tracker: Any = None, progress: bool = True, ray: bool | None = None
+        self,
+        config: SearchConfig,
+        out: Path,
+        tracker: Any = None,
+        progress: bool = True,
+        ray: bool | None = None,
+        workspace: Any = None,
     ) -> None:
         from agents.parallel import build_env, local_cpus
         from amc.engine import build_workspace
 
         self.config, self.out, self.tracker, self.progress = config, out, tracker, progress
-        ws = build_workspace(config.env.model, config.env.data, config.env.checkpoint)
+        ws = workspace or build_workspace(config.env.model, config.env.data, config.env.checkpoint)
         self.payload = {"ws": ws, "env_config": config.env}
         self.env = build_env(self.payload)
         self.agent = create_agent(config.agent, self.env, config.ddpg, config.seed)
@@ -405,8 +413,12 @@ def run_search(
     on_episode: Hook | None = None,
     address: str | None = None,
     artifact_root: str | None = None,
+    workspace: Any = None,
 ) -> SearchResult:
     """Runs a search end to end (or resumes the one in ``out``).
+
+    Searching your own model: ``run_search(config, out, workspace=amc.engine.workspace_for(model, train,
+    val, test))`` writes exactly what ``amc search`` writes (pass the same workspace again to resume).
 
     Args:
         config: The search config (with ``resume``: None, or overrides of the stored one's episodes and workers).
@@ -421,6 +433,9 @@ def run_search(
         address: Ray cluster to join (None: start Ray locally when more than one worker is used).
         artifact_root: Artifact root of the MLflow experiment if it is created now (None:
             ``$AMC_ARTIFACT_ROOT``, else next to a SQLite store; see :func:`amc.service.tracking.experiment_artifact_location`).
+        workspace: Your own dense model and data (:func:`amc.engine.workspace_for`); the config's
+            ``env.model``, ``env.data`` and ``env.checkpoint`` are then not used (``env.model`` is set to the
+            workspace's name).
     """
     check_out_dir(out, resume)
     if resume:
@@ -435,10 +450,14 @@ def run_search(
         config, note = config.with_room_to_learn()
         if note:
             print(note, file=sys.stderr, flush=True)
-        config = resolve_checkpoint(config, cache_dir, progress)
+        if workspace is None:
+            config = resolve_checkpoint(config, cache_dir, progress)
+        else:
+            data = dataclasses.replace(config.env.data, name=workspace.data.name, root=None)
+            config = config.replace(env=config.env.replace(model=workspace.spec.name, data=data, checkpoint=""))
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(config, out / "config.yaml")
-    search = Search(config, out, None, progress)
+    search = Search(config, out, None, progress, workspace=workspace)
     try:
         started_ray = _init_ray(address) if search.uses_ray else False
     except BaseException:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from amc.cost import LatencyConfig, count_cost, count_nonzero_params, measure_latency
 from amc.data import DataBundle, DataConfig, load_data
@@ -58,6 +58,46 @@ def build_workspace(model_name: str, data_config: DataConfig, checkpoint: str | 
     else:
         model = create_model(spec)
     model.eval()
+    graph = ModelGraph(model, spec.example_inputs())
+    return Workspace(spec, data, model, graph, identity_of(spec, model))
+
+
+def workspace_for(
+    model: nn.Module,
+    train: Dataset | DataLoader,
+    val: Dataset | DataLoader,
+    test: Dataset | DataLoader,
+    name: str = "custom",
+    data_name: str = "custom",
+) -> Workspace:
+    """A workspace over your own dense ``model`` and data, for :func:`agents.search.run_search` (``workspace=``).
+
+    Args:
+        model: The trained dense model (any Torch-Pruning-traceable classifier).
+        train: Training split (BatchNorm re-estimation, calibration): a Dataset of (image, label) or a
+            DataLoader over one.
+        val: Search-val split (the search's reward is measured on it).
+        test: Test split (the final evaluation of the best policy).
+        name: Model name written into policies and MLflow runs.
+        data_name: Data set name for reports.
+
+    Raises:
+        ConfigError: When the images are not square CHW tensors, or a split is empty.
+    """
+    splits = [s.dataset if isinstance(s, DataLoader) else s for s in (train, val, test)]
+    for split, label in zip(splits, ("train", "val", "test")):
+        if len(split) == 0:
+            raise ConfigError(f"the {label} split is empty")
+    image = splits[0][0][0]
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[1] != image.shape[2]:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ConfigError(f"training images must be square CHW tensors (C, S, S), got {shape}")
+    channels, size = int(image.shape[0]), int(image.shape[1])
+    model = model.eval()
+    with torch.no_grad():
+        num_classes = int(model(image.unsqueeze(0)).shape[-1])
+    data = DataBundle(splits[0], splits[1], splits[2], channels, num_classes, size, data_name)
+    spec = ModelSpec(name, channels, num_classes, size)
     graph = ModelGraph(model, spec.example_inputs())
     return Workspace(spec, data, model, graph, identity_of(spec, model))
 

@@ -45,3 +45,19 @@ def test_readme_loading_example_runs(trained_resnet20: Path, tmp_path: Path, cap
     finally:
         os.chdir(cwd)
     assert capsys.readouterr().out.strip().splitlines()[-1] == "True", "the export gives amc prune's architecture"
+
+
+def test_readme_own_model_search_runs(tmp_path: Path, capsys) -> None:
+    """The "Searching your own model" example writes what `amc search` writes, with the budget met."""
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "workspace_for" in b)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    finally:
+        os.chdir(cwd)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("True") and "best_policy.json" in last and "search.json" in last
+    summary = __import__("json").loads((tmp_path / "runs" / "my-cnn" / "search.json").read_text())
+    assert summary["model"] == "my-cnn" and summary["data"] == "custom" and len(summary["episodes"]) == 8
+    assert (tmp_path / "mlflow.db").is_file()

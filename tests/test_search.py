@@ -317,3 +317,21 @@ def test_first_episode_plays_the_uniform_policy(agent: str, trained_resnet20: Pa
     run_search(config.replace(uniform_first=False), tmp_path / "off", track=False, progress=False)
     off = json.loads((tmp_path / "off" / "search.json").read_text())["episodes"][0]
     assert len(set(off["ratios"].values())) > 1, "without uniform_first the agent plans episode 0 itself"
+
+
+def test_workspace_for_refuses_what_it_cannot_search() -> None:
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from amc.engine import workspace_for
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    square = TensorDataset(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    ws = workspace_for(model, square, square, square, name="tiny")
+    assert (ws.spec.in_channels, ws.spec.input_size, ws.spec.num_classes) == (3, 8, 4) and len(ws.graph) >= 1
+    wide = TensorDataset(torch.randn(4, 3, 8, 12), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match="square CHW"):
+        workspace_for(model, wide, wide, wide)
+    with pytest.raises(ConfigError, match="val split is empty"):
+        workspace_for(model, square, TensorDataset(torch.randn(0, 3, 8, 8), torch.zeros(0)), square)
