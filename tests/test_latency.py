@@ -272,3 +272,27 @@ def test_latency_search_measures_the_best_policy(tmp_path: Path) -> None:
     for metric, (section, key) in LATENCY_METRICS.items():
         assert tracker.metrics[metric] == (summary[section] if section else summary)[key]
     assert result.best.ratios == best["policy"]
+
+
+def test_workers_reuse_the_learners_table(workspaces: dict[str, Workspace], tmp_path: Path) -> None:
+    """A rollout worker gets the learner's payload (pickled, as Ray ships it) and builds no table of its own."""
+    import pickle
+
+    from agents.parallel import build_env
+
+    ws = workspaces["resnet20"]
+    config = EnvConfig(
+        model="resnet20", target_metric="latency", target_ratio=0.95, max_ratio=0.8, latency=QUICK, **TINY
+    )
+    table = LatencyTable.build(ws.model, ws.graph, QUICK, cache_dir=tmp_path, progress=False, measure=Counting())
+    cost = LatencyCost(ws.graph, table)
+    payload = pickle.loads(pickle.dumps({"ws": ws, "env_config": config, "cost_model": cost, "progress": False}))
+    env = build_env(payload)
+    assert env.cost_model is payload["cost_model"]
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        widths = _random_widths(ws, rng)
+        assert env.cost_model.cost(widths) == cost.cost(widths)
+    with pytest.raises(ConfigError, match="other groups"):
+        other = workspaces["mobilenetv2_small"]
+        ChannelPruningEnv.from_workspace(other, config.replace(model="mobilenetv2_small"), cost_model=cost)
