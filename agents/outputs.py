@@ -63,6 +63,8 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
         "episodes": [dataclasses.asdict(r) for r in state.records],
         "mlflow_run_id": state.run_id,
     }
+    if config.env.target_metric == "latency":
+        summary.update(latency_summary(env, best.ratios, summary["best"]))
     write_json_atomic(out / "search.json", summary)
     policy_bars(
         out / "best_policy.png",
@@ -83,24 +85,50 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
     return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode, run_name)
 
 
+def latency_summary(env: Any, ratios: dict[str, float], best: dict[str, Any]) -> dict[str, Any]:
+    """After a latency-target search: the best policy's estimated and measured latency, and the dense model's.
+
+    The physically pruned model and the dense model are measured with the settings the estimate's table
+    was built with (``env.latency``). ``best`` gets ``latency_ms_estimated`` and ``latency_ms_measured``;
+    the returned top-level fields are ``dense_latency_ms_measured`` and ``dense_latency_ms_estimated``.
+    """
+    report = env.latency_report(ratios)
+    best["latency_ms_estimated"] = report["latency_ms_estimated"]
+    best["latency_ms_measured"] = report["latency_ms_measured"]
+    return {
+        "dense_latency_ms_measured": report["dense_latency_ms_measured"],
+        "dense_latency_ms_estimated": report["dense_latency_ms_estimated"],
+    }
+
+
+LATENCY_METRICS = {
+    "best_latency_ms_estimated": ("best", "latency_ms_estimated"),
+    "best_latency_ms_measured": ("best", "latency_ms_measured"),
+    "dense_latency_ms_measured": (None, "dense_latency_ms_measured"),
+}
+"""MLflow metric -> where it sits in search.json (section, key), logged when the search had a latency target."""
+
+
 ARTIFACTS = ("search.json", "best_policy.json", "config.yaml", "best_policy.png", "search_curves.png")
 
 
 def log_final(tracker: Any, out: Path, summary: dict) -> None:
     """Logs a finished search's final metrics, artifacts and tags to its run, and ends the run."""
     best, uniform = summary["best"], summary["uniform"]
-    tracker.log_metrics(
-        {
-            "best_test_top1": best["test_top1"],
-            "uniform_top1": uniform["top1"],
-            "uniform_test_top1": uniform["test_top1"],
-        },
-        step=len(summary["episodes"]),
-    )
+    metrics = {
+        "best_test_top1": best["test_top1"],
+        "uniform_top1": uniform["top1"],
+        "uniform_test_top1": uniform["test_top1"],
+    }
+    for name, (section, key) in LATENCY_METRICS.items():
+        where = summary[section] if section else summary
+        if key in where:
+            metrics[name] = where[key]
+    tracker.log_metrics(metrics, step=len(summary["episodes"]))
     for name in ARTIFACTS:
         tracker.log_artifact(out / name)
     tracker.set_tags({"amc.best_top1": f"{best['top1']:.4f}", "amc.best_test_top1": f"{best['test_top1']:.4f}"})
     tracker.finish()
 
 
-__all__ = ["ARTIFACTS", "log_final", "write_outputs"]
+__all__ = ["ARTIFACTS", "LATENCY_METRICS", "latency_summary", "log_final", "write_outputs"]

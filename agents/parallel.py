@@ -32,10 +32,13 @@ def local_cpus() -> int:
 
 
 def build_env(payload: dict) -> Any:
-    """The channel-pruning env for a payload of ``ws`` (engine workspace) and ``env_config``."""
+    """The channel-pruning env for a payload of ``ws`` (engine workspace), ``env_config`` and optionally
+    ``cost_model`` (the learner's, so that every worker budgets against the same measured latency table)."""
     from envs import ChannelPruningEnv
 
-    return ChannelPruningEnv.from_workspace(payload["ws"], payload["env_config"])
+    return ChannelPruningEnv.from_workspace(
+        payload["ws"], payload["env_config"], payload.get("cost_model"), payload.get("progress", True)
+    )
 
 
 class _Worker:

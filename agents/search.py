@@ -183,8 +183,10 @@ class Search:
 
         self.config, self.out, self.tracker, self.progress = config, out, tracker, progress
         ws = workspace or build_workspace(config.env.model, config.env.data, config.env.checkpoint)
-        self.payload = {"ws": ws, "env_config": config.env}
+        self.payload = {"ws": ws, "env_config": config.env, "progress": progress}
         self.env = build_env(self.payload)
+        if config.env.target_metric == "latency":  # measured once, here: the workers reuse the table
+            self.payload["cost_model"] = self.env.cost_model
         self.agent = create_agent(config.agent, self.env, config.ddpg, config.seed)
         self.state = _load_checkpoint(out, self.agent)
         self.total = 1 if self.agent.single_episode else config.episodes

@@ -7,13 +7,18 @@ width configuration, since many policies in a search share widths.
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from amc.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ def count_cost(model: nn.Module, example_inputs: torch.Tensor) -> Cost:
     return Cost(count_flops(model, example_inputs), count_params(model))
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""Data types latency can be measured in (model weights and inputs)."""
+
+
 @dataclass(frozen=True)
 class LatencyConfig:
     """How latency is measured.
@@ -58,14 +67,67 @@ class LatencyConfig:
     Attributes:
         batch_size: Images per forward pass.
         threads: torch intra-op threads while measuring (0: leave torch's setting).
-        device: ``cpu`` or ``cuda``.
-        min_run_time: Seconds of measurement per configuration.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        min_run_time: Seconds of measurement per configuration (per table entry for the latency cost model).
+        dtype: Data type of weights and inputs: ``float32``, ``float16`` or ``bfloat16``.
+        grid: Widths measured per channel axis of each layer by the latency cost model
+            (:mod:`amc.latency`), which interpolates between them; at least 2.
+
+    Raises:
+        ConfigError: on a non-positive ``min_run_time`` or ``batch_size``, a negative ``threads``, an unknown
+            device or dtype, or ``grid`` below 2. Whether a CUDA device exists is checked when measuring
+            (:meth:`check_available`), so a config written on a GPU machine still loads elsewhere.
     """
 
     batch_size: int = 1
     threads: int = 1
     device: str = "cpu"
     min_run_time: float = 0.2
+    dtype: str = "float32"
+    grid: int = 5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_run_time, bool) or not self.min_run_time > 0 or not math.isfinite(self.min_run_time):
+            raise ConfigError(
+                f"min_run_time must be a positive number of seconds of measurement, got {self.min_run_time!r}"
+            )
+        for name, value, low in (
+            ("batch_size", self.batch_size, 1),
+            ("threads", self.threads, 0),
+            ("grid", self.grid, 2),
+        ):
+            if isinstance(value, bool) or int(value) != value or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"latency dtype {self.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
+        if not _DEVICE.fullmatch(str(self.device)):
+            raise ConfigError(f"latency device {self.device!r} is unknown; use cpu, cuda or cuda:N")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def effective_threads(self) -> int:
+        """The intra-op threads a measurement runs with (``threads``, or torch's current setting when 0)."""
+        return int(self.threads or torch.get_num_threads())
+
+    def check_available(self) -> None:
+        """Raises ConfigError when the device does not exist on this machine (a CUDA device without a GPU)."""
+        if self.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    f"latency device {self.device!r} needs a CUDA GPU, but torch finds none on this machine; "
+                    "measure on device: cpu"
+                )
+            index = int(self.device.split(":")[1]) if ":" in self.device else 0
+            if index >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"latency device {self.device!r} does not exist: this machine has "
+                    f"{torch.cuda.device_count()} CUDA device(s)"
+                )
+
+
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
 @torch.no_grad()
@@ -102,14 +164,19 @@ def latency_stats(
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
+    config.check_available()
     device = torch.device(config.device)
-    model = model.to(device).eval()
-    x = torch.randn(config.batch_size, *input_shape, device=device)
-    timer = benchmark.Timer(
-        stmt="model(x)", globals={"model": model, "x": x}, num_threads=config.threads or torch.get_num_threads()
-    )
-    model(x)  # warm-up
-    m = timer.blocked_autorange(min_run_time=config.min_run_time)
+    if device.type != "cpu" or config.dtype != "float32":
+        model = copy.deepcopy(model)  # measure a copy: the caller's model stays where and what it was
+    was_training = model.training
+    model = model.to(device=device, dtype=config.torch_dtype).eval()
+    x = torch.randn(config.batch_size, *input_shape, device=device, dtype=config.torch_dtype)
+    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=config.effective_threads())
+    try:
+        model(x)  # warm-up
+        m = timer.blocked_autorange(min_run_time=config.min_run_time)
+    finally:
+        model.train(was_training)
     return LatencyStats(float(m.median * 1e3), float(m.iqr * 1e3), len(m.times))
 
 

@@ -313,6 +313,25 @@ class ModelGraph:
     def dense_widths(self) -> dict[str, int]:
         return {g.name: g.channels for g in self.groups}
 
+    def layer_channels(self, widths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """Input and output channels of every conv / linear module some group scales, at ``widths``.
+
+        The decomposition :meth:`estimate` counts FLOPs with: a module's channels follow the groups that
+        feed its input and the groups of its output (each a non-decreasing function of those widths).
+        A depthwise conv's input equals its output. Modules no group touches are left out (their cost
+        does not depend on the widths). Groups missing from ``widths`` stay dense.
+        """
+        keep = {g.index: int(widths.get(g.name, g.channels)) for g in self.groups}
+        dense = {g.index: g.channels for g in self.groups}
+        out: dict[str, tuple[int, int]] = {}
+        for name, mc in self._costs.items():
+            if mc.kind == "norm" or not (mc.in_parts or mc.out_parts):
+                continue
+            out_f = _scaled(mc.out_features, mc.out_parts, keep, dense)
+            in_f = out_f if mc.kind == "depthwise" else _scaled(mc.in_features, mc.in_parts, keep, dense)
+            out[name] = (in_f, out_f)
+        return out
+
 
 ATTENTION_TYPES = frozenset(
     {

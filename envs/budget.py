@@ -58,6 +58,17 @@ def _candidates(channels: int, min_ratio: float, max_ratio: float, round_to: int
     return kept, ratios
 
 
+def _all_candidates(
+    groups: Sequence[PrunableGroup], min_ratio: float, max_ratio: float, round_to: int
+) -> dict[str, tuple[list[int], list[float]]]:
+    return {g.name: _candidates(g.channels, min_ratio, max_ratio, group_round_to(g, round_to)) for g in groups}
+
+
+def fewest_widths(groups: Sequence[PrunableGroup], min_ratio: float, max_ratio: float, round_to: int) -> dict[str, int]:
+    """The fewest channels each group can keep with these ratio bounds (what :attr:`BudgetWall.fewest` holds)."""
+    return {name: kept[0] for name, (kept, _) in _all_candidates(groups, min_ratio, max_ratio, round_to).items()}
+
+
 class BudgetWall:
     """Bounds each group's kept channels so the target stays reachable.
 
@@ -87,9 +98,7 @@ class BudgetWall:
         self.cost = cost
         self.target_ratio = target_ratio
         self.round_to = round_to
-        self._options = {
-            g.name: _candidates(g.channels, min_ratio, max_ratio, group_round_to(g, round_to)) for g in self.groups
-        }
+        self._options = _all_candidates(self.groups, min_ratio, max_ratio, round_to)
         self.fewest = {g.name: self._options[g.name][0][0] for g in self.groups}
         floor = cost.ratio(self.fewest)
         if floor > target_ratio:

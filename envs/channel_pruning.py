@@ -20,7 +20,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 from torch import nn
 
-from amc.cost import Cost
+from amc.cost import Cost, LatencyConfig
 from amc.data import DataConfig
 from amc.engine import Workspace, build_workspace, smallest_ratio
 from amc.errors import AmcError, ConfigError
@@ -29,8 +29,8 @@ from amc.policy import ModelIdentity, Policy, Target
 from amc.pruning import CRITERIA, DEFAULT_CRITERION, prune_channels, widths_for
 from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
-from envs.budget import BudgetWall
-from envs.costs import COST_MODELS, CostModel, create_cost_model
+from envs.budget import BudgetWall, fewest_widths
+from envs.costs import COST_MODELS, CostModel, LatencyCost, create_cost_model
 from envs.embedding import FEATURES, LayerEmbedding
 from envs.evaluation import EvalBatch, fixed_size_batches, top1
 from envs.rewards import REWARDS, Outcome, Reward, create_reward
@@ -53,8 +53,11 @@ class EnvConfig:
         model: Registered model name (``resnet20``, ``torchvision:mobilenet_v2``, ...).
         data: Data set and split settings.
         checkpoint: Dense checkpoint to load (None: random initial weights, for smoke runs only).
-        target_metric: Budgeted cost, a name in :data:`envs.costs.COST_MODELS` (``flops``, ``params``).
-        target_ratio: Fraction of the dense cost the pruned model may keep, in (0, 1].
+        target_metric: Budgeted cost, a name in :data:`envs.costs.COST_MODELS` (``flops``, ``params``,
+            ``latency``: milliseconds per forward pass estimated from a table of measured layer latencies,
+            built or read from the cache when the env is built; see :mod:`amc.latency`).
+        target_ratio: Fraction of the dense cost the pruned model may keep, in (0, 1] (for ``latency``: of
+            the dense model's estimated latency, which is its measured latency).
         min_ratio: Pruning ratio (fraction of channels removed) that action -1 maps to.
         max_ratio: Pruning ratio that action +1 maps to; below 1.
         reward: Reward name in :data:`envs.rewards.REWARDS` (``acc``, ``acc_log_flops``, ``acc_size``).
@@ -81,6 +84,8 @@ class EnvConfig:
             an evaluation took ~235 ms instead of ~125 ms (2 batches; ~50 ms per batch). Needs
             ``bn_batches >= reconstruct_batches``.
         reconstruct_batches: How many of the (first) BatchNorm calibration batches the reconstruction fits on.
+        latency: How latency is measured when ``target_metric`` is ``latency`` (batch size, threads, device,
+            dtype, seconds per entry, grid widths per axis); ignored otherwise.
     """
 
     model: str = "resnet20"
@@ -102,6 +107,7 @@ class EnvConfig:
     seed: int = 0
     reconstruct: bool = False
     reconstruct_batches: int = 2
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Mapping):  # from YAML / JSON: {name: digits, ...}
@@ -112,6 +118,15 @@ class EnvConfig:
         if not isinstance(self.data, DataConfig):
             raise ConfigError(
                 f"env.data must be a DataConfig or a mapping of its fields, got {type(self.data).__name__}"
+            )
+        if isinstance(self.latency, Mapping):
+            try:
+                object.__setattr__(self, "latency", LatencyConfig(**self.latency))
+            except TypeError as exc:
+                raise ConfigError(f"env.latency has an unknown field: {exc}") from None
+        if not isinstance(self.latency, LatencyConfig):
+            raise ConfigError(
+                f"env.latency must be a LatencyConfig or a mapping of its fields, got {type(self.latency).__name__}"
             )
         if not 0.0 <= self.min_ratio <= self.max_ratio < 1.0:
             raise ConfigError(
@@ -223,9 +238,13 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         config: Search settings; ``EnvConfig()`` when omitted.
         test_loader: The test split, for :meth:`evaluate_ratios` with ``split="test"``.
         graph: The traced groups of ``model`` if already built.
+        cost_model: The cost model of ``config.target_metric`` for ``graph`` if already built (parallel
+            workers get the learner's, so that a measured latency table is built once and shared).
+        progress: Show the progress and cost of building a latency table (see :mod:`amc.latency`).
 
     Raises:
         BudgetError: when the target is out of reach even with every group at ``max_ratio``.
+        ConfigError: when the latency target's device does not exist on this machine.
     """
 
     metadata: ClassVar[dict] = {"render_modes": []}
@@ -240,12 +259,30 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         *,
         test_loader: Iterable[Batch] | None = None,
         graph: ModelGraph | None = None,
+        cost_model: CostModel | None = None,
+        progress: bool = True,
     ) -> None:
         self.config = config if config is not None else EnvConfig()
         self.model = model
         self.graph = graph if graph is not None else ModelGraph(model, example_inputs)
         self.target = Target(self.config.target_metric, self.config.target_ratio)
-        self.cost_model: CostModel = create_cost_model(self.config.target_metric, self.graph)
+        if cost_model is None:
+            cost_model = create_cost_model(
+                self.config.target_metric,
+                self.graph,
+                model,
+                latency=self.config.latency,
+                fewest=fewest_widths(
+                    self.graph.groups, self.config.min_ratio, self.config.max_ratio, self.config.round_to
+                ),
+                progress=progress,
+            )
+        elif cost_model.metric != self.config.target_metric or cost_model.graph.names != self.graph.names:
+            raise ConfigError(
+                f"the cost model passed measures {cost_model.metric!r} of a model with other groups; the env "
+                f"budgets {self.config.target_metric!r} of its own"
+            )
+        self.cost_model: CostModel = cost_model
         self.wall = BudgetWall(
             self.graph.groups,
             self.cost_model,
@@ -274,12 +311,27 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         return cls.from_workspace(build_workspace(config.model, config.data, config.checkpoint), config)
 
     @classmethod
-    def from_workspace(cls, ws: Workspace, config: EnvConfig) -> Self:
-        """The env over an engine workspace (model, data, traced groups); used by parallel rollout workers."""
+    def from_workspace(
+        cls, ws: Workspace, config: EnvConfig, cost_model: CostModel | None = None, progress: bool = True
+    ) -> Self:
+        """The env over an engine workspace (model, data, traced groups); used by parallel rollout workers.
+
+        ``cost_model``: an already built cost model of ``ws.graph`` (None: built here, showing ``progress``).
+        """
         train = ws.data.loader("train", config.bn_batch_size, shuffle=True, seed=config.seed)
         val = ws.data.loader("val", config.eval_batch_size)
         test = ws.data.loader("test", config.eval_batch_size)
-        env = cls(ws.model, train, val, ws.example_inputs(), config, test_loader=test, graph=ws.graph)
+        env = cls(
+            ws.model,
+            train,
+            val,
+            ws.example_inputs(),
+            config,
+            test_loader=test,
+            graph=ws.graph,
+            cost_model=cost_model,
+            progress=progress,
+        )
         env.identity = ws.identity
         return env
 
@@ -334,6 +386,27 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         The last step's ``info`` carries everything else about the episode (``ratios``, ``top1``, costs).
         """
         return self._last_model
+
+    def latency_report(self, ratios: Mapping[str, float]) -> dict[str, float]:
+        """Estimated and measured latency of the model pruned by ``ratios``, and the dense model's (measured).
+
+        Only for a ``latency`` target: the pruned model is measured against the dense one with the settings
+        the table was built with (alternately, the median of three rounds each; see :meth:`LatencyCost.measure`).
+
+        Returns:
+            ``latency_ms_estimated``, ``latency_ms_measured``, ``dense_latency_ms_estimated`` and
+            ``dense_latency_ms_measured``.
+        """
+        if not isinstance(self.cost_model, LatencyCost):
+            raise ConfigError(f"latency_report needs a latency target; this env budgets {self.config.target_metric}")
+        widths = widths_for(self.graph, ratios, self.config.round_to)
+        with single_threaded():
+            pruned = prune_channels(self.model, self.graph, widths, self.config.criterion, self._grad_batch).model
+        return {
+            "latency_ms_estimated": self.cost_model.cost(widths),
+            "dense_latency_ms_estimated": self.cost_model.dense,
+            **self.cost_model.measure(self.model, pruned),
+        }
 
     def uniform_ratios(self) -> dict[str, float]:
         """The smallest ratio, the same for every group, that meets the target (the uniform baseline)."""

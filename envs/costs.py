@@ -4,21 +4,32 @@ A cost model maps a width configuration (kept channels per group name) to a cost
 model's cost. The action wall binary-searches over kept-channel counts, so a cost model must be
 **monotone**: keeping more channels in any group never lowers the cost. The analytic ``flops`` and
 ``params`` models are exact (they are :meth:`amc.groups.ModelGraph.estimate`, the same count the final
-check and the physically pruned model give). A measured latency model can be registered later under
-``latency``; it should cache its measurements per width configuration, since the wall asks many times.
+check and the physically pruned model give). The ``latency`` model estimates milliseconds per forward
+pass from a table of measured layer latencies (:class:`amc.latency.LatencyTable`: monotone by
+construction, cached on disk per device); it needs the dense model itself, which
+:func:`create_cost_model` passes on.
 
 Register your own::
 
     @COST_MODELS.register("energy")
     class EnergyCost(CostModel):
         def _cost(self, widths): ...
+
+A cost model that needs more than the graph (the model, settings) overrides :meth:`CostModel.create`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
+from torch import nn
+
+from amc.cost import LatencyConfig, latency_stats
+from amc.errors import ConfigError
 from amc.groups import ModelGraph
+from amc.latency import LatencyTable
 from amc.registry import Registry
 
 
@@ -34,6 +45,14 @@ class CostModel:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
         self.dense = float(self._cost(graph.dense_widths()))
+
+    @classmethod
+    def create(cls, graph: ModelGraph, model: nn.Module | None = None, **options: Any) -> CostModel:
+        """Builds the cost model of ``graph`` (``model``: the dense model; ``options``: what it needs besides).
+
+        The analytic models need the graph alone and ignore the rest.
+        """
+        return cls(graph)
 
     def cost(self, widths: Mapping[str, int]) -> float:
         """Absolute cost of ``widths`` (groups not named stay dense)."""
@@ -71,6 +90,86 @@ class ParamsCost(CostModel):
         return float(self.graph.estimate(widths).params)
 
 
-def create_cost_model(metric: str, graph: ModelGraph) -> CostModel:
-    """Builds the cost model registered under ``metric`` for ``graph``."""
-    return COST_MODELS.get(metric)(graph)
+@COST_MODELS.register("latency")
+class LatencyCost(CostModel):
+    """Estimated milliseconds per forward pass, from a table of measured layer latencies.
+
+    Monotone by construction (see :mod:`amc.latency`), so the budget wall's guarantee holds on the
+    estimate; :meth:`measure` measures a physically pruned model against the dense one with the same
+    settings, to check the estimate after a search.
+
+    Args:
+        graph: The traced dense model.
+        table: The built latency table of ``graph``.
+    """
+
+    metric = "latency"
+
+    def __init__(self, graph: ModelGraph, table: LatencyTable) -> None:
+        self.table = table
+        super().__init__(graph)
+
+    @classmethod
+    def create(
+        cls,
+        graph: ModelGraph,
+        model: nn.Module | None = None,
+        *,
+        latency: LatencyConfig | None = None,
+        fewest: Mapping[str, int] | None = None,
+        cache_dir: Path | None = None,
+        progress: bool = True,
+        **options: Any,
+    ) -> LatencyCost:
+        """Measures (or reads from the cache) the latency table of ``model``.
+
+        Args:
+            graph: The traced dense model.
+            model: The dense model (required: its layers are measured).
+            latency: Measurement settings (default: :class:`amc.cost.LatencyConfig`).
+            fewest: The fewest channels the search gives each group (the table's low end).
+            cache_dir: Cache directory (None: :func:`amc.baseline.default_cache_dir`).
+            progress: Show the build's progress and cost on stderr.
+        """
+        if model is None:
+            raise ConfigError("the latency cost model measures the dense model's layers: pass model=")
+        config = latency if latency is not None else LatencyConfig()
+        return cls(graph, LatencyTable.build(model, graph, config, fewest, cache_dir, progress))
+
+    @property
+    def config(self) -> LatencyConfig:
+        return self.table.config
+
+    def _cost(self, widths: Mapping[str, int]) -> float:
+        return self.table.estimate(widths)
+
+    def measure(self, dense: nn.Module, pruned: nn.Module, rounds: int = 3) -> dict[str, float]:
+        """Measures ``pruned`` and ``dense`` alternately ``rounds`` times with the table's settings.
+
+        Returns:
+            ``latency_ms_measured`` and ``dense_latency_ms_measured``: the median of each over the rounds.
+        """
+        shape = tuple(self.graph.example_inputs.shape[1:])
+        pruned_ms, dense_ms = [], []
+        for _ in range(max(1, rounds)):
+            pruned_ms.append(latency_stats(pruned, shape, self.config).median_ms)
+            dense_ms.append(latency_stats(dense, shape, self.config).median_ms)
+        return {"latency_ms_measured": _median(pruned_ms), "dense_latency_ms_measured": _median(dense_ms)}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def create_cost_model(metric: str, graph: ModelGraph, model: nn.Module | None = None, **options: Any) -> CostModel:
+    """Builds the cost model registered under ``metric`` for ``graph``.
+
+    Args:
+        metric: A name in :data:`COST_MODELS`.
+        graph: The traced dense model.
+        model: The dense model (needed by the ``latency`` model, which measures it).
+        options: Settings of the cost model (``latency``: ``latency=``, ``fewest=``, ``cache_dir=``, ``progress=``).
+    """
+    return COST_MODELS.get(metric).create(graph, model, **options)

@@ -257,7 +257,7 @@ def test_invalid_config_is_rejected_with_a_hint() -> None:
     with pytest.raises(ConfigError, match="acc_log_flops"):
         EnvConfig(reward="nope")
     with pytest.raises(ConfigError, match="flops"):
-        EnvConfig(target_metric="latency")
+        EnvConfig(target_metric="energy")
     assert EnvConfig(data={"name": "digits", "seed": 1}).data == DataConfig("digits", seed=1)  # as YAML gives it
     with pytest.raises(ConfigError, match="unknown field"):
         EnvConfig(data={"nmae": "digits"})

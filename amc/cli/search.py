@@ -53,7 +53,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="R",
         help="override the search's budget (env.target_ratio): the pruned model may keep at most the fraction R "
-        "of the dense cost of env.target_metric (flops or params), in (0, 1]; every episode meets it",
+        "of the dense cost of env.target_metric (flops, params or latency), in (0, 1]; every episode meets it",
     )
     _add_set_arg(p, "any field of the config")
     p.add_argument(
