@@ -39,7 +39,15 @@ def init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if not address:
-        ray.init(address="local", num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
+        # a local instance: Ray's notes on its token authentication and on starting up concern nobody here
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        ray.init(
+            address="local",
+            num_cpus=local_cpus(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
         return True
     if _explicit(address) and AUTH_MODE not in os.environ and _wants_token(address):
         _use_token(address)

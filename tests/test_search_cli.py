@@ -85,3 +85,19 @@ def test_ctrl_c_kills_the_run_and_the_search_resumes_with_more_episodes(trained_
     steps = sorted(m.step for m in client.get_metric_history(state["run_id"], "reward"))
     assert steps == list(range(MORE)), "each episode logged to MLflow once"
     assert len(client.search_runs([run.info.experiment_id])) == 1, "the resume continued the run, no new one"
+
+
+def test_ray_search_stderr_holds_only_the_projects_lines(trained_resnet20: Path, tmp_path: Path) -> None:
+    """A 2-worker search on a new SQLite store: no Ray or MLflow log lines reach the user, only progress."""
+    env = EnvConfig(model="resnet20", checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.5,
+                    eval_batches=1, bn_batches=2)  # fmt: skip
+    config = tmp_path / "c.yaml"
+    save_yaml(SearchConfig(env=env, agent="random", episodes=4, workers=2, threads=1), config)
+    proc = subprocess.run(
+        [*AMC, "search", "--config", str(config), "--out", str(tmp_path / "s"),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("search random:") for line in lines), proc.stderr[-3000:]

@@ -13,6 +13,7 @@ configured artifact root (``--artifact-root`` / ``$AMC_ARTIFACT_ROOT``) or, with
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import os
 import re
@@ -135,6 +136,8 @@ def _client(uri: str):
         from mlflow.tracking import MlflowClient
     except ModuleNotFoundError as exc:  # pragma: no cover - part of the pinned stack
         raise ModuleNotFoundError("MLflow is needed for tracking: pip install mlflow") from exc
+    # "Creating initial MLflow database tables..." on a new SQLite store is MLflow's business, not the user's
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 
