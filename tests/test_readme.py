@@ -40,11 +40,15 @@ def test_readme_loading_example_runs(trained_resnet20: Path, tmp_path: Path, cap
                      "--latency-batch", "1", "--out", "r20-u50"]) == 0  # fmt: skip
         assert main(["export", "--policy", "r20-u50/policy.json", "--checkpoint", "r20/model.pt",
                      "--format", "torch-pruning", "--out", "tp"]) == 0  # fmt: skip
+        for fmt in ("amc", "nni"):
+            assert main(["export", "--policy", "r20-u50/policy.json", "--format", fmt, "--out", f"ex-{fmt}"]) == 0
         capsys.readouterr()
         exec(compile(block, "README.md", "exec"), {})
     finally:
         os.chdir(cwd)
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "True", "the export gives amc prune's architecture"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] == "True", "the torch-pruning export gives amc prune's architecture"
+    assert lines[-1] == "True True", "the amc export applies to the same cost; NNI lists one entry per group"
 
 
 def test_readme_own_model_search_runs(tmp_path: Path, capsys) -> None:
