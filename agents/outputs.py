@@ -64,7 +64,9 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
         "mlflow_run_id": state.run_id,
     }
     if config.env.target_metric == "latency":
-        summary.update(latency_summary(env, best.ratios, summary["best"]))
+        best_latency, dense_latency = latency_summary(env, best.ratios)
+        summary["best"].update(best_latency)
+        summary.update(dense_latency)
     write_json_atomic(out / "search.json", summary)
     policy_bars(
         out / "best_policy.png",
@@ -85,20 +87,17 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
     return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode, run_name)
 
 
-def latency_summary(env: Any, ratios: dict[str, float], best: dict[str, Any]) -> dict[str, Any]:
+def latency_summary(env: Any, ratios: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
     """After a latency-target search: the best policy's estimated and measured latency, and the dense model's.
 
     The physically pruned model and the dense model are measured with the settings the estimate's table
-    was built with (``env.latency``). ``best`` gets ``latency_ms_estimated`` and ``latency_ms_measured``;
-    the returned top-level fields are ``dense_latency_ms_measured`` and ``dense_latency_ms_estimated``.
+    was built with (``env.latency``). Returns the fields of search.json's ``best`` (``latency_ms_estimated``,
+    ``latency_ms_measured``) and its top-level ones (``dense_latency_ms_measured``, ``dense_latency_ms_estimated``).
     """
     report = env.latency_report(ratios)
-    best["latency_ms_estimated"] = report["latency_ms_estimated"]
-    best["latency_ms_measured"] = report["latency_ms_measured"]
-    return {
-        "dense_latency_ms_measured": report["dense_latency_ms_measured"],
-        "dense_latency_ms_estimated": report["dense_latency_ms_estimated"],
-    }
+    best = {k: report[k] for k in ("latency_ms_estimated", "latency_ms_measured")}
+    dense = {k: report[k] for k in ("dense_latency_ms_measured", "dense_latency_ms_estimated")}
+    return best, dense
 
 
 LATENCY_METRICS = {

@@ -251,8 +251,8 @@ class Search:
             self.agent.adopt(plan)
         else:
             plan = self.agent.plan(episode)
-        if not self.agent.fixed_plan(episode) and not (episode == 0 and self.config.uniform_first):
-            plan = dataclasses.replace(plan, planned_after=self.state.episode)
+            if not self.agent.fixed_plan(episode):
+                plan = dataclasses.replace(plan, planned_after=self.state.episode)
         self.state.plans[episode] = plan
         self._queue.append(episode)
         self._next_plan += 1

@@ -12,6 +12,7 @@ files, directories, dangling symbolic links, empty files and non-UTF-8 bytes get
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -398,7 +399,7 @@ def parse_yaml(text: str, where: str) -> Any:
     import yaml
 
     try:
-        return yaml.load(text, Loader=_strict_loader())
+        return yaml.load(text, Loader=_strict_loader())  # a SafeLoader subclass: no arbitrary objects
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -421,7 +422,7 @@ def apply_overrides(cls: type, data: Mapping[str, Any], overrides: Sequence[str]
     Raises:
         ConfigError: On an override without ``=``, a key that is not a field, or a value that is not YAML.
     """
-    out = _deep_copy(data)
+    out = copy.deepcopy(dict(data))
     for item in overrides:
         key, sep, text = str(item).partition("=")
         key = key.strip()
@@ -440,10 +441,6 @@ def apply_overrides(cls: type, data: Mapping[str, Any], overrides: Sequence[str]
             node = child
         node[last] = value
     return out
-
-
-def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
 def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:

@@ -150,9 +150,6 @@ class LatencyStats:
     iqr_ms: float
     blocks: int
 
-    def __str__(self) -> str:
-        return f"{self.median_ms:.3f} ± {self.iqr_ms / 2:.3f}"
-
 
 @torch.no_grad()
 def latency_stats(

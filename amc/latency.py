@@ -62,7 +62,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from amc.cost import LatencyConfig, latency_stats
+from amc.cost import LatencyConfig, measure_latency
 from amc.errors import ConfigError
 from amc.files import write_json_atomic
 from amc.groups import CONV_TYPES, ModelGraph, is_depthwise
@@ -103,11 +103,6 @@ WHOLE_ROUNDS = 3
 
 Measure = Callable[[nn.Module, tuple[int, ...], LatencyConfig], float]
 """Measures one forward pass of a module on inputs of a shape (batch excluded) and returns milliseconds."""
-
-
-def median_ms(model: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig) -> float:
-    """The default :data:`Measure`: :func:`amc.cost.latency_stats`'s median."""
-    return latency_stats(model, input_shape, config).median_ms
 
 
 # --------------------------------------------------------------------------- device fingerprint and cache
@@ -434,7 +429,7 @@ class LatencyTable:
         fewest: Mapping[str, int] | None = None,
         cache_dir: Path | None = None,
         progress: bool = True,
-        measure: Measure = median_ms,
+        measure: Measure = measure_latency,
         desc: str | None = None,
     ) -> LatencyTable:
         """Measures (or reads from the cache) every entry the estimate needs.
@@ -612,7 +607,6 @@ __all__ = [
     "cache_file",
     "cpu_model",
     "device_fingerprint",
-    "median_ms",
     "monotone",
     "outliers",
 ]

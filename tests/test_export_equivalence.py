@@ -55,52 +55,26 @@ def _test_images(count: int = 64) -> torch.Tensor:
     return inputs
 
 
+def _exported_and_pruned(
+    ckpt: Path, policy: Path, tmp_path: Path, size: int, name: str
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``amc export --format torch-pruning`` applied to a fresh dense model, and ``amc prune``'s model (both eval)."""
+    export = ["export", "--policy", str(policy), "--checkpoint", str(ckpt), "--format", "torch-pruning"]
+    assert main([*export, "--out", str(tmp_path / "tp")]) == 0
+    prune = ["prune", "--checkpoint", str(ckpt), "--policy", str(policy), "--input-size", str(size)]
+    no_recovery = ["--finetune-epochs", "0", "--bn-batches", "0", "--latency-batch", "1"]
+    assert main([*prune, *no_recovery, "--out", str(tmp_path / "pruned")]) == 0
+    reference = load_model(tmp_path / "pruned" / "model.pt").model.eval()
+    fresh = load_model(ckpt).model  # a fresh dense model, pruned by the exported snippet alone
+    _snippet(tmp_path / "tp" / "apply_torch_pruning.py", name).prune(fresh, torch.zeros(1, 1, size, size))
+    return fresh.eval(), reference
+
+
 @pytest.mark.parametrize("criterion", CRITERIA.names())
 def test_torch_pruning_export_equals_amc_prune(criterion: str, trained_resnet20: Path, tmp_path: Path) -> None:
     ckpt = trained_resnet20 / "model.pt"
     policy = _policy(ckpt, criterion, tmp_path / "best_policy.json")
-    assert (
-        main(
-            [
-                "export",
-                "--policy",
-                str(policy),
-                "--checkpoint",
-                str(ckpt),
-                "--format",
-                "torch-pruning",
-                "--out",
-                str(tmp_path / "tp"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "prune",
-                "--checkpoint",
-                str(ckpt),
-                "--policy",
-                str(policy),
-                "--finetune-epochs",
-                "0",
-                "--bn-batches",
-                "0",
-                "--latency-batch",
-                "1",
-                "--out",
-                str(tmp_path / "pruned"),
-            ]
-        )
-        == 0
-    )
-    reference = load_model(tmp_path / "pruned" / "model.pt").model.eval()
-
-    fresh = load_model(ckpt).model  # a fresh dense model, pruned by the exported snippet alone
-    snippet = _snippet(tmp_path / "tp" / "apply_torch_pruning.py", f"apply_{criterion}")
-    snippet.prune(fresh, torch.zeros(1, 1, 16, 16))
-    fresh.eval()
+    fresh, reference = _exported_and_pruned(ckpt, policy, tmp_path, 16, f"apply_{criterion}")
 
     ours, theirs = fresh.state_dict(), reference.state_dict()
     assert list(ours) == list(theirs)
@@ -268,49 +242,7 @@ def test_torch_pruning_export_of_grouped_convs_equals_amc_prune(tmp_path: Path) 
     ckpt = save_model(tmp_path / "model.pt", dense, spec)
     policy = make_policy(dense, spec.example_inputs(), {g.name: rng.choice((0.0, 0.3, 0.5)) for g in graph}, spec.name)
     policy_file = policy.save(tmp_path / "policy.json")
-
-    assert (
-        main(
-            [
-                "export",
-                "--policy",
-                str(policy_file),
-                "--checkpoint",
-                str(ckpt),
-                "--format",
-                "torch-pruning",
-                "--out",
-                str(tmp_path / "tp"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "prune",
-                "--checkpoint",
-                str(ckpt),
-                "--policy",
-                str(policy_file),
-                "--input-size",
-                "32",
-                "--finetune-epochs",
-                "0",
-                "--bn-batches",
-                "0",
-                "--latency-batch",
-                "1",
-                "--out",
-                str(tmp_path / "pruned"),
-            ]
-        )
-        == 0
-    )
-    reference = load_model(tmp_path / "pruned" / "model.pt").model.eval()
-    fresh = load_model(ckpt).model
-    _snippet(tmp_path / "tp" / "apply_torch_pruning.py", "apply_grouped").prune(fresh, torch.zeros(1, 1, 32, 32))
-    fresh.eval()
+    fresh, reference = _exported_and_pruned(ckpt, policy_file, tmp_path, 32, "apply_grouped")
     ours, theirs = fresh.state_dict(), reference.state_dict()
     assert list(ours) == list(theirs)
     assert sum(t.numel() for t in theirs.values()) < sum(t.numel() for t in dense.state_dict().values())

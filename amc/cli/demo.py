@@ -25,16 +25,6 @@ CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "digi
 METHODS = (("uniform", "uniform"), ("global", "global (Torch-Pruning)"), ("ddpg", "searched (DDPG)"))
 
 
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (the kept fraction of the FLOPs), got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m amc.cli.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=CONFIG, help="search config (default: the embedded default)")
     parser.add_argument(
         "--target-ratio",
-        type=_ratio,
+        type=float,
         default=0.2,
-        help="fraction of the dense FLOPs kept (default: 0.2, where uniform pruning falls behind)",
+        help="fraction of the dense FLOPs kept, in (0, 1] (default: 0.2, where uniform pruning falls behind)",
     )
     parser.add_argument(
         "--episodes", type=non_negative_int, default=None, help="override the config's episodes: the search's budget"
