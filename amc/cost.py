@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -171,10 +172,28 @@ def latency_stats(
     timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=config.effective_threads())
     try:
         model(x)  # warm-up
-        m = timer.blocked_autorange(min_run_time=config.min_run_time)
+        times = _blocks(timer, config.min_run_time)
     finally:
         model.train(was_training)
-    return LatencyStats(float(m.median * 1e3), float(m.iqr * 1e3), len(m.times))
+    q1, median, q3 = (float(v) * 1e3 for v in torch.tensor(times, dtype=torch.float64).quantile(QUARTILES))
+    return LatencyStats(median, q3 - q1, len(times))
+
+
+BLOCKS = 16
+"""Blocks a latency measurement is split into (at least): their median ignores the blocks another process
+interrupted on a busy machine, where one long block (``blocked_autorange``'s choice for a small model) takes
+every interruption into its mean."""
+QUARTILES = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+
+
+def _blocks(timer: Any, min_run_time: float) -> list[float]:
+    """Seconds per run of at least :data:`BLOCKS` timed blocks, together about ``min_run_time``."""
+    single = min(timer.timeit(1).mean for _ in range(3))
+    number = max(1, int(min_run_time / BLOCKS / max(single, 1e-9)))
+    times: list[float] = []
+    while len(times) < BLOCKS or sum(times) * number < min_run_time:
+        times.append(timer.timeit(number).mean)
+    return times
 
 
 class LatencyCache:

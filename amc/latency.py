@@ -11,14 +11,16 @@ on an input of the same spatial size) with :func:`amc.cost.latency_stats` (the m
 ``torch.utils.benchmark``'s blocked runs).
 
 **Residual.** What the layers do not cover (norms, activations, additions, pooling, the framework's
-per-module overhead) is measured, not modelled op by op: the dense model is measured whole, and so is the
-model physically pruned to the fewest channels the search allows; each minus the sum of its layers'
-entries is the residual at that end. In between, the residual is interpolated linearly in the layers'
-output activations (the elements the norms and activations after them process: output channels times
-output positions, summed), with a slope of at least zero. Part of the residual is a per-op overhead that
-pruning does not remove (at batch 1 on a CPU it is most of a small model's time), part scales with the
-activations (at larger batches); the two measurements calibrate both. The estimate is exact, up to
-noise, for the dense and the fewest-channel model.
+per-module overhead) is measured, not modelled op by op: :data:`CALIBRATION` models are measured whole,
+the dense one, the one physically pruned to the fewest channels the search allows and uniform steps in
+between (every group the same fraction of the way from its fewest channels to dense); each minus the sum
+of its layers' entries is a residual. The residual is a linear function of the layers' output activations
+(the elements the norms and activations after them process: output channels times output positions,
+summed) with a slope of at least zero, fitted to those models by least squares on relative error. Part of
+the residual is a per-op overhead that pruning does not remove (at batch 1 on a CPU it is most of a small
+model's time), part scales with the activations (at larger batches); the intercept and slope calibrate
+both. Fitting more than two models keeps one noisy whole-model measurement from shifting every estimate;
+:attr:`BuildReport.calibration` says how well the fit matches them.
 
 **Grid and interpolation.** Measuring every width pair would take thousands of entries, so each channel
 axis of a layer is measured at ``config.grid`` widths spread evenly from the fewest channels the search
@@ -41,9 +43,10 @@ once more and keeps the smaller value (noise on a busy machine only adds time).
 count, batch size, dtype, device and GPU name) in ``<cache>/latency/<fingerprint hash>.json``, where
 ``<cache>`` is :func:`amc.baseline.default_cache_dir`; within a file each entry is keyed by op, input and
 output channels, spatial size, kernel, stride, padding, dilation, groups and bias, and each dense model
-by its architecture hash and input shape (and the fewest-channel model also by its widths). A second build on the same machine measures nothing; other
-thread counts, batch sizes, dtypes or devices use another file. Concurrent builders merge their entries
-when they write (the last write of the same key wins), and a file is replaced atomically.
+by its architecture hash and input shape (and a pruned calibration model also by its widths). A second
+build on the same machine measures nothing; other thread counts, batch sizes, dtypes or devices use
+another file. Concurrent builders merge their entries when they write (the last write of the same key
+wins), and a file is replaced atomically.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ from amc.policy import architecture_hash
 from amc.progress import Progress
 from amc.pruning import prune_channels
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 """Bumped when what an entry means changes; files of another version are not reused."""
 LATENCY_DIR = "latency"
 """Subdirectory of the cache directory that holds the latency tables."""
@@ -82,10 +85,10 @@ FLOOR_MS = 1e-6
 
 @dataclass(frozen=True)
 class Residual:
-    """The measured residual as a non-decreasing linear function of the layers' output activations.
+    """The residual as a non-decreasing linear function of the layers' output activations.
 
     Attributes:
-        low_ms: Residual of the fewest-channel model.
+        low_ms: Residual at the fewest-channel model's activations.
         low_activations: Its output activations (elements per image, summed over the layers).
         slope: Milliseconds per activation element (>= 0).
     """
@@ -97,9 +100,31 @@ class Residual:
     def __call__(self, activations: float) -> float:
         return self.low_ms + self.slope * max(activations - self.low_activations, 0.0)
 
+    @classmethod
+    def fit(cls, activations: Sequence[float], residuals: Sequence[float], measured: Sequence[float]) -> Residual:
+        """Least squares of ``residual = a + slope * activations`` on relative error (each point weighted by
+        ``1 / measured**2``, the whole model's time), with the slope held at zero or above.
+
+        Args:
+            activations: Output activations of each calibration model.
+            residuals: Its measured time minus the sum of its layers' entries.
+            measured: Its measured time (weights the fit).
+        """
+        x = torch.tensor(activations, dtype=torch.float64)
+        y = torch.tensor(residuals, dtype=torch.float64)
+        w = torch.tensor(measured, dtype=torch.float64).clamp_min(FLOOR_MS) ** -2
+        w = w / w.sum()
+        x_mean, y_mean = float((w * x).sum()), float((w * y).sum())
+        spread = float((w * (x - x_mean) ** 2).sum())
+        slope = max(float((w * (x - x_mean) * (y - y_mean)).sum()) / spread, 0.0) if spread > 0 else 0.0
+        low = float(x.min())
+        return cls(y_mean + slope * (low - x_mean), low, slope)
+
 
 WHOLE_ROUNDS = 3
-"""Measurements of each whole model (dense, fewest channels) whose median the residual uses."""
+"""Measurements of each whole calibration model whose median the residual uses."""
+CALIBRATION = 5
+"""Whole models the residual is fitted to: the dense one, the fewest-channel one and uniform steps between."""
 
 Measure = Callable[[nn.Module, tuple[int, ...], LatencyConfig], float]
 """Measures one forward pass of a module on inputs of a shape (batch excluded) and returns milliseconds."""
@@ -363,6 +388,8 @@ class BuildReport:
         residual_ms: ``dense_ms`` minus the sum of the layers' entries at dense widths.
         fewest_ms: The model pruned to the fewest channels, measured whole.
         fewest_residual_ms: ``fewest_ms`` minus the sum of its layers' entries.
+        calibration: ``(measured, estimated)`` milliseconds of each whole model the residual was fitted to,
+            from the fewest channels to dense.
     """
 
     entries: int
@@ -375,13 +402,20 @@ class BuildReport:
     residual_ms: float
     fewest_ms: float
     fewest_residual_ms: float
+    calibration: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def calibration_error(self) -> float:
+        """Largest ``|estimated - measured| / measured`` over the calibration models (0 without any)."""
+        return max((abs(e - m) / m for m, e in self.calibration), default=0.0)
 
     def line(self) -> str:
         return (
             f"latency table: {self.entries} entries ({self.measured} measured, {self.cached} from the cache, "
             f"{self.remeasured} re-measured as outliers) in {self.seconds:.1f}s; dense {self.dense_ms:.3f} ms "
             f"(residual {self.residual_ms:.3f}), fewest channels {self.fewest_ms:.3f} ms (residual "
-            f"{self.fewest_residual_ms:.3f}); cache {self.cache_path}"
+            f"{self.fewest_residual_ms:.3f}); {len(self.calibration)} whole models fitted within "
+            f"{self.calibration_error:.1%}; cache {self.cache_path}"
         )
 
 
@@ -454,6 +488,7 @@ class LatencyTable:
         start = time.monotonic()
         cache = EntryCache(config, cache_dir)
         low = dict(fewest) if fewest is not None else {g.name: _smallest(g.channels, g.multiple) for g in graph}
+        steps = calibration_widths(graph, low)
         lo_channels = graph.layer_channels(low)
         hi_channels = graph.layer_channels(graph.dense_widths())
         specs, per_channel = _layer_specs(model, graph, list(hi_channels))
@@ -467,7 +502,8 @@ class LatencyTable:
         keys = {spec.key(i, o): (spec, i, o) for name, spec in specs.items() for i, o in _pairs(spec, *grids[name])}
         shape = tuple(graph.example_inputs.shape[1:])
         model_key = f"model|{architecture_hash(model)}|{shape}"
-        low_key = f"{model_key}|fewest={hashlib.sha256(json.dumps(sorted(low.items())).encode()).hexdigest()[:16]}"
+        dense = graph.dense_widths()
+        whole_keys = [model_key if w == dense else f"{model_key}|widths={_widths_hash(w)}" for w in steps]
         fresh: set[str] = set()
         counts = {"measured": 0, "cached": 0, "remeasured": 0}
 
@@ -490,16 +526,17 @@ class LatencyTable:
                 cache.put(key, _median([measure(whole_model, shape, config) for _ in range(WHOLE_ROUNDS)]), model=True)
                 counts["measured"] += 1
 
-        with Progress(len(keys) + 2, label, "entry", "entries", enabled=progress) as bar:
+        with Progress(len(keys) + len(steps), label, "entry", "entries", enabled=progress) as bar:
             for done, (key, (spec, cin, cout)) in enumerate(keys.items(), start=1):
                 entry(key, spec, cin, cout)
                 bar.update()
                 if done % 50 == 0:
                     cache.save()  # an interrupted build keeps what it measured
-            whole(model_key, lambda: model)
-            bar.update()
-            whole(low_key, lambda: prune_channels(model, graph, low).model)
-            bar.update()
+            for key, widths in zip(whole_keys, steps, strict=True):
+                whole(
+                    key, lambda widths=widths: model if widths == dense else prune_channels(model, graph, widths).model
+                )
+                bar.update()
         remeasured: set[str] = set()
         for name, spec in specs.items():
             ins, outs = grids[name]
@@ -517,29 +554,61 @@ class LatencyTable:
             ins, outs = grids[name]
             values = monotone(_grid_values(spec, ins, outs, cache.entries))
             layers[name] = LayerTable(spec, tuple(ins), tuple(outs), tuple(tuple(r) for r in values))
-        dense_ms, low_ms = cache.models[model_key], cache.models[low_key]
-        high_residual = dense_ms - sum(table(*hi_channels[name]) for name, table in layers.items())
-        low_residual = low_ms - sum(table(*lo_channels[name]) for name, table in layers.items())
-        high_act, low_act = _activations(hi_channels, per_channel), _activations(lo_channels, per_channel)
-        if high_act > low_act and high_residual > low_residual:
-            residual = Residual(low_residual, low_act, (high_residual - low_residual) / (high_act - low_act))
-        else:  # nothing to prune, or noise made the fewest-channel model look slower: the dense end, flat
-            residual = Residual(high_residual, low_act, 0.0)
+        measured = [cache.models[key] for key in whole_keys]
+        residual, sums, estimated = _calibrate(graph, layers, per_channel, steps, measured)
         report = BuildReport(
-            entries=len(keys) + 2,
+            entries=len(keys) + len(steps),
             measured=counts["measured"],
             cached=counts["cached"],
             remeasured=len(remeasured),
             seconds=time.monotonic() - start,
             cache_path=str(cache.path),
-            dense_ms=dense_ms,
-            residual_ms=high_residual,
-            fewest_ms=low_ms,
-            fewest_residual_ms=low_residual,
+            dense_ms=measured[-1],
+            residual_ms=measured[-1] - sums[-1],
+            fewest_ms=measured[0],
+            fewest_residual_ms=measured[0] - sums[0],
+            calibration=tuple(zip(measured, estimated, strict=True)),
         )
         if progress:
             print(report.line(), file=sys.stderr, flush=True)
         return cls(graph, config, layers, per_channel, residual, report)
+
+
+def calibration_widths(graph: ModelGraph, fewest: Mapping[str, int], count: int = CALIBRATION) -> list[dict[str, int]]:
+    """``count`` width configurations from ``fewest`` to dense (both included, duplicates dropped): every group
+    the same fraction of the way, rounded to its :attr:`~amc.groups.PrunableGroup.multiple`."""
+    steps: list[dict[str, int]] = []
+    for k in range(count):
+        fraction = k / max(count - 1, 1)
+        widths = {}
+        for g in graph:
+            lo = int(fewest.get(g.name, g.channels))
+            w = lo + int(round(fraction * (g.channels - lo) / g.multiple)) * g.multiple
+            widths[g.name] = min(max(w, lo), g.channels)
+        if widths not in steps:
+            steps.append(widths)
+    return steps
+
+
+def _calibrate(
+    graph: ModelGraph,
+    layers: Mapping[str, LayerTable],
+    per_channel: Mapping[str, int],
+    steps: Sequence[Mapping[str, int]],
+    measured: Sequence[float],
+) -> tuple[Residual, list[float], list[float]]:
+    """The residual fitted to whole models at ``steps`` widths that took ``measured`` ms, the sum of each one's
+    layer entries and its estimate."""
+    channels = [graph.layer_channels(w) for w in steps]
+    sums = [sum(table(*ch[name]) for name, table in layers.items()) for ch in channels]
+    activations = [_activations(ch, per_channel) for ch in channels]
+    residual = Residual.fit(activations, [m - t for m, t in zip(measured, sums, strict=True)], measured)
+    estimated = [max(t + residual(a), FLOOR_MS) for t, a in zip(sums, activations, strict=True)]
+    return residual, sums, estimated
+
+
+def _widths_hash(widths: Mapping[str, int]) -> str:
+    return hashlib.sha256(json.dumps(sorted(widths.items())).encode()).hexdigest()[:16]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -605,6 +674,7 @@ __all__ = [
     "Residual",
     "axis_points",
     "cache_file",
+    "calibration_widths",
     "cpu_model",
     "device_fingerprint",
     "monotone",

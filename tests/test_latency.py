@@ -23,8 +23,17 @@ from amc.cost import LatencyConfig
 from amc.data import DataConfig
 from amc.engine import Workspace, build_workspace
 from amc.errors import ConfigError
-from amc.latency import LatencyTable, cache_file, device_fingerprint, monotone, outliers
-from amc.pruning import widths_for
+from amc.latency import (
+    CALIBRATION,
+    LatencyTable,
+    Residual,
+    cache_file,
+    calibration_widths,
+    device_fingerprint,
+    monotone,
+    outliers,
+)
+from amc.pruning import prune_channels, widths_for
 from envs import BudgetWall, ChannelPruningEnv, EnvConfig, create_cost_model
 from envs.budget import fewest_widths
 from envs.costs import LatencyCost
@@ -55,6 +64,39 @@ class Counting:
     def __call__(self, module: nn.Module, shape: tuple[int, ...], config: LatencyConfig) -> float:
         self.calls += 1
         return 1e-3 * (1 + sum(p.numel() for p in module.parameters()) + int(np.prod(shape)))
+
+
+class Linear:
+    """A stand-in device the estimator can describe exactly: a conv / linear module takes a time bilinear in its
+    input and output channels (what the grid interpolates exactly), a whole model the sum of its modules'
+    times plus ``overhead`` plus ``per_element`` per output element of its conv / linear modules."""
+
+    def __init__(self, overhead: float = 0.05, per_element: float = 1e-6) -> None:
+        self.overhead, self.per_element = overhead, per_element
+        self.wholes = 0
+
+    @staticmethod
+    def layer(module: nn.Module, shape: tuple[int, ...]) -> float:
+        return 1e-3 * (1 + sum(p.numel() for p in module.parameters()) + int(np.prod(shape)))
+
+    @torch.no_grad()
+    def __call__(self, module: nn.Module, shape: tuple[int, ...], config: LatencyConfig) -> float:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            return self.layer(module, shape)
+        self.wholes += 1
+        total = [self.overhead]
+
+        def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            total.append(self.layer(mod, tuple(args[0].shape[1:])) + self.per_element * out[:1].numel())
+
+        layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        handles = [m.register_forward_hook(hook) for m in layers]
+        try:
+            module.eval()(torch.zeros(1, *shape))
+        finally:
+            for h in handles:
+                h.remove()
+        return sum(total)
 
 
 def _random_widths(ws: Workspace, rng: np.random.Generator, max_ratio: float = 0.8) -> dict[str, int]:
@@ -100,7 +142,6 @@ def test_estimate_is_monotone_in_every_group(model: str, workspaces: dict[str, W
     for layer in table.layers.values():
         values = np.array(layer.values)
         assert (np.diff(values, axis=1) >= 0).all() and (np.diff(values, axis=0) >= 0).all()
-    assert table.estimate(ws.graph.dense_widths()) == pytest.approx(table.report.dense_ms)
     rng = np.random.default_rng(3)
     for _ in range(40):
         widths = _random_widths(ws, rng, 0.95)
@@ -109,6 +150,46 @@ def test_estimate_is_monotone_in_every_group(model: str, workspaces: dict[str, W
             for kept in (widths[g.name] + 1, g.channels):
                 if kept <= g.channels and kept % g.multiple == 0:
                     assert table.estimate({**widths, g.name: kept}) >= base, (g.name, kept)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_estimate_is_exact_on_a_device_it_can_describe(
+    model: str, workspaces: dict[str, Workspace], tmp_path: Path
+) -> None:
+    """Layer tables, their interpolation, the layers' channels and the residual fitted to the calibration models
+    add up to the whole model's time when the device is a sum of bilinear layers and a linear residual."""
+    ws = workspaces[model]
+    device = Linear()
+    table = LatencyTable.build(ws.model, ws.graph, QUICK, cache_dir=tmp_path, progress=False, measure=device)
+    assert device.wholes == CALIBRATION * 3 and len(table.report.calibration) == CALIBRATION
+    assert table.report.calibration_error < 1e-9
+    assert table.residual.slope == pytest.approx(device.per_element, rel=1e-6)
+    rng = np.random.default_rng(5)
+    for widths in [ws.graph.dense_widths()] + [_random_widths(ws, rng, 0.9) for _ in range(8)]:
+        pruned = prune_channels(ws.model, ws.graph, widths).model
+        assert table.estimate(widths) == pytest.approx(device(pruned, ws.spec.input_shape, QUICK), rel=1e-9)
+
+
+def test_residual_fit_keeps_its_slope_non_negative() -> None:
+    up = Residual.fit([10.0, 20.0, 30.0], [1.0, 2.0, 3.0], [5.0, 6.0, 7.0])
+    assert up.slope == pytest.approx(0.1) and up(20.0) == pytest.approx(2.0) and up(0.0) == pytest.approx(1.0)
+    down = Residual.fit([10.0, 20.0, 30.0], [3.0, 2.0, 1.0], [1.0, 1.0, 1.0])  # noise: more channels, less time
+    assert down.slope == 0.0 and down(10.0) == down(30.0) == pytest.approx(2.0)
+    flat = Residual.fit([10.0, 10.0], [1.0, 3.0], [1.0, 1.0])  # one configuration: no slope to fit
+    assert flat.slope == 0.0 and flat(50.0) == pytest.approx(2.0)
+    weighted = Residual.fit([10.0, 20.0, 30.0], [1.0, 1.0, 4.0], [1.0, 1.0, 100.0])
+    assert weighted(10.0) == pytest.approx(1.0, abs=0.05), "the fastest models weigh most (relative error)"
+
+
+def test_calibration_models_step_from_fewest_to_dense(workspaces: dict[str, Workspace]) -> None:
+    ws = workspaces["mobilenetv2_small"]
+    fewest = fewest_widths(ws.graph.groups, 0.0, 0.8, 1)
+    steps = calibration_widths(ws.graph, fewest)
+    assert steps[0] == fewest and steps[-1] == ws.graph.dense_widths() and len(steps) == CALIBRATION
+    for g in ws.graph:
+        kept = [s[g.name] for s in steps]
+        assert kept == sorted(kept) and all(k % g.multiple == 0 for k in kept), g.name
+    assert calibration_widths(ws.graph, ws.graph.dense_widths()) == [ws.graph.dense_widths()]
 
 
 def test_monotone_grid_and_outlier_detection() -> None:
