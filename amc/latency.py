@@ -6,21 +6,23 @@ The estimate of a width configuration (kept channels per group) is
 
 mirroring :meth:`amc.groups.ModelGraph.estimate`: a layer's channels follow the groups feeding its input
 and the groups of its output (:meth:`~amc.groups.ModelGraph.layer_channels`). Each layer's entries are
-measured in isolation (a fresh module of the same op, kernel, stride, padding, dilation, groups and bias
-on an input of the same spatial size) with :func:`amc.cost.latency_stats` (the median of
-``torch.utils.benchmark``'s blocked runs).
+measured in isolation with :func:`amc.cost.latency_stats` (the median of timed blocks): a fresh module of
+the same op, kernel, stride, padding, dilation, groups and bias on an input of the same spatial size,
+followed by the layer's **tail**, the channel-wise modules the forward pass applies to its output before
+anything else takes it (BatchNorm, activation, pooling: :data:`CHANNELWISE_TYPES`). The unit is measured
+as the model executes it, so the cost of a BatchNorm or a max-pool follows the width of the layer it
+belongs to (ResNet-18's stem max-pool alone is a sixth of its time at batch 1 on a CPU).
 
-**Residual.** What the layers do not cover (norms, activations, additions, pooling, the framework's
-per-module overhead) is measured, not modelled op by op: :data:`CALIBRATION` models are measured whole,
-the dense one, the one physically pruned to the fewest channels the search allows and uniform steps in
-between (every group the same fraction of the way from its fewest channels to dense); each minus the sum
-of its layers' entries is a residual. The residual is a linear function of the layers' output activations
-(the elements the norms and activations after them process: output channels times output positions,
-summed) with a slope of at least zero, fitted to those models by least squares on relative error. Part of
-the residual is a per-op overhead that pruning does not remove (at batch 1 on a CPU it is most of a small
-model's time), part scales with the activations (at larger batches); the intercept and slope calibrate
-both. Fitting more than two models keeps one noisy whole-model measurement from shifting every estimate;
-:attr:`BuildReport.calibration` says how well the fit matches them.
+**Residual.** What the units do not cover (additions, functional ops, the framework's per-module
+overhead) is measured, not modelled op by op: :data:`CALIBRATION` models are measured whole, the dense
+one, the one physically pruned to the fewest channels the search allows and uniform steps in between
+(every group the same fraction of the way from its fewest channels to dense); each minus the sum of its
+layers' entries is a residual. The residual is a linear function of the layers' output activations
+(output channels times output positions, summed) with a slope of at least zero, fitted to those models by
+least squares on relative error. Part of it is a per-op overhead that pruning does not remove (at batch 1
+on a CPU it is most of a small model's time), part scales with the activations; the intercept and slope
+calibrate both. Fitting more than two models keeps one noisy whole-model measurement from shifting every
+estimate; :attr:`BuildReport.calibration` says how well the fit matches them.
 
 **Grid and interpolation.** Measuring every width pair would take thousands of entries, so each channel
 axis of a layer is measured at ``config.grid`` widths spread evenly from the fewest channels the search
@@ -29,11 +31,14 @@ between them (widths below the grid take its lowest entry). A depthwise conv has
 its output).
 
 **Monotone by construction.** Before interpolating, each layer's grid is made non-decreasing along both
-axes with a cumulative maximum; bilinear interpolation of such a grid is non-decreasing in each
-coordinate, the layer's channels (and so the activations) are non-decreasing in every group's width,
-and the residual's slope is not negative, so keeping more channels never lowers the estimate. The budget wall (:mod:`envs.budget`)
-relies on this; its guarantee holds on the estimate, not on a later measurement (real latencies on a CPU
-are not monotone: some channel counts hit faster kernels).
+axes (:func:`monotone`: the mean of a cumulative maximum from the narrow end and a cumulative minimum from
+the wide end); bilinear interpolation of such a grid is non-decreasing in each coordinate, the layer's
+channels (and so the activations) are non-decreasing in every group's width, and the residual's slope is
+not negative, so keeping more channels never lowers the estimate. The budget wall (:mod:`envs.budget`)
+relies on this; its guarantee holds on the estimate, not on a later measurement. Real latencies on a CPU
+are not monotone: some channel counts hit faster kernels (multiples of the vector width), and PyTorch
+picks another convolution algorithm below a size (at batch 1, an input of at most 20480 elements), so a
+narrower layer can take longer than a wider one; the monotone grid splits such a difference.
 
 **Noise.** An entry measured in this build that breaks monotonicity against a neighbour by more than
 :data:`OUTLIER_TOLERANCE` (it takes longer than a wider entry, or less than a narrower one) is measured
@@ -42,16 +47,17 @@ once more and keeps the smaller value (noise on a busy machine only adds time).
 **Cache.** Entries are cached on disk per device fingerprint (CPU model, machine, torch version, thread
 count, batch size, dtype, device and GPU name) in ``<cache>/latency/<fingerprint hash>.json``, where
 ``<cache>`` is :func:`amc.baseline.default_cache_dir`; within a file each entry is keyed by op, input and
-output channels, spatial size, kernel, stride, padding, dilation, groups and bias, and each dense model
-by its architecture hash and input shape (and a pruned calibration model also by its widths). A second
-build on the same machine measures nothing; other thread counts, batch sizes, dtypes or devices use
-another file. Concurrent builders merge their entries when they write (the last write of the same key
+output channels, spatial size, kernel, stride, padding, dilation, groups, bias and tail, and each dense
+model by its architecture hash and input shape (and a pruned calibration model also by its widths). A
+second build on the same machine measures nothing; other thread counts, batch sizes, dtypes or devices
+use another file. Concurrent builders merge their entries when they write (the last write of the same key
 wins), and a file is replaced atomically.
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 import json
 import platform
@@ -224,9 +230,61 @@ class EntryCache:
 
 
 # --------------------------------------------------------------------------- layers
+CHANNELWISE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+)
+"""Modules a layer's tail may hold: they keep the channels of their one input (norms with per-channel
+parameters, activations, pooling, dropout)."""
+
+
+def tail_key(module: nn.Module) -> str:
+    """What a tail module's latency depends on besides the channels (its type and settings)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return f"{type(module).__name__}(affine={module.affine})"
+    if isinstance(module, nn.PReLU):
+        return f"PReLU(shared={module.num_parameters == 1})"
+    return repr(module)
+
+
+def tail_module(module: nn.Module, channels: int) -> nn.Module:
+    """A fresh copy of a tail module for ``channels`` channels."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return type(module)(channels, module.eps, module.momentum, module.affine, module.track_running_stats)
+    if isinstance(module, nn.PReLU):
+        return nn.PReLU(1 if module.num_parameters == 1 else channels)
+    return copy.deepcopy(module)
+
+
 @dataclass(frozen=True)
 class LayerSpec:
-    """One conv / linear module of the dense model, as the table measures it at other widths.
+    """One conv / linear module of the dense model and its tail, as the table measures them at other widths.
+
+    The tail is the chain of channel-wise modules (:data:`CHANNELWISE_TYPES`: BatchNorm, activation,
+    pooling) the forward pass applies to the layer's output before anything else takes it (another
+    layer, an addition, a function): it runs on the layer's output channels, so the table measures the
+    layer and its tail as one unit, as the model executes them.
 
     Attributes:
         name: Module name.
@@ -235,6 +293,7 @@ class LayerSpec:
         depthwise: One input and one output channel per group (its input channels are its output channels).
         groups: ``groups`` of a grouped (not depthwise) conv, else 1.
         params: Kernel, stride, padding, dilation, bias and padding mode (conv) or bias (linear).
+        tail: The channel-wise modules applied to its output (copied from the model, in order).
     """
 
     name: str
@@ -243,11 +302,13 @@ class LayerSpec:
     depthwise: bool
     groups: int
     params: tuple[tuple[str, Any], ...]
+    tail: tuple[nn.Module, ...] = ()
 
     @classmethod
-    def of(cls, name: str, module: nn.Module, input_shape: Sequence[int]) -> LayerSpec:
+    def of(cls, name: str, module: nn.Module, input_shape: Sequence[int], tail: Sequence[nn.Module] = ()) -> LayerSpec:
+        tail = tuple(copy.deepcopy(m) for m in tail)
         if isinstance(module, nn.Linear):
-            return cls(name, "linear", tuple(input_shape[:-1]), False, 1, (("bias", module.bias is not None),))
+            return cls(name, "linear", tuple(input_shape[:-1]), False, 1, (("bias", module.bias is not None),), tail)
         if not isinstance(module, CONV_TYPES):
             raise ConfigError(f"module {name!r} ({type(module).__name__}) is not a conv or linear layer")
         depthwise = is_depthwise(module)
@@ -260,16 +321,25 @@ class LayerSpec:
             ("padding_mode", module.padding_mode),
         )
         op = f"conv{len(module.kernel_size)}d"
-        return cls(name, op, tuple(input_shape[1:]), depthwise, 1 if depthwise else module.groups, params)
+        groups = 1 if depthwise else module.groups
+        return cls(name, op, tuple(input_shape[1:]), depthwise, groups, params, tail)
 
     def key(self, cin: int, cout: int) -> str:
-        """The cache key of this layer at ``cin`` input and ``cout`` output channels."""
+        """The cache key of this layer (and its tail) at ``cin`` input and ``cout`` output channels."""
         groups = cin if self.depthwise else self.groups
         extra = ";".join(f"{k}={v}" for k, v in self.params)
-        return f"{self.op}|in={cin}|out={cout}|extent={self.extent}|groups={groups}|{extra}"
+        key = f"{self.op}|in={cin}|out={cout}|extent={self.extent}|groups={groups}|{extra}"
+        return key + (f"|tail={','.join(tail_key(m) for m in self.tail)}" if self.tail else "")
 
     def build(self, cin: int, cout: int) -> tuple[nn.Module, tuple[int, ...]]:
-        """A fresh module at ``cin`` / ``cout`` channels and its input shape (batch excluded)."""
+        """A fresh module (the layer, followed by its tail) at ``cin`` / ``cout`` channels and its input shape
+        (batch excluded)."""
+        layer, shape = self._layer(cin, cout)
+        if not self.tail:
+            return layer, shape
+        return nn.Sequential(layer, *(tail_module(m, cout) for m in self.tail)), shape
+
+    def _layer(self, cin: int, cout: int) -> tuple[nn.Module, tuple[int, ...]]:
         p = dict(self.params)
         if self.op == "linear":
             return nn.Linear(cin, cout, bias=p["bias"]), (*self.extent, cin)
@@ -345,15 +415,26 @@ class LayerTable:
 
 
 def monotone(values: list[list[float]]) -> list[list[float]]:
-    """``values`` with a cumulative maximum along both axes (non-decreasing in each index)."""
-    out = [list(row) for row in values]
-    for i in range(len(out)):
-        for j in range(len(out[i])):
+    """``values`` made non-decreasing in each index: the mean of the smallest non-decreasing grid above it
+    (a cumulative maximum from the narrow end) and the largest one below it (a cumulative minimum from the
+    wide end). A grid that is monotone already stays as it is; where a narrower entry took longer than a
+    wider one, both meet in the middle instead of the wider one rising to the narrower one's time."""
+    rows = len(values)
+    upper = [list(row) for row in values]
+    for i in range(rows):
+        for j in range(len(upper[i])):
             if i:
-                out[i][j] = max(out[i][j], out[i - 1][j])
+                upper[i][j] = max(upper[i][j], upper[i - 1][j])
             if j:
-                out[i][j] = max(out[i][j], out[i][j - 1])
-    return out
+                upper[i][j] = max(upper[i][j], upper[i][j - 1])
+    lower = [list(row) for row in values]
+    for i in reversed(range(rows)):
+        for j in reversed(range(len(lower[i]))):
+            if i + 1 < rows:
+                lower[i][j] = min(lower[i][j], lower[i + 1][j])
+            if j + 1 < len(lower[i]):
+                lower[i][j] = min(lower[i][j], lower[i][j + 1])
+    return [[(u + v) / 2 for u, v in zip(up, low, strict=True)] for up, low in zip(upper, lower, strict=True)]
 
 
 def outliers(values: list[list[float]], tolerance: float = OUTLIER_TOLERANCE) -> set[tuple[int, int]]:
@@ -635,34 +716,83 @@ def _grid_values(spec: LayerSpec, ins: list[int], outs: list[int], entries: Mapp
     return [[entries[spec.key(i, o)] for o in outs] for i in ins]
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One call of a leaf module in a forward pass: the module, its first input and its output."""
+
+    name: str
+    module: nn.Module
+    input: torch.Tensor | None
+    output: torch.Tensor | None
+
+
 @torch.no_grad()
 def _layer_specs(model: nn.Module, graph: ModelGraph, names: list[str]) -> tuple[dict[str, LayerSpec], dict[str, int]]:
-    """The :class:`LayerSpec` of each named module (with the input shape it sees in a forward pass), and
-    its output elements per output channel."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    per_channel: dict[str, int] = {}
-    handles = []
+    """The :class:`LayerSpec` of each named module (with the input shape it sees in a forward pass and its
+    tail), and its output elements per output channel."""
+    calls = _leaf_calls(model, graph.example_inputs)
+    first: dict[str, int] = {}
+    for i, call in enumerate(calls):
+        first.setdefault(call.name, i)
+    missing = [n for n in names if n not in first or calls[first[n]].input is None or calls[first[n]].output is None]
+    if missing:
+        raise ConfigError(f"modules {missing[:3]} are not called in a forward pass; their latency cannot be measured")
+    specs, per_channel = {}, {}
     for name in names:
+        call = calls[first[name]]
+        assert call.input is not None and call.output is not None
+        out = call.output
+        channel_dim = out.dim() - 1 if isinstance(call.module, nn.Linear) else 1
+        per_channel[name] = out[:1].numel() // max(int(out.shape[channel_dim]), 1)
+        tail = _tail(calls, first[name], channel_dim)
+        specs[name] = LayerSpec.of(name, call.module, tuple(call.input.shape[1:]), tail)
+    return specs, per_channel
 
-        def hook(mod: nn.Module, args: tuple, out: object, name: str = name) -> None:
-            if name not in shapes and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                shapes[name] = tuple(args[0].shape[1:])
-                channel_dim = out.dim() - 1 if isinstance(mod, nn.Linear) else 1
-                per_channel[name] = out[:1].numel() // max(int(out.shape[channel_dim]), 1)
 
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
+def _leaf_calls(model: nn.Module, inputs: torch.Tensor) -> list[_Call]:
+    """Every call of a leaf module in one forward pass, in order (the tensors are kept, so none is freed
+    and no object identity is reused)."""
+    calls: list[_Call] = []
+
+    def hook(mod: nn.Module, args: tuple, out: object, name: str) -> None:
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        calls.append(_Call(name, mod, first, out if isinstance(out, torch.Tensor) else None))
+
+    handles = [
+        m.register_forward_hook(lambda mod, args, out, name=name: hook(mod, args, out, name))
+        for name, m in model.named_modules()
+        if not any(True for _ in m.children())
+    ]
     was_training = model.training
     try:
         model.eval()
-        model(graph.example_inputs)
+        model(inputs)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    missing = [n for n in names if n not in shapes]
-    if missing:
-        raise ConfigError(f"modules {missing[:3]} are not called in a forward pass; their latency cannot be measured")
-    return {name: LayerSpec.of(name, model.get_submodule(name), shapes[name]) for name in names}, per_channel
+    return calls
+
+
+def _tail(calls: Sequence[_Call], start: int, channel_dim: int) -> list[nn.Module]:
+    """The channel-wise modules applied, one after the other, to the output of ``calls[start]``: each the next
+    leaf module called on the previous one's output (an in-place one returns its input, so the module after
+    it takes the same tensor), as long as it keeps the channels."""
+    tail: list[nn.Module] = []
+    current, index = calls[start].output, start
+    while current is not None:
+        taker = next((i for i in range(index + 1, len(calls)) if calls[i].input is current), None)
+        if taker is None:
+            break
+        call = calls[taker]
+        out = call.output
+        if not isinstance(call.module, CHANNELWISE_TYPES) or out is None or out.dim() != current.dim():
+            break
+        if out.shape[channel_dim] != current.shape[channel_dim]:
+            break
+        tail.append(call.module)
+        current, index = out, taker
+    return tail
 
 
 __all__ = [
