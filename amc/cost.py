@@ -145,11 +145,14 @@ class LatencyStats:
         median_ms: Median over the measured blocks.
         iqr_ms: Interquartile range over the blocks (the spread: a shared machine is noisy).
         blocks: Number of blocks measured.
+        min_ms: The fastest block: what the code takes when no other process interrupts it (on a shared
+            machine the median moves with the load, the fastest block hardly; latency targets use it).
     """
 
     median_ms: float
     iqr_ms: float
     blocks: int
+    min_ms: float
 
 
 @torch.no_grad()
@@ -176,13 +179,13 @@ def latency_stats(
     finally:
         model.train(was_training)
     q1, median, q3 = (float(v) * 1e3 for v in torch.tensor(times, dtype=torch.float64).quantile(QUARTILES))
-    return LatencyStats(median, q3 - q1, len(times))
+    return LatencyStats(median, q3 - q1, len(times), min(times) * 1e3)
 
 
 BLOCKS = 16
-"""Blocks a latency measurement is split into (at least): their median ignores the blocks another process
-interrupted on a busy machine, where one long block (``blocked_autorange``'s choice for a small model) takes
-every interruption into its mean."""
+"""Blocks a latency measurement is split into (at least): their median and minimum ignore the blocks
+another process interrupted on a busy machine, where one long block (``blocked_autorange``'s choice for a
+small model) takes every interruption into its mean."""
 QUARTILES = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
 
 

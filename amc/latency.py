@@ -6,7 +6,8 @@ The estimate of a width configuration (kept channels per group) is
 
 mirroring :meth:`amc.groups.ModelGraph.estimate`: a layer's channels follow the groups feeding its input
 and the groups of its output (:meth:`~amc.groups.ModelGraph.layer_channels`). Each layer's entries are
-measured in isolation with :func:`amc.cost.latency_stats` (the median of timed blocks): a fresh module of
+measured in isolation with :func:`fastest_latency` (the fastest of at least 16 timed blocks, which
+moves little with the load of a shared machine, unlike their median): a fresh module of
 the same op, kernel, stride, padding, dilation, groups and bias on an input of the same spatial size,
 followed by the layer's **tail**, the channel-wise modules the forward pass applies to its output before
 anything else takes it (BatchNorm, activation, pooling: :data:`CHANNELWISE_TYPES`). The unit is measured
@@ -71,7 +72,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from amc.cost import LatencyConfig, measure_latency
+from amc.cost import LatencyConfig, latency_stats
 from amc.errors import ConfigError
 from amc.files import write_json_atomic
 from amc.groups import CONV_TYPES, ModelGraph, is_depthwise
@@ -134,6 +135,12 @@ CALIBRATION = 5
 
 Measure = Callable[[nn.Module, tuple[int, ...], LatencyConfig], float]
 """Measures one forward pass of a module on inputs of a shape (batch excluded) and returns milliseconds."""
+
+
+def fastest_latency(model: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig) -> float:
+    """Milliseconds of the fastest of :func:`amc.cost.latency_stats`'s timed blocks (what every measurement
+    of the latency target uses: table entries, calibration models, the best policy after a search)."""
+    return latency_stats(model, input_shape, config).min_ms
 
 
 # --------------------------------------------------------------------------- device fingerprint and cache
@@ -544,7 +551,7 @@ class LatencyTable:
         fewest: Mapping[str, int] | None = None,
         cache_dir: Path | None = None,
         progress: bool = True,
-        measure: Measure = measure_latency,
+        measure: Measure | None = None,
         desc: str | None = None,
     ) -> LatencyTable:
         """Measures (or reads from the cache) every entry the estimate needs.
@@ -558,7 +565,7 @@ class LatencyTable:
                 group's smallest multiple).
             cache_dir: Cache directory (None: :func:`amc.baseline.default_cache_dir`).
             progress: Show progress and print the build's cost on stderr.
-            measure: Measures one module (tests count calls with their own).
+            measure: Measures one module (None: :func:`fastest_latency`; tests count calls with their own).
             desc: What the progress line calls the build.
 
         Raises:
@@ -566,6 +573,7 @@ class LatencyTable:
         """
         config = config if config is not None else LatencyConfig()
         config.check_available()
+        measure = measure or fastest_latency
         start = time.monotonic()
         cache = EntryCache(config, cache_dir)
         low = dict(fewest) if fewest is not None else {g.name: _smallest(g.channels, g.multiple) for g in graph}
@@ -807,6 +815,7 @@ __all__ = [
     "calibration_widths",
     "cpu_model",
     "device_fingerprint",
+    "fastest_latency",
     "monotone",
     "outliers",
 ]

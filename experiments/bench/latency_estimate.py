@@ -10,8 +10,9 @@ cores by default) it
 2. draws ``--policies`` random policies across the whole range of ratios: each policy a level uniform in
    [0, ``--max-ratio``] and each group's ratio that level plus a uniform offset in [-``--spread``,
    ``--spread``], clipped to [0, ``--max-ratio``] (the same policies for every thread setting);
-3. prunes the dense model physically with each policy and measures it whole, twice: two passes over all
-   policies (the second prunes again), so the two measurements of a policy are minutes apart.
+3. prunes the dense model physically with each policy and measures it whole, twice, with the statistic
+   the table uses (:func:`amc.latency.fastest_latency`): two passes over all policies (the second prunes
+   again), so the two measurements of a policy are minutes apart.
 
 Per model and thread setting it reports, against the mean of the two measurements ``m``:
 ``median_abs_err`` / ``p95_abs_err`` (``|estimate - m| / m``), the mean signed error (positive: the estimate
@@ -51,12 +52,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from amc.cost import LatencyConfig, count_flops, count_params, latency_stats
+from amc.cost import LatencyConfig, count_flops, count_params
 from amc.data import DataConfig
 from amc.engine import build_workspace
 from amc.files import write_json_atomic
 from amc.groups import ModelGraph
-from amc.latency import LatencyTable, cpu_model
+from amc.latency import LatencyTable, cpu_model, fastest_latency
 from amc.models import TORCHVISION_PREFIX, ModelSpec, create_model
 from amc.pruning import prune_channels, widths_for
 from envs.budget import fewest_widths
@@ -135,7 +136,7 @@ def measure_pass(subject: Subject, policies: list[dict[str, float]], config: Lat
     out = []
     for ratios in policies:
         pruned = prune_channels(subject.model, subject.graph, widths_for(subject.graph, ratios)).model
-        out.append(latency_stats(pruned, subject.shape, config).median_ms)
+        out.append(fastest_latency(pruned, subject.shape, config))
     return out
 
 
