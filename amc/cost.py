@@ -190,12 +190,19 @@ QUARTILES = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
 
 
 def _blocks(timer: Any, min_run_time: float) -> list[float]:
-    """Seconds per run of at least :data:`BLOCKS` timed blocks, together about ``min_run_time``."""
-    single = min(timer.timeit(1).mean for _ in range(3))
-    number = max(1, int(min_run_time / BLOCKS / max(single, 1e-9)))
+    """Seconds per run of at least :data:`BLOCKS` timed blocks, together about ``min_run_time`` (at least one
+    run per block). A block that took far longer than planned (another process took the cores) makes the
+    next ones shorter, so a busy machine does not stretch the measurement."""
+    target = min_run_time / BLOCKS
+    number = max(1, int(target / max(min(timer.timeit(1).mean for _ in range(3)), 1e-9)))
     times: list[float] = []
-    while len(times) < BLOCKS or sum(times) * number < min_run_time:
-        times.append(timer.timeit(number).mean)
+    spent = 0.0
+    while len(times) < BLOCKS or spent < min_run_time:
+        per_run = timer.timeit(number).mean
+        times.append(per_run)
+        spent += per_run * number
+        if per_run * number > 4 * target:
+            number = max(1, int(target / per_run))
     return times
 
 
