@@ -69,7 +69,8 @@ class LatencyConfig:
         batch_size: Images per forward pass.
         threads: torch intra-op threads while measuring (0: leave torch's setting).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
-        min_run_time: Seconds of measurement per configuration (per table entry for the latency cost model).
+        min_run_time: Seconds of measurement per configuration (per table entry for the latency cost model;
+            at least 16 runs).
         dtype: Data type of weights and inputs: ``float32``, ``float16`` or ``bfloat16``.
         grid: Widths measured per channel axis of each layer by the latency cost model
             (:mod:`amc.latency`), which interpolates between them; at least 2.

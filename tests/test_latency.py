@@ -19,10 +19,11 @@ from torch import nn
 from agents.outputs import LATENCY_METRICS
 from agents.records import SearchConfig
 from agents.search import Search
-from amc.cost import LatencyConfig
+from amc.cost import BLOCKS, LatencyConfig, latency_stats
 from amc.data import DataConfig
 from amc.engine import Workspace, build_workspace
 from amc.errors import ConfigError
+from amc.groups import ModelGraph
 from amc.latency import (
     CALIBRATION,
     LatencyTable,
@@ -200,6 +201,47 @@ def test_calibration_models_step_from_fewest_to_dense(workspaces: dict[str, Work
         kept = [s[g.name] for s in steps]
         assert kept == sorted(kept) and all(k % g.multiple == 0 for k in kept), g.name
     assert calibration_widths(ws.graph, ws.graph.dense_widths()) == [ws.graph.dense_widths()]
+
+
+class StemNet(nn.Module):
+    """conv-BN-ReLU-max-pool stem, a conv followed by a functional ReLU, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2, self.fc = nn.Conv2d(8, 16, 3, padding=1), nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(torch.relu(self.conv2(x)), 1))
+
+
+def test_a_layer_is_measured_with_its_tail(workspaces: dict[str, Workspace], tmp_path: Path) -> None:
+    """The channel-wise modules applied to a layer's output join its unit; an addition or a function ends it."""
+    ws = workspaces["resnet20"]
+    table = LatencyTable.build(ws.model, ws.graph, QUICK, cache_dir=tmp_path, progress=False, measure=Counting())
+    tails = {name: [type(m) for m in layer.spec.tail] for name, layer in table.layers.items()}
+    assert tails["conv1"] == tails["layer1.0.conv1"] == [nn.BatchNorm2d, nn.ReLU]
+    assert tails["layer1.0.conv2"] == [nn.BatchNorm2d], "the shortcut addition comes before the block's ReLU"
+    assert tails["fc"] == []
+    one, two = table.layers["layer1.0.conv1"].spec, table.layers["layer1.0.conv2"].spec
+    assert one.key(8, 8) != two.key(8, 8), "a unit's tail is part of its cache key"
+    unit, shape = one.build(8, 12)
+    assert (
+        isinstance(unit, nn.Sequential) and unit[1].num_features == 12 and unit(torch.zeros(2, *shape)).shape[1] == 12
+    )
+
+    model = StemNet().eval()
+    graph = ModelGraph(model, torch.zeros(1, 1, 16, 16))
+    stem = LatencyTable.build(model, graph, QUICK, cache_dir=tmp_path, progress=False, measure=Counting())
+    assert [type(m) for m in stem.layers["conv1"].spec.tail] == [nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert stem.layers["conv2"].spec.tail == ()  # torch.relu is a function, not a module
+
+
+def test_latency_stats_time_many_blocks() -> None:
+    stats = latency_stats(nn.Conv2d(4, 4, 3), (4, 8, 8), QUICK)
+    assert stats.blocks >= BLOCKS and 0 < stats.min_ms <= stats.median_ms and stats.iqr_ms >= 0
 
 
 def test_monotone_grid_and_outlier_detection() -> None:
