@@ -19,6 +19,13 @@ from amc.train import TrainConfig
 from envs import EnvConfig
 
 
+def target_label(env: EnvConfig) -> str:
+    """The budget in a run name: ``flops0.5``, ``latency0.5``, or ``latency1.2ms`` for an absolute budget."""
+    if env.target_ms is not None:
+        return f"{env.target_metric}{env.target_ms:g}ms"
+    return f"{env.target_metric}{env.target_ratio:g}"
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """One search: the environment, the agent and its budget.
@@ -97,6 +104,9 @@ class EpisodeRecord:
         planned_after: Episodes the agent had learned from when it planned this one (None: the plan did not
             depend on learning, e.g. random and warm-up episodes). In-process it is the episode itself; with
             N workers it is N - 1 episodes behind (see :class:`agents.search.Search`).
+        latency_ms: Estimated milliseconds per forward pass of the pruned model (latency targets only; None
+            otherwise), from the search's latency table.
+        latency_ratio: ``latency_ms`` as a fraction of the dense model's estimate (a Pareto objective).
     """
 
     episode: int
@@ -106,6 +116,8 @@ class EpisodeRecord:
     params_ratio: float
     ratios: dict[str, float]
     planned_after: int | None = None
+    latency_ms: float | None = None
+    latency_ratio: float | None = None
 
 
 @dataclass

@@ -92,7 +92,13 @@ def episode_record(plan: EpisodePlan, reward: float, info: dict[str, Any]) -> Ep
         float(info["params_ratio"]),
         {k: float(v) for k, v in info["ratios"].items()},
         plan.planned_after,
+        _optional(info.get("latency_ms")),
+        _optional(info.get("latency_ratio")),
     )
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 class LocalRollouts:

@@ -24,7 +24,7 @@ from typing import Any
 
 from agents.base import EpisodePlan, SearchAgent, create_agent, uniform_plan
 from agents.outputs import write_outputs
-from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState
+from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState, target_label
 from agents.rollout import EpisodeResult, EpisodeRunner, LocalRollouts
 from amc.config import flatten, save_yaml
 from amc.errors import ConfigError
@@ -370,7 +370,7 @@ def start_tracker(
         tracker = RunTracker(uri, config.experiment, run_id=state.run_id)
         _relog_missing(tracker, state)
     else:
-        name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}"
+        name = f"{config.env.model}-{target_label(config.env)}-{config.agent}-s{config.seed}"
         tracker = RunTracker(
             uri,
             config.experiment,
@@ -440,6 +440,7 @@ def run_search(
             workspace's name).
     """
     check_out_dir(out, resume)
+    created = not out.exists()
     if resume:
         stored = SearchConfig.from_yaml(out / "config.yaml")
         config = (
@@ -459,12 +460,14 @@ def run_search(
             config = config.replace(env=config.env.replace(model=workspace.spec.name, data=data, checkpoint=""))
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(config, out / "config.yaml")
-    search = Search(config, out, None, progress, workspace=workspace)
     try:
+        search = Search(config, out, None, progress, workspace=workspace)
         started_ray = _init_ray(address) if search.uses_ray else False
     except BaseException:
-        if not resume:  # nothing ran: the same command works again once the cluster can be joined
+        if not resume:  # nothing ran (a budget out of reach, no cluster): the same command works once fixed
             (out / "config.yaml").unlink(missing_ok=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
         raise
     if track:
         search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id, artifact_root)

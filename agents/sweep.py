@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.outputs import log_final
+from agents.records import target_label
 from agents.search import SearchConfig, checkpointed_agent_stats, resolve_checkpoint, run_search, search_metrics
 from amc.config import flatten, load_yaml
 from amc.errors import ConfigError
@@ -202,7 +203,7 @@ def log_search_dir(
 
     config = SearchConfig.from_yaml(out / "config.yaml")
     summary = json.loads((out / "search.json").read_text())
-    name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}-{config.env.reward}"
+    name = f"{config.env.model}-{target_label(config.env)}-{config.agent}-s{config.seed}-{config.env.reward}"
     tracker = RunTracker(
         uri,
         experiment,
