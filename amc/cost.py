@@ -178,26 +178,34 @@ def latency_stats(
 ) -> LatencyStats:
     """Median and interquartile range of one forward pass, over ``torch.utils.benchmark``'s blocked runs.
 
-    With ``config.backend`` ``onnxruntime`` the model is exported to ONNX and its ONNX Runtime session is
-    timed the same way (:func:`amc.onnx_latency.onnx_latency_stats`).
+    With ``config.backend`` ``onnxruntime`` the model is exported to ONNX and one run of its ONNX Runtime
+    session (:func:`amc.onnx_latency.onnx_runner`) is timed the same way: a warm-up, then blocked runs.
     """
-    if config.backend == "onnxruntime":
-        from amc.onnx_latency import onnx_latency_stats
-
-        return onnx_latency_stats(model, input_shape, config)
     # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on machines without CUDA: not
     # the user's concern when timing a forward pass
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
     config.check_available()
+    threads = config.effective_threads()
+    if config.backend == "onnxruntime":
+        from amc.onnx_latency import onnx_runner
+
+        run = onnx_runner(
+            model, torch.randn(config.batch_size, *input_shape, dtype=config.torch_dtype), threads, config.device
+        )
+        run()  # warm-up
+        m = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads).blocked_autorange(
+            min_run_time=config.min_run_time
+        )
+        return LatencyStats(float(m.median * 1e3), float(m.iqr * 1e3), len(m.times))
     device = torch.device(config.device)
     if device.type != "cpu" or config.dtype != "float32":
         model = copy.deepcopy(model)  # measure a copy: the caller's model stays where and what it was
     was_training = model.training
     model = model.to(device=device, dtype=config.torch_dtype).eval()
     x = torch.randn(config.batch_size, *input_shape, device=device, dtype=config.torch_dtype)
-    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=config.effective_threads())
+    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads)
     try:
         model(x)  # warm-up
         m = timer.blocked_autorange(min_run_time=config.min_run_time)

@@ -3,8 +3,8 @@
 The ``onnxruntime`` latency backend (``LatencyConfig(backend="onnxruntime")``, YAML ``env.latency.backend``)
 measures what a deployment that ships the exported ONNX graph runs, rather than eager PyTorch:
 
-- **Export.** The model (in eval mode, a float32 copy on the CPU, converted to ``config.dtype``) is exported
-  with ``torch.onnx.export``'s TorchScript exporter (``dynamo=False``: it needs only the ``onnx`` package and
+- **Export.** The model (in eval mode, on the CPU, in ``config.dtype``: a copy when it has to be moved or
+  converted) is exported with ``torch.onnx.export``'s TorchScript exporter (``dynamo=False``: it needs only the ``onnx`` package and
   exports a small layer in ~15 ms, where the ``torch.export``-based exporter takes ~0.4 s, which a latency
   table of a few hundred entries would feel) at a fixed input shape (``config.batch_size`` images), with
   constant folding (BatchNorm folded into the convolution before it), into memory.
@@ -13,9 +13,9 @@ measures what a deployment that ships the exported ONNX graph runs, rather than 
   (``ORT_ENABLE_ALL``: constant folding, Conv+BatchNorm+activation fusion and layout transforms), on the CPU
   provider, or the CUDA provider for a ``cuda`` device (inputs and outputs bound on the GPU, so that no host
   copy is timed).
-- **Timing.** One warm-up run, then ``torch.utils.benchmark.Timer.blocked_autorange`` over
-  ``session.run``: the median and interquartile range of blocked runs, exactly as the ``torch`` backend
-  (:func:`amc.cost.latency_stats`) times ``model(x)``.
+- **Timing.** :func:`amc.cost.latency_stats` times :func:`onnx_runner`'s call (``session.run``) as it times
+  ``model(x)`` for the ``torch`` backend: one warm-up run, then ``torch.utils.benchmark``'s blocked runs
+  (``blocked_autorange``), their median and interquartile range.
 
 ``onnxruntime`` is imported here only, so ``import amc`` works without it; a missing install is a
 :class:`~amc.errors.ConfigError` with the ``pip install`` line.
@@ -27,19 +27,15 @@ import copy
 import functools
 import importlib.metadata
 import io
-import logging
 import warnings
+from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from amc.errors import ConfigError
-
-if TYPE_CHECKING:
-    from amc.cost import LatencyConfig, LatencyStats
 
 INSTALL_HINT = "pip install onnx onnxruntime (onnxruntime-gpu for a cuda device)"
 
@@ -93,65 +89,55 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def session(onnx_model: bytes, config: LatencyConfig) -> object:
-    """An ``onnxruntime.InferenceSession`` of ``onnx_model`` set up as the module docstring says."""
+def session(onnx_model: bytes, threads: int, device: str = "cpu") -> Any:
+    """An ``onnxruntime.InferenceSession`` of ``onnx_model`` with ``threads`` intra-op threads, set up as the
+    module docstring says (the CPU provider, or the CUDA provider for a ``cuda`` device)."""
     ort = runtime()
     options = ort.SessionOptions()
-    options.intra_op_num_threads = config.effective_threads()
+    options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: no notes on which provider runs which node
-    if config.device.startswith("cuda"):
-        providers: list = [("CUDAExecutionProvider", {"device_id": _device_index(config.device)})]
+    if device.startswith("cuda"):
+        providers: list[Any] = [("CUDAExecutionProvider", {"device_id": _device_index(device)})]
     else:
         providers = ["CPUExecutionProvider"]
     return ort.InferenceSession(onnx_model, sess_options=options, providers=providers)
 
 
-def exported_session(
-    model: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig
-) -> tuple[object, np.ndarray]:
-    """``model`` exported and loaded in a session, and the random input batch (as numpy) it is timed on.
+def exported_session(model: nn.Module, example: torch.Tensor, threads: int, device: str = "cpu") -> Any:
+    """``model`` exported at ``example``'s shape and dtype (on the CPU) and loaded in a :func:`session`.
 
-    The caller's model is not modified (a copy is exported unless it is a float32 model on the CPU and
-    ``config.dtype`` is float32; the original's train/eval mode is restored).
+    The caller's model is not modified: a copy is exported unless its parameters are already on the CPU in
+    ``example``'s dtype, and its train/eval mode is restored.
     """
-    config.check_available()
-    dtype = config.torch_dtype
-    if any(p.device.type != "cpu" or p.dtype != dtype for p in model.parameters()):
-        model = copy.deepcopy(model).cpu().to(dtype=dtype)
-    x = torch.randn(config.batch_size, *input_shape, dtype=dtype)
+    check_available(device)
+    example = example.cpu()
+    if any(p.device.type != "cpu" or p.dtype != example.dtype for p in model.parameters()):
+        model = copy.deepcopy(model).cpu().to(dtype=example.dtype)
     was_training = model.training
     try:
         with torch.no_grad():
-            onnx_model = export_onnx(model.eval(), x)
+            onnx_model = export_onnx(model.eval(), example)
     finally:
         model.train(was_training)
-    return session(onnx_model, config), x.numpy()
+    return session(onnx_model, threads, device)
 
 
-def onnx_latency_stats(model: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig) -> LatencyStats:
-    """Median and interquartile range of one ONNX Runtime run of ``model`` exported to ONNX (the module
-    docstring says how), over ``torch.utils.benchmark``'s blocked runs, in milliseconds."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # as amc.cost.latency_stats
-    from torch.utils import benchmark
-
-    from amc.cost import LatencyStats
-
-    sess, x = exported_session(model, input_shape, config)
-    if config.device.startswith("cuda"):
-        index = _device_index(config.device)
-        binding = sess.io_binding()
-        binding.bind_ortvalue_input("input", runtime().OrtValue.ortvalue_from_numpy(x, "cuda", index))
-        for output in sess.get_outputs():
-            binding.bind_output(output.name, "cuda", index)
-        run = functools.partial(sess.run_with_iobinding, binding)
-    else:
-        run = functools.partial(sess.run, None, {"input": x})
-    run()  # warm-up (allocations, kernel selection)
-    m = benchmark.Timer(stmt="run()", globals={"run": run}).blocked_autorange(min_run_time=config.min_run_time)
-    return LatencyStats(float(m.median * 1e3), float(m.iqr * 1e3), len(m.times))
+def onnx_runner(model: nn.Module, example: torch.Tensor, threads: int, device: str = "cpu") -> Callable[[], Any]:
+    """One run of ``model``'s exported graph on ``example`` as a call without arguments, which
+    :func:`amc.cost.latency_stats` times (on a ``cuda`` device: input and outputs bound on the GPU)."""
+    sess = exported_session(model, example, threads, device)
+    x = example.detach().cpu().numpy()
+    if not device.startswith("cuda"):
+        return functools.partial(sess.run, None, {"input": x})
+    index = _device_index(device)
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input("input", runtime().OrtValue.ortvalue_from_numpy(x, "cuda", index))
+    for output in sess.get_outputs():
+        binding.bind_output(output.name, "cuda", index)
+    return functools.partial(sess.run_with_iobinding, binding)
 
 
 def _device_index(device: str) -> int:
@@ -162,7 +148,7 @@ __all__ = [
     "check_available",
     "export_onnx",
     "exported_session",
-    "onnx_latency_stats",
+    "onnx_runner",
     "runtime",
     "runtime_version",
     "session",
