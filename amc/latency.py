@@ -38,7 +38,8 @@ are not monotone: some channel counts hit faster kernels).
 once more and keeps the smaller value (noise on a busy machine only adds time).
 
 **Cache.** Entries are cached on disk per device fingerprint (CPU model, machine, torch version, thread
-count, batch size, dtype, device and GPU name) in ``<cache>/latency/<fingerprint hash>.json``, where
+count, batch size, dtype, device, GPU name, latency backend and onnxruntime version) in
+``<cache>/latency/<fingerprint hash>.json``, where
 ``<cache>`` is :func:`amc.baseline.default_cache_dir`; within a file each entry is keyed by op, input and
 output channels, spatial size, kernel, stride, padding, dilation, groups and bias, and each dense model
 by its architecture hash and input shape (and the fewest-channel model also by its widths). A second build on the same machine measures nothing; other
@@ -66,6 +67,7 @@ from amc.cost import LatencyConfig, measure_latency
 from amc.errors import ConfigError
 from amc.files import write_json_atomic
 from amc.groups import CONV_TYPES, ModelGraph, is_depthwise
+from amc.onnx_latency import runtime_version
 from amc.policy import architecture_hash
 from amc.progress import Progress
 from amc.pruning import prune_channels
@@ -132,6 +134,8 @@ def device_fingerprint(config: LatencyConfig) -> dict[str, Any]:
         "dtype": config.dtype,
         "device": config.device,
         "gpu": gpu,
+        "backend": config.backend,
+        "onnxruntime": runtime_version() if config.backend == "onnxruntime" else None,
         "version": TABLE_VERSION,
     }
 

@@ -13,6 +13,8 @@ CRITERION_NAMES = ("bn_scale", "l1", "l2", "taylor")
 """``amc.pruning.CRITERIA.names()``, the choices of every ``--criterion`` (a test compares the two)."""
 DEFAULT_CRITERION = "l2"
 """``amc.pruning.DEFAULT_CRITERION`` (a test compares the two)."""
+LATENCY_BACKEND_NAMES = ("torch", "onnxruntime")
+"""``amc.cost.LATENCY_BACKENDS``, the choices of ``--latency-backend`` (a test compares the two)."""
 
 TRACKING_URI_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
 DEVICE_HELP = "torch device: cpu, cuda or cuda:N (default: cpu)"
