@@ -6,12 +6,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from agents.records import SearchConfig, SearchResult, SearchState
+from agents.records import SearchConfig, SearchResult, SearchState, staleness_summary
 from amc.files import write_json_atomic
 from amc.service.plots import policy_bars, search_curves
 
 
-def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path, tracker: Any = None) -> SearchResult:
+def write_outputs(
+    env: Any, state: SearchState, config: SearchConfig, out: Path, tracker: Any = None, max_staleness: int = 0
+) -> SearchResult:
     """Evaluates the best policy on the test split, writes the search's files and logs them to ``tracker``.
 
     Args:
@@ -20,6 +22,8 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
         config: The search config.
         out: Search directory.
         tracker: An :class:`amc.service.tracking.RunTracker`, or None (no MLflow).
+        max_staleness: The search's staleness bound (``config.max_staleness`` resolved; see
+            :class:`agents.search.Search`), reported with the staleness observed.
     """
     best = state.best
     test = env.evaluate_ratios(best.ratios, "test")
@@ -60,6 +64,7 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
             "params_ratio": best.params_ratio,
         },
         "uniform": uniform,
+        "staleness": staleness_summary(state.records, max_staleness),
         "episodes": [dataclasses.asdict(r) for r in state.records],
         "mlflow_run_id": state.run_id,
     }
@@ -123,6 +128,10 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
         where = summary[section] if section else summary
         if key in where:
             metrics[name] = where[key]
+    staleness = summary.get("staleness")
+    if staleness is not None:
+        metrics.update({f"staleness_{k}": staleness[k] for k in ("bound", "max", "mean")})
+        log_staleness_bound(tracker, staleness["bound"])
     tracker.log_metrics(metrics, step=len(summary["episodes"]))
     for name in ARTIFACTS:
         tracker.log_artifact(out / name)
@@ -130,4 +139,14 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
     tracker.finish()
 
 
-__all__ = ["ARTIFACTS", "LATENCY_METRICS", "latency_summary", "log_final", "write_outputs"]
+def log_staleness_bound(tracker: Any, bound: int) -> None:
+    """Logs the staleness bound as the run's ``staleness_bound`` param unless the run has it already.
+
+    A resumed search keeps its run's first value (MLflow params do not change); the ``staleness_bound``
+    metric, logged when a search finishes, has the bound of its latest part.
+    """
+    if "staleness_bound" not in tracker.client.get_run(tracker.run_id).data.params:
+        tracker.log_params({"staleness_bound": bound})
+
+
+__all__ = ["ARTIFACTS", "LATENCY_METRICS", "latency_summary", "log_final", "log_staleness_bound", "write_outputs"]

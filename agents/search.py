@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import EpisodePlan, SearchAgent, create_agent, uniform_plan
-from agents.outputs import write_outputs
+from agents.outputs import log_staleness_bound, write_outputs
 from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState
 from agents.rollout import EpisodeResult, EpisodeRunner, LocalRollouts
 from amc.config import flatten, save_yaml
@@ -152,8 +152,9 @@ class Search:
     The agent plans episodes and learns from finished ones in episode order; an
     :class:`agents.rollout.EpisodeRunner` plays the plans, in this process (one worker, no Ray) or on
     ``workers`` Ray actors. A plan that depends on learning (see :meth:`SearchAgent.fixed_plan`) is made
-    exactly when the agent has learned from ``episode - workers + 1`` episodes (in-process: right after the
-    previous episode), whichever worker finishes first, so a seed and a number of workers give the same
+    exactly when the agent has learned from ``episode - max_staleness`` episodes (the staleness bound,
+    ``config.max_staleness``; by default ``workers - 1``, and 0 in-process: right after the previous
+    episode), whichever worker finishes first, so a seed, a number of workers and a bound give the same
     episodes every time, and one Ray worker gives the same episodes as in-process. Plans that do not depend
     on learning (random, warm-up) are made early for idle workers. Every checkpoint keeps the plans made
     and not yet learned from, so a resumed search continues exactly.
@@ -192,6 +193,8 @@ class Search:
         self.total = 1 if self.agent.single_episode else config.episodes
         self.workers = 1 if self.agent.single_episode else (config.workers or local_cpus())
         self.uses_ray = self.workers > 1 if ray is None else ray
+        self.max_staleness = config.staleness_bound(self.workers)
+        """The staleness bound: plans that depend on learning are made this many episodes behind the learner."""
         self.pool: Any = None
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
@@ -231,8 +234,8 @@ class Search:
             self.pool.shutdown()
 
     def _plan_due(self) -> None:
-        """Plans every episode that is at most ``workers - 1`` episodes ahead of the learner."""
-        while self._next_plan < min(self.total, self.state.episode + self.workers):
+        """Plans every episode that is at most ``max_staleness`` episodes ahead of the learner."""
+        while self._next_plan < min(self.total, self.state.episode + self.max_staleness + 1):
             self._plan_next()
 
     def _hand_out(self) -> None:
@@ -289,15 +292,21 @@ class Search:
 
     def finish(self) -> SearchResult:
         """Evaluates the best policy on the test split and writes the outputs."""
-        return write_outputs(self.env, self.state, self.config, self.out, self.tracker)
+        return write_outputs(self.env, self.state, self.config, self.out, self.tracker, self.max_staleness)
 
 
 EPISODE_METRICS = ("reward", "top1", "flops_ratio", "params_ratio")
 
 
 def episode_metrics(record: Mapping[str, Any], best: Mapping[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of one episode record (a dict of :class:`EpisodeRecord`) and the best so far."""
-    return {**{k: record[k] for k in EPISODE_METRICS}, "best_reward": best["reward"], "best_top1": best["top1"]}
+    """The MLflow metrics of one episode record (a dict of :class:`EpisodeRecord`) and the best so far.
+
+    ``staleness`` (``episode - planned_after``) is logged for the episodes whose plan depended on learning.
+    """
+    metrics = {**{k: record[k] for k in EPISODE_METRICS}, "best_reward": best["reward"], "best_top1": best["top1"]}
+    if record.get("planned_after") is not None:
+        metrics["staleness"] = record["episode"] - record["planned_after"]
+    return metrics
 
 
 def agent_metrics(stats: Mapping[str, float]) -> dict[str, float]:
@@ -468,6 +477,7 @@ def run_search(
         raise
     if track:
         search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id, artifact_root)
+        log_staleness_bound(search.tracker, search.max_staleness)
     try:
         return search.run(on_episode)
     except BaseException:

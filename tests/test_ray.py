@@ -131,6 +131,29 @@ def test_parallel_ddpg_search(trained_resnet20: Path, tmp_path: Path, in_process
     _assert_identical(b["episodes"], _search(config, tmp_path / "local", ray=False))
 
 
+@pytest.mark.parametrize("bound", [0, 1, 3])
+def test_staleness_bound(trained_resnet20: Path, tmp_path: Path, bound: int) -> None:
+    """Two workers with bound k: every learning episode is planned exactly k episodes behind the learner."""
+    config = _config(trained_resnet20 / "model.pt", 2, episodes=8).replace(max_staleness=bound)
+    out = tmp_path / "ray"
+    out.mkdir()
+    save_yaml(config, out / "config.yaml")
+    search = Search(config, out, progress=False)
+    search.run()
+    summary = json.loads((out / "search.json").read_text())
+    learning = [e for e in summary["episodes"] if e["planned_after"] is not None]
+    assert [e["episode"] for e in learning] == [3, 4, 5, 6, 7], "3 warm-up episodes, then the actor's"
+    stale = [e["episode"] - e["planned_after"] for e in learning]
+    assert max(stale) <= bound and stale == [bound] * 5, "the bound holds and is reached"
+    assert summary["staleness"] == {"bound": bound, "max": bound, "mean": float(bound), "episodes": 5}
+    # one object-store put per weights version: warm-up trains nothing, then every episode learned from does
+    versions = {max(0, e["planned_after"] - 3) for e in learning}
+    assert search.pool.published == len(versions)
+    assert bound == 0 or len(versions) < len(learning), "plans made between two gradient steps share one put"
+    # the same seed, worker count and bound give the same episodes, whatever the timing of the workers
+    _assert_identical(summary["episodes"], _search(config, tmp_path / "local", ray=False))
+
+
 class Interrupt(Exception):
     pass
 
