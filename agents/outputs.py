@@ -131,7 +131,6 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
     staleness = summary.get("staleness")
     if staleness is not None:
         metrics.update({f"staleness_{k}": staleness[k] for k in ("bound", "max", "mean")})
-        log_staleness_bound(tracker, staleness["bound"])
     tracker.log_metrics(metrics, step=len(summary["episodes"]))
     for name in ARTIFACTS:
         tracker.log_artifact(out / name)
@@ -139,14 +138,4 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
     tracker.finish()
 
 
-def log_staleness_bound(tracker: Any, bound: int) -> None:
-    """Logs the staleness bound as the run's ``staleness_bound`` param unless the run has it already.
-
-    A resumed search keeps its run's first value (MLflow params do not change); the ``staleness_bound``
-    metric, logged when a search finishes, has the bound of its latest part.
-    """
-    if "staleness_bound" not in tracker.client.get_run(tracker.run_id).data.params:
-        tracker.log_params({"staleness_bound": bound})
-
-
-__all__ = ["ARTIFACTS", "LATENCY_METRICS", "latency_summary", "log_final", "log_staleness_bound", "write_outputs"]
+__all__ = ["ARTIFACTS", "LATENCY_METRICS", "latency_summary", "log_final", "write_outputs"]

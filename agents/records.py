@@ -32,14 +32,16 @@ class SearchConfig:
         baseline: Training settings of the dense baseline, trained and cached when ``env.checkpoint`` is empty.
         checkpoint_every: Episodes between search checkpoints (and MLflow metric writes).
         experiment: MLflow experiment name.
-        workers: Rollout workers (Ray actors); 1 runs in-process without Ray, 0 uses the local CPUs. With N
+        workers: Rollout workers: 0 runs the episodes in-process without Ray, N on N Ray actors (1: one actor,
+            which gives exactly the in-process episodes), ``auto`` on one Ray actor per local CPU. With N
             workers, an episode whose plan depends on learning is planned N - 1 episodes behind the learner
-            (in-process: right after the previous one), so a seed gives the same episodes for a given N.
+            by default (``max_staleness``; in-process: right after the previous one), so a seed gives the
+            same episodes for a given N.
         max_staleness: The staleness bound: an episode whose plan depends on learning is planned exactly when
             the learner has learned from all but ``max_staleness`` of the episodes before it (its staleness:
             ``episode - planned_after``), so a seed, a number of workers and a bound give the same episodes.
             A larger bound lets more plans queue ahead, so workers idle less while the learner trains, with
-            plans from an older actor. ``auto``: workers - 1 (0 in-process).
+            plans from an older actor. ``auto``: workers - 1 (0 in-process and with one worker).
         threads: torch threads per rollout worker (0: local CPUs divided by workers).
         uniform_first: The first episode of a searching agent (random, tpe, ddpg) plays the uniform policy,
             so the search's best is never below the uniform baseline on search-val (with reward ``acc``).
@@ -53,7 +55,7 @@ class SearchConfig:
     baseline: TrainConfig = field(default_factory=TrainConfig)
     checkpoint_every: int = 10
     experiment: str = "amc-search"
-    workers: int = 1
+    workers: int | str = "auto"
     uniform_first: bool = True
     threads: int = 0
     max_staleness: int | str = "auto"
@@ -64,8 +66,15 @@ class SearchConfig:
         AGENTS.get(self.agent)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
-        if self.workers < 0 or self.threads < 0:
-            raise ConfigError(f"workers and threads must be >= 0 (0: automatic), got {self.workers}, {self.threads}")
+        if self.workers != "auto" and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0
+        ):
+            raise ConfigError(
+                f"workers must be auto (one Ray actor per local CPU), 0 (in-process, no Ray) or N >= 1 Ray actors, "
+                f"got {self.workers!r}"
+            )
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: local CPUs divided by workers), got {self.threads}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         bound = self.max_staleness
@@ -75,8 +84,16 @@ class SearchConfig:
                 "learning episode after the learner has learned from all episodes before it"
             )
 
+    def rollout_workers(self) -> int:
+        """``workers`` with ``auto`` resolved: the Ray actors to start (0: in-process, no Ray)."""
+        if self.workers == "auto":
+            from agents.parallel import local_cpus
+
+            return local_cpus()
+        return int(self.workers)
+
     def staleness_bound(self, workers: int) -> int:
-        """``max_staleness`` with ``auto`` resolved for ``workers`` rollout workers (one in-process: 0)."""
+        """``max_staleness`` with ``auto`` resolved for ``workers`` rollout workers (0: in-process)."""
         return max(0, workers - 1) if self.max_staleness == "auto" else int(self.max_staleness)
 
     @classmethod

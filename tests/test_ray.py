@@ -49,7 +49,7 @@ def _config(checkpoint: Path, workers: int, episodes: int = 8, agent: str = "ddp
 @pytest.fixture(scope="module")
 def in_process(trained_resnet20: Path):
     """Runs the random plan of an episode (seeded per episode, as a Ray worker gets it) in this process."""
-    config = _config(trained_resnet20 / "model.pt", 1)
+    config = _config(trained_resnet20 / "model.pt", 0)
     ws = build_workspace(config.env.model, config.env.data, config.env.checkpoint)
     runner, agent, cache = (
         EpisodeRunner(build_env({"ws": ws, "env_config": config.env}), config.ddpg),
@@ -88,11 +88,14 @@ def test_parallel_search_matches_in_process(ray_random: list[dict], in_process) 
     _assert_same_episodes(ray_random, in_process)
 
 
-def _search(config: SearchConfig, out: Path, ray: bool) -> list[dict]:
-    """The episode records of ``config`` searched on Ray actors or in this process (planned as its workers would)."""
+def _search(config: SearchConfig, out: Path, ray: bool | None) -> list[dict]:
+    """The episode records of ``config`` searched on Ray actors or in this process (planned as its workers would;
+    None: on Ray unless ``config.workers`` is 0)."""
     out.mkdir(parents=True)
     save_yaml(config, out / "config.yaml")
-    Search(config, out, progress=False, ray=ray).run()
+    search = Search(config, out, progress=False, ray=ray)
+    search.run()
+    assert search.uses_ray == (config.workers != 0 if ray is None else ray)
     return json.loads((out / "search.json").read_text())["episodes"]
 
 
@@ -108,9 +111,8 @@ def _assert_identical(got: list[dict], want: list[dict]) -> None:
 @pytest.mark.parametrize("agent", ["random", "ddpg", "tpe"])
 def test_one_ray_worker_gives_the_in_process_episodes(trained_resnet20: Path, tmp_path: Path, agent: str) -> None:
     config = _config(trained_resnet20 / "model.pt", 1, episodes=6, agent=agent)
-    run_search(config, tmp_path / "local", track=False, progress=False)  # workers: 1 -> in-process, no Ray
-    want = json.loads((tmp_path / "local" / "search.json").read_text())["episodes"]
-    _assert_identical(_search(config, tmp_path / "ray", ray=True), want)
+    want = _search(config.replace(workers=0), tmp_path / "local", ray=None)  # workers 0: in-process, no Ray
+    _assert_identical(_search(config, tmp_path / "ray", ray=None), want)  # workers 1: one Ray actor
     if agent == "ddpg":  # 3 warm-up episodes, then each plan comes from an actor that learned from every episode before
         assert [e["planned_after"] for e in want] == [None, None, None, 3, 4, 5]
 
@@ -215,7 +217,7 @@ def test_killed_worker_is_survived(trained_resnet20: Path, tmp_path: Path) -> No
 def test_tiny_sweep_logs_one_run_per_trial(trained_resnet20: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    base = _config(trained_resnet20 / "model.pt", 1, episodes=4)
+    base = _config(trained_resnet20 / "model.pt", 0, episodes=4)
     sweep = SweepConfig(base="unused.yaml", name="tiny", grid={"env.target_ratio": [0.3, 0.5]}, max_concurrent=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     results = run_sweep(sweep, base, tmp_path / "sweep", tracking_uri=uri)
@@ -230,4 +232,5 @@ def test_tiny_sweep_logs_one_run_per_trial(trained_resnet20: Path, tmp_path: Pat
     assert sorted(r.data.params["env.target_ratio"] for r in children) == ["0.3", "0.5"]
     for child in children:
         assert len(client.get_metric_history(child.info.run_id, "top1")) == 4
+        assert child.data.params["staleness_bound"] == "0", "trials run in-process"
         assert "search.json" in {a.path for a in client.list_artifacts(child.info.run_id)}

@@ -29,7 +29,7 @@ def _config(checkpoint: Path, agent: str = "ddpg", episodes: int = 6) -> SearchC
         ddpg=ddpg,
         checkpoint_every=2,
         experiment="test-search",
-        workers=1,
+        workers=0,
     )
 
 
@@ -356,3 +356,21 @@ def test_bad_staleness_bound_in_yaml_is_named(tmp_path: Path, text: str) -> None
     with pytest.raises(ConfigError, match="max_staleness"):
         SearchConfig.from_yaml(path)
     assert SearchConfig.from_yaml(path, ["max_staleness=2"]).max_staleness == 2
+
+
+@pytest.mark.parametrize("bad", [-1, "many", 1.5, True])
+def test_bad_workers_are_refused(bad) -> None:
+    with pytest.raises(ConfigError, match="workers"):
+        SearchConfig(workers=bad)
+
+
+@pytest.mark.parametrize(("written", "legacy", "now"), [(1, True, 0), (0, True, "auto"), (3, True, 3), (1, False, 1)])
+def test_a_search_directory_of_an_older_version_keeps_its_workers(tmp_path: Path, written, legacy, now) -> None:
+    """Before ``max_staleness`` existed, workers 1 meant in-process and 0 the local CPUs."""
+    from agents.search import save_yaml, stored_config
+
+    save_yaml(SearchConfig(agent="random", workers=written), tmp_path / "config.yaml")
+    if legacy:
+        text = (tmp_path / "config.yaml").read_text()
+        (tmp_path / "config.yaml").write_text(re.sub(r"(?m)^max_staleness:.*\n", "", text))
+    assert stored_config(tmp_path).workers == now
