@@ -74,7 +74,8 @@ class RolloutPool:
     """``workers`` Ray actors sharing one payload (model, data, env config) from the object store.
 
     The interface of :class:`agents.rollout.LocalRollouts`: :meth:`free`, :meth:`submit`,
-    :meth:`next_result` and :meth:`shutdown`.
+    :meth:`next_result`, :meth:`shutdown` and :attr:`timeline`; :meth:`busy` and :meth:`pid` say which
+    worker plays which episode in which process.
 
     Args:
         payload: The engine workspace (dense model, data, traced groups) and the env config (see :func:`build_env`).
@@ -90,8 +91,14 @@ class RolloutPool:
         self.threads = threads or max(1, local_cpus() // workers)
         self.ddpg_config = ddpg_config
         self._cls = ray.remote(num_cpus=1, max_restarts=0)(_Worker)
-        self.actors = [self._spawn() for _ in range(workers)]
+        self.actors: list[Any] = []
+        self._pids: list[Any] = []  # object refs of each actor's process id, asked for first thing
+        for _ in range(workers):
+            self._spawn()
         self.restarts = 0
+        self.timeline: list[tuple[int, int, float, float]] = []
+        """(worker, episode, started, finished) of every episode played, in the order they finished
+        (``time.time()`` on the worker's machine)."""
         self.published = 0
         """Actor weight versions put into the object store."""
         self._idle = list(range(workers))
@@ -99,8 +106,23 @@ class RolloutPool:
         self._weights: dict[Any, tuple[Any, Any]] = {}  # version key -> (actor state, its object ref)
         self._latest: Any = None
 
-    def _spawn(self):
-        return self._cls.remote(self.payload_ref, self.threads, self.ddpg_config)
+    def _spawn(self, index: int | None = None) -> None:
+        """Starts a worker at ``index`` (None: a new one at the end)."""
+        actor = self._cls.remote(self.payload_ref, self.threads, self.ddpg_config)
+        pid = actor.pid.remote()
+        if index is None:
+            self.actors.append(actor)
+            self._pids.append(pid)
+        else:
+            self.actors[index], self._pids[index] = actor, pid
+
+    def pid(self, index: int) -> int:
+        """The process id of worker ``index`` (on its node); answered even while the worker plays an episode."""
+        return self.ray.get(self._pids[index])
+
+    def busy(self) -> dict[int, int]:
+        """Worker index -> the episode it is playing."""
+        return {index: plan.episode for index, plan in self._pending.values()}
 
     def free(self) -> int:
         """Workers without an episode."""
@@ -148,11 +170,12 @@ class RolloutPool:
                 continue
             self._idle.append(index)
             self._release()
+            self.timeline.append((index, plan.episode, result.started, result.finished))
             return dataclasses.replace(result, plan=plan)
 
     def replace(self, index: int) -> None:
         """Restarts the actor at ``index`` after it died."""
-        self.actors[index] = self._spawn()
+        self._spawn(index)
         self.restarts += 1
 
     def shutdown(self) -> None:
