@@ -35,6 +35,11 @@ def local_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def rollout_workers(workers: int | str) -> int:
+    """A config's ``workers`` with ``auto`` resolved: the Ray actors to start (0: in-process, no Ray)."""
+    return local_cpus() if workers == "auto" else int(workers)
+
+
 def build_env(payload: dict) -> Any:
     """The channel-pruning env for a payload of ``ws`` (engine workspace), ``env_config`` and optionally
     ``cost_model`` (the learner's, so that every worker budgets against the same measured latency table)."""

@@ -84,14 +84,6 @@ class SearchConfig:
                 "learning episode after the learner has learned from all episodes before it"
             )
 
-    def rollout_workers(self) -> int:
-        """``workers`` with ``auto`` resolved: the Ray actors to start (0: in-process, no Ray)."""
-        if self.workers == "auto":
-            from agents.parallel import local_cpus
-
-            return local_cpus()
-        return int(self.workers)
-
     def staleness_bound(self, workers: int) -> int:
         """``max_staleness`` with ``auto`` resolved for ``workers`` rollout workers (0: in-process)."""
         return max(0, workers - 1) if self.max_staleness == "auto" else int(self.max_staleness)

@@ -180,7 +180,7 @@ class Search:
         ray: bool | None = None,
         workspace: Any = None,
     ) -> None:
-        from agents.parallel import build_env
+        from agents.parallel import build_env, rollout_workers
         from amc.engine import build_workspace
 
         self.config, self.out, self.tracker, self.progress = config, out, tracker, progress
@@ -192,7 +192,7 @@ class Search:
         self.agent = create_agent(config.agent, self.env, config.ddpg, config.seed)
         self.state = _load_checkpoint(out, self.agent)
         self.total = 1 if self.agent.single_episode else config.episodes
-        self.workers = 0 if self.agent.single_episode else config.rollout_workers()
+        self.workers = 0 if self.agent.single_episode else rollout_workers(config.workers)
         """Ray rollout actors (0: in-process)."""
         self.uses_ray = self.workers > 0 if ray is None else ray
         self.max_staleness = config.staleness_bound(self.workers)
