@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.records import EpisodeRecord, SearchConfig, SearchResult, SearchState
+from agents.records import EpisodeRecord, SearchConfig, SearchResult, SearchState, staleness_summary
 from amc.files import write_json_atomic
 from amc.service.plots import policy_bars, search_curves
 
 
-def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path, tracker: Any = None) -> SearchResult:
+def write_outputs(
+    env: Any, state: SearchState, config: SearchConfig, out: Path, tracker: Any = None, max_staleness: int = 0
+) -> SearchResult:
     """Evaluates the best policy on the test split, writes the search's files and logs them to ``tracker``.
 
     Args:
@@ -22,6 +24,8 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
         config: The search config.
         out: Search directory.
         tracker: An :class:`amc.service.tracking.RunTracker`, or None (no MLflow).
+        max_staleness: The search's staleness bound (``config.max_staleness`` resolved; see
+            :class:`agents.search.Search`), reported with the staleness observed.
     """
     best = state.best
     test = env.evaluate_ratios(best.ratios, "test")
@@ -65,6 +69,7 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
             "params_ratio": best.params_ratio,
         },
         "uniform": uniform,
+        "staleness": staleness_summary(state.records, max_staleness),
         "episodes": [dataclasses.asdict(r) for r in state.records],
         "mlflow_run_id": state.run_id,
     }
@@ -182,6 +187,9 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
         where = summary.get(section) or {} if section else summary
         if key in where:
             metrics[name] = where[key]
+    staleness = summary.get("staleness")
+    if staleness is not None:
+        metrics.update({f"staleness_{k}": staleness[k] for k in ("bound", "max", "mean")})
     tracker.log_metrics(metrics, step=len(summary["episodes"]))
     for name in ARTIFACTS:
         tracker.log_artifact(out / name)

@@ -261,7 +261,7 @@ class FakeTracker:
 
 def test_latency_search_measures_the_best_policy(tmp_path: Path) -> None:
     env = EnvConfig(model="resnet20", target_metric="latency", target_ratio=0.95, max_ratio=0.9, latency=QUICK, **TINY)
-    config = SearchConfig(env=env, agent="random", episodes=2, workers=1, checkpoint_every=1)
+    config = SearchConfig(env=env, agent="random", episodes=2, workers=0, checkpoint_every=1)
     tracker = FakeTracker()
     result = Search(config, tmp_path / "s", tracker, progress=False).run()
     summary = json.loads((tmp_path / "s" / "search.json").read_text())

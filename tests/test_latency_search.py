@@ -70,7 +70,7 @@ def test_a_search_whose_budget_is_out_of_reach_writes_nothing(trained_resnet20: 
     env = _env_config(target_ms=1e-6, checkpoint=str(trained_resnet20 / "model.pt"))
     out = tmp_path / "search"
     with pytest.raises(BudgetError, match=r"target_ms 1e-06 is out of reach: .* estimated at [0-9.]+ ms \(dense"):
-        run_search(SearchConfig(env=env, agent="random", episodes=2, workers=1), out, track=False, progress=False)
+        run_search(SearchConfig(env=env, agent="random", episodes=2, workers=0), out, track=False, progress=False)
     assert not out.exists(), "the same command works again once the budget is fixed"
 
 
@@ -106,7 +106,7 @@ def latency_search(tmp_path_factory: pytest.TempPathFactory, trained_resnet20: P
         env=_env_config(target_ratio=0.9, checkpoint=str(trained_resnet20 / "model.pt")),
         agent="random",
         episodes=6,
-        workers=1,
+        workers=0,
         checkpoint_every=3,
         experiment="latency-search",
     )

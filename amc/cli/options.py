@@ -39,6 +39,16 @@ def non_negative_int(text: str) -> int:
     return integer(text, 0)
 
 
+def workers(text: str) -> int | str:
+    """argparse type of ``--workers``: ``auto`` or an integer >= 0 (0: in-process, N: N Ray actors)."""
+    if text == "auto":
+        return text
+    try:
+        return integer(text, 0)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer >= 0, got {text!r}") from None
+
+
 def seed_int(text: str) -> int:
     """argparse type of ``--seed``: an integer in [0, 2**32 - 1]."""
     return integer(text, 0, 2**32 - 1)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from amc.cli.commands import command
-from amc.cli.options import add_address, add_device, add_tracking_uri, seed_int
+from amc.cli.options import add_address, add_device, add_tracking_uri, seed_int, workers
 from amc.errors import ConfigError
 
 AGENT_NAMES = ("ddpg", "random", "uniform", "global", "sensitivity", "tpe")
@@ -66,9 +66,10 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     _add_set_arg(p, "any field of the config")
     p.add_argument(
         "--workers",
-        type=int,
-        help="override the config's workers, the rollout workers: 0 = one Ray actor per local CPU, 1 = in-process "
-        "without Ray, N = N Ray actors (the shipped configs say 0; a config that leaves it out means 1)",
+        type=workers,
+        metavar="auto|N",
+        help="override the config's workers, the rollout workers: 0 = in-process without Ray, N = N Ray actors "
+        "(1 gives exactly the in-process episodes), auto = one Ray actor per local CPU (the default)",
     )
     add_address(p)
     add_device(
@@ -90,7 +91,7 @@ def _search(args: argparse.Namespace) -> int:
             "config has no device setting); drop --device, and fine-tune the found policy on the GPU with "
             "amc prune --device cuda"
         )
-    from agents.search import SearchConfig, run_search
+    from agents.search import SearchConfig, run_search, stored_config
 
     if args.resume is not None:
         if args.config is not None or args.set:
@@ -98,9 +99,7 @@ def _search(args: argparse.Namespace) -> int:
                 "--resume continues with the search's own config; drop --config and --set "
                 "(only --episodes and --workers may change)"
             )
-        stored = (
-            SearchConfig.from_yaml(args.resume / "config.yaml") if (args.resume / "config.yaml").is_file() else None
-        )
+        stored = stored_config(args.resume) if (args.resume / "config.yaml").is_file() else None
         config = stored.replace(episodes=args.episodes) if stored is not None and args.episodes else stored
         if stored is not None and args.workers is not None:
             config = config.replace(workers=args.workers)

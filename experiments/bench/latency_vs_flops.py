@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "latency_vs_flops.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    base = SearchConfig.from_yaml(args.config).replace(episodes=args.episodes, agent=args.agent, workers=1)
+    base = SearchConfig.from_yaml(args.config).replace(episodes=args.episodes, agent=args.agent, workers=0)
     if base.env.target_metric != "latency":
         parser.error(f"{args.config} is not a latency-target preset (env.target_metric: {base.env.target_metric})")
     if args.target is not None:
