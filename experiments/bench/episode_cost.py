@@ -97,7 +97,7 @@ class MaskingEnv(ChannelPruningEnv):
         super().__init__(*args, **kwargs)
         self.masks = ChannelMasks(self)
 
-    def _evaluate_widths(self, widths: Mapping[str, int], split: str) -> Evaluation:
+    def _evaluate_widths(self, widths: Mapping[str, int], split: str, role: str) -> Evaluation:
         model = self.masks.apply(widths)
         accuracy = self.score_model(model, split)
         cost, dense = self.graph.estimate(widths), self.graph.dense_cost
