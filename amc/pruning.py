@@ -246,7 +246,7 @@ class ChannelPruner:
     """Prunes one model to many widths: what :func:`prune_channels` returns, without its per-call setup.
 
     :func:`prune_channels` deep-copies the model and traces Torch-Pruning's dependency graph on every call
-    (on digits ResNet-20 about two thirds of its time). A pruner does both once: it keeps one working copy
+    (about half its time on ResNet-20 and ResNet-56). A pruner does both once: it keeps one working copy
     with its traced graph, and before each pruning puts the copy and the graph's bookkeeping back into their
     state after tracing, in place (the dense values are copied back into the original parameter and buffer
     tensors, the modules' attributes and the graph's size bookkeeping are restored). The channel selection
@@ -381,6 +381,7 @@ class _TracedState:
 
     @torch.no_grad()
     def restore(self) -> None:
+        """Puts the working copy and the graph back into their state after tracing (the dense values copied in)."""
         for module, attrs, params, buffers in self._modules:
             added = vars(module).keys() - attrs.keys() - _MODULE_CONTAINERS
             for key in added:

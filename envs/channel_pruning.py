@@ -192,9 +192,11 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     restored in place instead of a fresh copy and trace per episode), optionally its layers are refitted to the dense layers' outputs
     (``config.reconstruct``, AMC's channel reconstruction), its BatchNorm statistics are re-estimated on
     a few fixed training batches, and it is evaluated on the search-val split without fine-tuning.
-    Physical removal was measured cheaper than masking a persistent dense copy (digits ResNet-20, 50%
-    FLOPs target: masked episodes took 1.13-1.26x as long with random policies and 1.03x with policies
-    at the target, since their forward passes run at full width); see ``experiments/bench/episode_cost.py``.
+    Physical removal was measured cheaper than masking a persistent dense copy (digits ResNet-20 and
+    ResNet-56, 50% FLOPs target, one thread: masked episodes took 1.4-1.5x as long with random policies and
+    1.2x with policies at the target, since their forward passes run at full width); an episode costs 1.14-1.15x its BatchNorm re-estimation
+    and evaluation forward passes (1.21-1.23x with a fresh copy pruned per episode); see
+    ``experiments/bench/episode_cost.py``.
 
     ## Observation
     ``Box(0, 1, (11,), float32)``: AMC's layer embedding of the group about to be decided: index,
