@@ -8,6 +8,7 @@ config=EnvConfig(...))`` after ``import envs``) or from your own model and data 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,7 +28,7 @@ from amc.engine import Workspace, build_workspace, smallest_ratio
 from amc.errors import AmcError, BudgetError, ConfigError
 from amc.groups import ModelGraph
 from amc.policy import ModelIdentity, Policy, Target
-from amc.pruning import CRITERIA, DEFAULT_CRITERION, prune_channels, widths_for
+from amc.pruning import CRITERIA, DEFAULT_CRITERION, ChannelPruner, prune_channels, widths_for
 from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 from envs.budget import BudgetWall, fewest_widths
@@ -206,13 +207,16 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     One episode walks the model's prunable dependency groups in forward order and decides, for each,
     the fraction of channels to remove. At the last group the model is pruned physically (channels
-    removed with the configured importance criterion, by :func:`amc.pruning.prune_channels`, the code
-    that applies exported policies), optionally its layers are refitted to the dense layers' outputs
+    removed with the configured importance criterion by :class:`amc.pruning.ChannelPruner`: the result of
+    :func:`amc.pruning.prune_channels`, the code that applies exported policies, from one working copy
+    restored in place instead of a fresh copy and trace per episode), optionally its layers are refitted to the dense layers' outputs
     (``config.reconstruct``, AMC's channel reconstruction), its BatchNorm statistics are re-estimated on
     a few fixed training batches, and it is evaluated on the search-val split without fine-tuning.
-    Physical removal was measured cheaper than masking a persistent dense copy (digits ResNet-20, 50%
-    FLOPs target: masked episodes took 1.13-1.26x as long with random policies and 1.03x with policies
-    at the target, since their forward passes run at full width); see ``experiments/bench/episode_cost.py``.
+    Physical removal was measured cheaper than masking a persistent dense copy (digits ResNet-20 and
+    ResNet-56, 50% FLOPs target, one thread: masked episodes took 1.4-1.5x as long with random policies and
+    1.2x with policies at the target, since their forward passes run at full width); an episode costs 1.14-1.15x its BatchNorm re-estimation
+    and evaluation forward passes (1.21-1.23x with a fresh copy pruned per episode); see
+    ``experiments/bench/episode_cost.py``.
 
     ## Observation
     ``Box(0, 1, (11,), float32)``: AMC's layer embedding of the group about to be decided: index,
@@ -340,6 +344,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._kept: dict[str, int] = {}
         self._ratios: dict[str, float] = {}
         self._last_model: nn.Module | None = None
+        self._pruners: dict[str, ChannelPruner] = {}
 
     def _ms_to_ratio(self, target_ms: float) -> float:
         """The fraction of the dense model's estimated latency that ``target_ms`` milliseconds is."""
@@ -415,22 +420,28 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ``top1``, ``flops``, ``params``, ``flops_ratio``, ``params_ratio``, ``cost_ratio`` and
             ``meets_target`` (1.0 or 0.0).
         """
-        outcome = self.evaluation(ratios, split).outcome
-        widths = widths_for(self.graph, ratios, self.config.round_to)
+        widths = self._widths(ratios)
+        outcome = self._evaluate_widths(widths, split, "ratios").outcome
         return {**_outcome_dict(outcome), "meets_target": float(self.wall.meets(widths))}
 
     def evaluation(self, ratios: Mapping[str, float], split: str = "val") -> Evaluation:
-        """Like :meth:`evaluate_ratios`, but returns the pruned, recalibrated model with its outcome."""
+        """Like :meth:`evaluate_ratios`, but returns the pruned, recalibrated model (yours to keep) with its outcome."""
+        evaluation = self._evaluate_widths(self._widths(ratios), split, "ratios")
+        return Evaluation(copy.deepcopy(evaluation.model), evaluation.outcome)
+
+    def _widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
         unknown = sorted(set(ratios) - set(self.group_names))
         if unknown:
             raise ConfigError(f"no prunable groups named {', '.join(unknown)}; groups: {', '.join(self.group_names)}")
-        return self._evaluate_widths(widths_for(self.graph, ratios, self.config.round_to), split)
+        return widths_for(self.graph, ratios, self.config.round_to)
 
     @property
     def last_model(self) -> nn.Module | None:
         """The pruned model of the last finished episode (``None`` before one); read-only.
 
-        The last step's ``info`` carries everything else about the episode (``ratios``, ``top1``, costs).
+        The next episode prunes into the same model object (see :class:`amc.pruning.ChannelPruner`):
+        ``copy.deepcopy`` it to keep it. The last step's ``info`` carries everything else about the
+        episode (``ratios``, ``top1``, costs).
         """
         return self._last_model
 
@@ -547,7 +558,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------------ internals
     def _finish(self, info: dict[str, Any]) -> float:
         """Evaluates the episode's widths, fills the last step's ``info`` and returns the reward."""
-        evaluation = self._evaluate_widths(dict(self._kept), "val")
+        evaluation = self._evaluate_widths(dict(self._kept), "val", "episode")
         reward = self.reward_fn(evaluation.outcome)
         info.update(_outcome_dict(evaluation.outcome))
         if self.cost_model.metric == "latency":
@@ -557,10 +568,21 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._last_model = evaluation.model
         return reward
 
-    def _evaluate_widths(self, widths: Mapping[str, int], split: str) -> Evaluation:
-        """Prunes the dense model to ``widths``, reconstructs (if on), recalibrates, evaluates, counts costs."""
+    def _pruner(self, role: str) -> ChannelPruner:
+        """The pruner of ``role``: ``episode`` (its model is :attr:`last_model`) or ``ratios``; built on first use."""
+        if role not in self._pruners:
+            with single_threaded():
+                self._pruners[role] = ChannelPruner(self.model, self.graph, self.config.criterion, self._grad_batch)
+        return self._pruners[role]
+
+    def _evaluate_widths(self, widths: Mapping[str, int], split: str, role: str) -> Evaluation:
+        """Prunes the dense model to ``widths``, reconstructs (if on), recalibrates, evaluates, counts costs.
+
+        The model is the working copy of the ``role`` pruner, reused by its next call.
+        """
+        pruner = self._pruner(role)
         with single_threaded():
-            result = prune_channels(self.model, self.graph, widths, self.config.criterion, self._grad_batch)
+            result = pruner.prune(widths)
         pruned = result.model
         if self.config.reconstruct:
             # before BatchNorm re-estimation: the targets are the dense layers' outputs, which the dense
