@@ -34,6 +34,8 @@ class EpisodePlan:
         actions: The per-group actions of a ``sequence`` plan.
         planned_after: Episodes the agent had learned from when it made the plan (set by the search loop;
             None when the plan does not depend on what the agent learned, see :meth:`SearchAgent.fixed_plan`).
+        weights_version: Version of ``actor_state`` (the learner's gradient steps when it was taken): plans of
+            one version carry the same weights, which a Ray search puts into the object store once.
     """
 
     episode: int
@@ -44,6 +46,7 @@ class EpisodePlan:
     action: float = 0.0
     actions: tuple[float, ...] = ()
     planned_after: int | None = None
+    weights_version: int | None = None
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -144,7 +147,8 @@ class DDPGAgent(SearchAgent):
     """The AMC-style DDPG agent (:class:`agents.ddpg.AMCDDPG`).
 
     Warm-up episodes are random plans seeded per episode; later ones ship the actor's weights, the current
-    noise sigma and a per-episode seed of the truncated-normal exploration (drawn in the runner).
+    noise sigma and a per-episode seed of the truncated-normal exploration (drawn in the runner). Plans made
+    between two gradient steps share one copy of the weights (one version).
     """
 
     def __init__(self, env: ChannelPruningEnv, config: object, seed: int) -> None:
@@ -152,12 +156,21 @@ class DDPGAgent(SearchAgent):
 
         self.impl = AMCDDPG(env, config, seed=seed)
         self.seed = seed
+        self._weights: tuple[int, Any] | None = None  # (version, actor state) of the latest plan
 
     def plan(self, episode: int) -> EpisodePlan:
         if episode < self.impl.config.warmup_episodes:
             return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
+        version = self.impl.updates
+        if self._weights is None or self._weights[0] != version:
+            self._weights = (version, self.impl.get_actor_state())
         return EpisodePlan(
-            episode, "actor", episode_seed(self.seed, episode), self.impl.sigma, self.impl.get_actor_state()
+            episode,
+            "actor",
+            episode_seed(self.seed, episode),
+            self.impl.sigma,
+            self._weights[1],
+            weights_version=version,
         )
 
     def fixed_plan(self, episode: int) -> bool:
@@ -179,6 +192,7 @@ class DDPGAgent(SearchAgent):
         from agents.ddpg import AMCDDPG
 
         self.impl = AMCDDPG.load(directory)
+        self._weights = None
 
 
 AGENTS.register("ddpg", lambda env, ddpg_config, seed: DDPGAgent(env, ddpg_config, seed))

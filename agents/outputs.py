@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.records import SearchConfig, SearchResult, SearchState
+from agents.records import EpisodeRecord, SearchConfig, SearchResult, SearchState, staleness_summary
 from amc.files import write_json_atomic
 from amc.service.plots import policy_bars, search_curves
 
 
-def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path, tracker: Any = None) -> SearchResult:
+def write_outputs(
+    env: Any, state: SearchState, config: SearchConfig, out: Path, tracker: Any = None, max_staleness: int = 0
+) -> SearchResult:
     """Evaluates the best policy on the test split, writes the search's files and logs them to ``tracker``.
 
     Args:
@@ -20,6 +24,8 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
         config: The search config.
         out: Search directory.
         tracker: An :class:`amc.service.tracking.RunTracker`, or None (no MLflow).
+        max_staleness: The search's staleness bound (``config.max_staleness`` resolved; see
+            :class:`agents.search.Search`), reported with the staleness observed.
     """
     best = state.best
     test = env.evaluate_ratios(best.ratios, "test")
@@ -44,8 +50,11 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
     }
     policy = env.to_policy(best.ratios, measured)
     policy.save(out / "best_policy.json")
+    target = {"metric": config.env.target_metric, "ratio": env.config.target_ratio}
+    if config.env.target_ms is not None:
+        target["ms"] = config.env.target_ms
     summary = {
-        "target": {"metric": config.env.target_metric, "ratio": config.env.target_ratio},
+        "target": target,
         "agent": config.agent,
         "seed": config.seed,
         "model": config.env.model,
@@ -60,19 +69,19 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
             "params_ratio": best.params_ratio,
         },
         "uniform": uniform,
+        "staleness": staleness_summary(state.records, max_staleness),
         "episodes": [dataclasses.asdict(r) for r in state.records],
         "mlflow_run_id": state.run_id,
     }
     if config.env.target_metric == "latency":
-        best_latency, dense_latency = latency_summary(env, best.ratios)
-        summary["best"].update(best_latency)
-        summary.update(dense_latency)
+        summary.update(latency_summary(env, state.records, best.episode, summary["episodes"]))
+        summary["best"].update(summary.pop("best_latency"))
     write_json_atomic(out / "search.json", summary)
     policy_bars(
         out / "best_policy.png",
         best.ratios,
         uniform_ratio,
-        f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {config.env.target_ratio:g}",
+        f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {env.config.target_ratio:.3g}",
     )
     search_curves(
         out / "search_curves.png",
@@ -87,23 +96,78 @@ def write_outputs(env: Any, state: SearchState, config: SearchConfig, out: Path,
     return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode, run_name)
 
 
-def latency_summary(env: Any, ratios: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
-    """After a latency-target search: the best policy's estimated and measured latency, and the dense model's.
+def latency_front(records: Sequence[EpisodeRecord]) -> list[EpisodeRecord]:
+    """The episodes no other episode beats on both search-val top-1 and estimated latency, by latency.
 
-    The physically pruned model and the dense model are measured with the settings the estimate's table
-    was built with (``env.latency``). Returns the fields of search.json's ``best`` (``latency_ms_estimated``,
-    ``latency_ms_measured``) and its top-level ones (``dense_latency_ms_measured``, ``dense_latency_ms_estimated``).
+    Records without a latency estimate are left out; duplicates of a policy (same top-1 and latency) keep
+    the first episode.
     """
-    report = env.latency_report(ratios)
-    best = {k: report[k] for k in ("latency_ms_estimated", "latency_ms_measured")}
-    dense = {k: report[k] for k in ("dense_latency_ms_measured", "dense_latency_ms_estimated")}
-    return best, dense
+    import moocore
+    import numpy as np
+
+    pool = [r for r in records if r.latency_ratio is not None]
+    if not pool:
+        return []
+    points = np.array([[r.top1, r.latency_ratio] for r in pool], dtype=float)
+    keep = moocore.is_nondominated(points, maximise=[True, False], keep_weakly=False)
+    return sorted((r for r, k in zip(pool, keep) if k), key=lambda r: (r.latency_ratio, -r.top1, r.episode))
+
+
+def latency_summary(
+    env: Any, records: Sequence[EpisodeRecord], best_episode: int, episodes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """After a latency-target search: estimated beside measured latency of the best and the Pareto policies.
+
+    The best policy and every policy of :func:`latency_front` are applied physically and measured with
+    the settings the estimate's table was built with (``env.latency``), in the same rounds as the dense
+    model (:meth:`envs.ChannelPruningEnv.latency_reports`). The measured episodes of ``episodes`` (search.json's
+    records) get ``latency_ms_measured``.
+
+    Returns:
+        search.json's fields: ``best_latency`` (``latency_ms_estimated``, ``latency_ms_measured``; merged into
+        ``best`` by the caller), ``dense_latency_ms_measured``, ``dense_latency_ms_estimated``, ``pareto``
+        (episode, top-1, FLOPs ratio, estimated and measured milliseconds of each front policy) and
+        ``latency_estimate`` (median and largest |estimate - measured| / measured over the measured policies).
+    """
+    by_episode = {r.episode: r for r in records}
+    front = latency_front(records)
+    chosen = [best_episode] + [r.episode for r in front if r.episode != best_episode]
+    reports, dense = env.latency_reports([by_episode[e].ratios for e in chosen])
+    measured = dict(zip(chosen, reports))
+    for record in episodes:
+        if record["episode"] in measured:
+            record["latency_ms_measured"] = measured[record["episode"]]["latency_ms_measured"]
+    errors = [abs(r["latency_ms_estimated"] - r["latency_ms_measured"]) / r["latency_ms_measured"] for r in reports]
+    pareto = [
+        {
+            "episode": r.episode,
+            "top1": r.top1,
+            "flops_ratio": r.flops_ratio,
+            "latency_ms_estimated": measured[r.episode]["latency_ms_estimated"],
+            "latency_ms_measured": measured[r.episode]["latency_ms_measured"],
+        }
+        for r in front
+    ]
+    return {
+        "best_latency": measured[best_episode],
+        **dense,
+        "pareto": pareto,
+        "pareto_size": len(pareto),
+        "latency_estimate": {
+            "policies": len(errors),
+            "median_abs_err": statistics.median(errors),
+            "max_abs_err": max(errors),
+        },
+    }
 
 
 LATENCY_METRICS = {
     "best_latency_ms_estimated": ("best", "latency_ms_estimated"),
     "best_latency_ms_measured": ("best", "latency_ms_measured"),
     "dense_latency_ms_measured": (None, "dense_latency_ms_measured"),
+    "latency_estimate_median_abs_err": ("latency_estimate", "median_abs_err"),
+    "latency_estimate_max_abs_err": ("latency_estimate", "max_abs_err"),
+    "pareto_policies": (None, "pareto_size"),
 }
 """MLflow metric -> where it sits in search.json (section, key), logged when the search had a latency target."""
 
@@ -120,9 +184,12 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
         "uniform_test_top1": uniform["test_top1"],
     }
     for name, (section, key) in LATENCY_METRICS.items():
-        where = summary[section] if section else summary
+        where = summary.get(section) or {} if section else summary
         if key in where:
             metrics[name] = where[key]
+    staleness = summary.get("staleness")
+    if staleness is not None:
+        metrics.update({f"staleness_{k}": staleness[k] for k in ("bound", "max", "mean")})
     tracker.log_metrics(metrics, step=len(summary["episodes"]))
     for name in ARTIFACTS:
         tracker.log_artifact(out / name)
@@ -130,4 +197,4 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
     tracker.finish()
 
 
-__all__ = ["ARTIFACTS", "LATENCY_METRICS", "latency_summary", "log_final", "write_outputs"]
+__all__ = ["ARTIFACTS", "LATENCY_METRICS", "latency_front", "latency_summary", "log_final", "write_outputs"]

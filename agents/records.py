@@ -7,7 +7,7 @@ this module and not each other.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,13 @@ from amc.config import load_yaml
 from amc.errors import ConfigError
 from amc.train import TrainConfig
 from envs import EnvConfig
+
+
+def target_label(env: EnvConfig) -> str:
+    """The budget in a run name: ``flops0.5``, ``latency0.5``, or ``latency1.2ms`` for an absolute budget."""
+    if env.target_ms is not None:
+        return f"{env.target_metric}{env.target_ms:g}ms"
+    return f"{env.target_metric}{env.target_ratio:g}"
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,16 @@ class SearchConfig:
         baseline: Training settings of the dense baseline, trained and cached when ``env.checkpoint`` is empty.
         checkpoint_every: Episodes between search checkpoints (and MLflow metric writes).
         experiment: MLflow experiment name.
-        workers: Rollout workers (Ray actors); 1 runs in-process without Ray, 0 uses the local CPUs. With N
+        workers: Rollout workers: 0 runs the episodes in-process without Ray, N on N Ray actors (1: one actor,
+            which gives exactly the in-process episodes), ``auto`` on one Ray actor per local CPU. With N
             workers, an episode whose plan depends on learning is planned N - 1 episodes behind the learner
-            (in-process: right after the previous one), so a seed gives the same episodes for a given N.
+            by default (``max_staleness``; in-process: right after the previous one), so a seed gives the
+            same episodes for a given N.
+        max_staleness: The staleness bound: an episode whose plan depends on learning is planned exactly when
+            the learner has learned from all but ``max_staleness`` of the episodes before it (its staleness:
+            ``episode - planned_after``), so a seed, a number of workers and a bound give the same episodes.
+            A larger bound lets more plans queue ahead, so workers idle less while the learner trains, with
+            plans from an older actor. ``auto``: workers - 1 (0 in-process and with one worker).
         threads: torch threads per rollout worker (0: local CPUs divided by workers).
         uniform_first: The first episode of a searching agent (random, tpe, ddpg) plays the uniform policy,
             so the search's best is never below the uniform baseline on search-val (with reward ``acc``).
@@ -48,9 +62,10 @@ class SearchConfig:
     baseline: TrainConfig = field(default_factory=TrainConfig)
     checkpoint_every: int = 10
     experiment: str = "amc-search"
-    workers: int = 1
+    workers: int | str = "auto"
     uniform_first: bool = True
     threads: int = 0
+    max_staleness: int | str = "auto"
 
     def __post_init__(self) -> None:
         from agents.base import AGENTS
@@ -58,10 +73,27 @@ class SearchConfig:
         AGENTS.get(self.agent)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
-        if self.workers < 0 or self.threads < 0:
-            raise ConfigError(f"workers and threads must be >= 0 (0: automatic), got {self.workers}, {self.threads}")
+        if self.workers != "auto" and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0
+        ):
+            raise ConfigError(
+                f"workers must be auto (one Ray actor per local CPU), 0 (in-process, no Ray) or N >= 1 Ray actors, "
+                f"got {self.workers!r}"
+            )
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: local CPUs divided by workers), got {self.threads}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        bound = self.max_staleness
+        if bound != "auto" and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 0):
+            raise ConfigError(
+                f"max_staleness must be an integer >= 0 or auto (workers - 1), got {bound!r}; 0 plans every "
+                "learning episode after the learner has learned from all episodes before it"
+            )
+
+    def staleness_bound(self, workers: int) -> int:
+        """``max_staleness`` with ``auto`` resolved for ``workers`` rollout workers (0: in-process)."""
+        return max(0, workers - 1) if self.max_staleness == "auto" else int(self.max_staleness)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> SearchConfig:
@@ -95,8 +127,12 @@ class EpisodeRecord:
 
     Attributes:
         planned_after: Episodes the agent had learned from when it planned this one (None: the plan did not
-            depend on learning, e.g. random and warm-up episodes). In-process it is the episode itself; with
-            N workers it is N - 1 episodes behind (see :class:`agents.search.Search`).
+            depend on learning, e.g. random and warm-up episodes). ``episode - planned_after`` is the plan's
+            staleness: 0 in-process, and the search's staleness bound (``max_staleness``) once the learner
+            has learned from that many episodes (see :class:`agents.search.Search`).
+        latency_ms: Estimated milliseconds per forward pass of the pruned model (latency targets only; None
+            otherwise), from the search's latency table.
+        latency_ratio: ``latency_ms`` as a fraction of the dense model's estimate (a Pareto objective).
     """
 
     episode: int
@@ -106,6 +142,8 @@ class EpisodeRecord:
     params_ratio: float
     ratios: dict[str, float]
     planned_after: int | None = None
+    latency_ms: float | None = None
+    latency_ratio: float | None = None
 
 
 @dataclass
@@ -150,4 +188,16 @@ class SearchResult:
 Hook = Callable[[EpisodeRecord, dict[str, float]], None]
 
 
-__all__ = ["EpisodeRecord", "Hook", "SearchConfig", "SearchResult", "SearchState"]
+def staleness_summary(records: Iterable[EpisodeRecord], bound: int) -> dict[str, Any]:
+    """search.json's ``staleness``: the bound, and the largest and mean staleness of the episodes whose plan
+    depended on learning (``episode - planned_after``; ``max`` and ``mean`` are None when there were none)."""
+    stale = [r.episode - r.planned_after for r in records if r.planned_after is not None]
+    return {
+        "bound": bound,
+        "max": max(stale, default=None),
+        "mean": sum(stale) / len(stale) if stale else None,
+        "episodes": len(stale),
+    }
+
+
+__all__ = ["EpisodeRecord", "Hook", "SearchConfig", "SearchResult", "SearchState", "staleness_summary"]

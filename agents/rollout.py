@@ -7,6 +7,7 @@ gives the same observations, actions, reward and record in any process.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ class EpisodeResult:
         actions: The actions the budget wall let through (what the agent learns from).
         reward: The final reward.
         record: What the episode found.
+        started: Wall-clock time (``time.time()``) the runner started playing it, where it ran.
+        finished: Wall-clock time it finished.
     """
 
     plan: EpisodePlan
@@ -34,6 +37,8 @@ class EpisodeResult:
     actions: list[np.ndarray]
     reward: float
     record: EpisodeRecord
+    started: float = 0.0
+    finished: float = 0.0
 
 
 class EpisodeRunner:
@@ -51,6 +56,7 @@ class EpisodeRunner:
 
     def run(self, plan: EpisodePlan) -> EpisodeResult:
         """Plays ``plan``: one action per group, each bounded by the env's budget wall."""
+        started = time.time()
         act = self._policy(plan, np.random.default_rng(plan.seed))
         obs, _ = self.env.reset(seed=plan.episode)
         observations, actions, done, reward, info = [obs], [], False, 0.0, {}
@@ -60,7 +66,8 @@ class EpisodeRunner:
             # the agent learns from the action the budget wall let through; AMC's code stores the actor's action
             # before the wall instead (a documented difference: the critic then sees the ratio actually applied)
             actions.append(np.array([info["applied_action"]], dtype=np.float32))
-        return EpisodeResult(plan, observations, actions, float(reward), episode_record(plan, float(reward), info))
+        record = episode_record(plan, float(reward), info)
+        return EpisodeResult(plan, observations, actions, float(reward), record, started, time.time())
 
     def _policy(self, plan: EpisodePlan, rng: np.random.Generator):
         if plan.kind == "random":
@@ -92,19 +99,28 @@ def episode_record(plan: EpisodePlan, reward: float, info: dict[str, Any]) -> Ep
         float(info["params_ratio"]),
         {k: float(v) for k, v in info["ratios"].items()},
         plan.planned_after,
+        _optional(info.get("latency_ms")),
+        _optional(info.get("latency_ratio")),
     )
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 class LocalRollouts:
     """One rollout worker in this process: the :class:`EpisodeRunner` of the search's own environment.
 
     Has the interface of :class:`agents.parallel.RolloutPool`: :meth:`free`, :meth:`submit`,
-    :meth:`next_result` and :meth:`shutdown`. A submitted plan runs when its result is asked for.
+    :meth:`next_result`, :meth:`shutdown` and :attr:`timeline`. A submitted plan runs when its result is
+    asked for.
     """
 
     def __init__(self, env: Any, ddpg_config: Any) -> None:
         self.runner = EpisodeRunner(env, ddpg_config)
         self._pending: deque[EpisodePlan] = deque()
+        self.timeline: list[tuple[int, int, float, float]] = []
+        """(worker, episode, started, finished) of every episode played, in the order they finished."""
 
     def free(self) -> int:
         """Workers without an episode."""
@@ -116,7 +132,9 @@ class LocalRollouts:
         self._pending.append(plan)
 
     def next_result(self) -> EpisodeResult:
-        return self.runner.run(self._pending.popleft())
+        result = self.runner.run(self._pending.popleft())
+        self.timeline.append((0, result.plan.episode, result.started, result.finished))
+        return result
 
     def shutdown(self) -> None:
         self._pending.clear()

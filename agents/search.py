@@ -24,7 +24,7 @@ from typing import Any
 
 from agents.base import EpisodePlan, SearchAgent, create_agent, uniform_plan
 from agents.outputs import write_outputs
-from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState
+from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState, target_label
 from agents.rollout import EpisodeResult, EpisodeRunner, LocalRollouts
 from amc.config import flatten, save_yaml
 from amc.errors import ConfigError
@@ -150,10 +150,11 @@ class Search:
     """Runs (or resumes) one search and writes its outputs.
 
     The agent plans episodes and learns from finished ones in episode order; an
-    :class:`agents.rollout.EpisodeRunner` plays the plans, in this process (one worker, no Ray) or on
+    :class:`agents.rollout.EpisodeRunner` plays the plans, in this process (``workers`` 0, no Ray) or on
     ``workers`` Ray actors. A plan that depends on learning (see :meth:`SearchAgent.fixed_plan`) is made
-    exactly when the agent has learned from ``episode - workers + 1`` episodes (in-process: right after the
-    previous episode), whichever worker finishes first, so a seed and a number of workers give the same
+    exactly when the agent has learned from ``episode - max_staleness`` episodes (the staleness bound,
+    ``config.max_staleness``; by default ``workers - 1``, and 0 in-process or with one worker: right after
+    the previous episode), whichever worker finishes first, so a seed, a number of workers and a bound give the same
     episodes every time, and one Ray worker gives the same episodes as in-process. Plans that do not depend
     on learning (random, warm-up) are made early for idle workers. Every checkpoint keeps the plans made
     and not yet learned from, so a resumed search continues exactly.
@@ -163,8 +164,9 @@ class Search:
         out: Search directory.
         tracker: An :class:`amc.service.tracking.RunTracker` or None (no MLflow).
         progress: Show progress (a bar on a terminal, else a line every few seconds; see :mod:`amc.progress`).
-        ray: Play the episodes on Ray actors (None: when there is more than one worker). False with more
-            than one worker plays them one at a time in this process, planned as ``workers`` workers would.
+        ray: Play the episodes on Ray actors (None: unless ``workers`` is 0; True with 0 workers: one actor).
+            False with workers plays them one at a time in this process, planned as on the workers (the
+            same staleness bound).
         workspace: Your own model and data (:func:`amc.engine.workspace_for`) instead of the config's
             registry model, data set and checkpoint.
     """
@@ -178,7 +180,7 @@ class Search:
         ray: bool | None = None,
         workspace: Any = None,
     ) -> None:
-        from agents.parallel import build_env, local_cpus
+        from agents.parallel import build_env, rollout_workers
         from amc.engine import build_workspace
 
         self.config, self.out, self.tracker, self.progress = config, out, tracker, progress
@@ -190,8 +192,11 @@ class Search:
         self.agent = create_agent(config.agent, self.env, config.ddpg, config.seed)
         self.state = _load_checkpoint(out, self.agent)
         self.total = 1 if self.agent.single_episode else config.episodes
-        self.workers = 1 if self.agent.single_episode else (config.workers or local_cpus())
-        self.uses_ray = self.workers > 1 if ray is None else ray
+        self.workers = 0 if self.agent.single_episode else rollout_workers(config.workers)
+        """Ray rollout actors (0: in-process)."""
+        self.uses_ray = self.workers > 0 if ray is None else ray
+        self.max_staleness = config.staleness_bound(self.workers)
+        """The staleness bound: plans that depend on learning are made this many episodes behind the learner."""
         self.pool: Any = None
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
@@ -210,7 +215,7 @@ class Search:
         if self.uses_ray:
             from agents.parallel import RolloutPool
 
-            self.pool = RolloutPool(self.payload, self.workers, self.config.ddpg, self.config.threads)
+            self.pool = RolloutPool(self.payload, max(1, self.workers), self.config.ddpg, self.config.threads)
         else:
             self.pool = LocalRollouts(self.env, self.config.ddpg)
         self._queue: deque[int] = deque(sorted(self.state.plans))  # planned, not yet handed to a worker
@@ -231,8 +236,8 @@ class Search:
             self.pool.shutdown()
 
     def _plan_due(self) -> None:
-        """Plans every episode that is at most ``workers - 1`` episodes ahead of the learner."""
-        while self._next_plan < min(self.total, self.state.episode + self.workers):
+        """Plans every episode that is at most ``max_staleness`` episodes ahead of the learner."""
+        while self._next_plan < min(self.total, self.state.episode + self.max_staleness + 1):
             self._plan_next()
 
     def _hand_out(self) -> None:
@@ -289,15 +294,21 @@ class Search:
 
     def finish(self) -> SearchResult:
         """Evaluates the best policy on the test split and writes the outputs."""
-        return write_outputs(self.env, self.state, self.config, self.out, self.tracker)
+        return write_outputs(self.env, self.state, self.config, self.out, self.tracker, self.max_staleness)
 
 
 EPISODE_METRICS = ("reward", "top1", "flops_ratio", "params_ratio")
 
 
 def episode_metrics(record: Mapping[str, Any], best: Mapping[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of one episode record (a dict of :class:`EpisodeRecord`) and the best so far."""
-    return {**{k: record[k] for k in EPISODE_METRICS}, "best_reward": best["reward"], "best_top1": best["top1"]}
+    """The MLflow metrics of one episode record (a dict of :class:`EpisodeRecord`) and the best so far.
+
+    ``staleness`` (``episode - planned_after``) is logged for the episodes whose plan depended on learning.
+    """
+    metrics = {**{k: record[k] for k in EPISODE_METRICS}, "best_reward": best["reward"], "best_top1": best["top1"]}
+    if record.get("planned_after") is not None:
+        metrics["staleness"] = record["episode"] - record["planned_after"]
+    return metrics
 
 
 def agent_metrics(stats: Mapping[str, float]) -> dict[str, float]:
@@ -335,6 +346,28 @@ def _fmt(noise: float | None) -> str:
     return "-" if noise is None else f"{noise:.3f}"
 
 
+LEGACY_WORKERS = {0: "auto", 1: 0}
+"""``workers`` of a search directory written before ``max_staleness`` existed, in today's terms (it then meant
+0: one Ray actor per local CPU, 1: in-process; N > 1 is unchanged)."""
+
+
+def stored_config(out: Path) -> SearchConfig:
+    """The config of the search in ``out`` (its ``config.yaml``, which ``--resume`` continues with).
+
+    A ``config.yaml`` without ``max_staleness`` was written by an older amc-search, which counted
+    ``workers`` differently (see :data:`LEGACY_WORKERS`); its workers are read in today's terms, so the
+    search resumes on the same workers with the same schedule.
+    """
+    from amc.config import parse_yaml
+
+    path = out / "config.yaml"
+    config = SearchConfig.from_yaml(path)
+    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    if "max_staleness" not in raw and config.workers in LEGACY_WORKERS:
+        config = config.replace(workers=LEGACY_WORKERS[config.workers])
+    return config
+
+
 def check_out_dir(out: Path, resume: bool) -> None:
     """Refuses to overwrite a search; ``--resume`` needs one."""
     has_search = (out / "config.yaml").is_file()
@@ -351,6 +384,7 @@ def start_tracker(
     out: Path,
     parent_run_id: str | None = None,
     artifact_root: str | None = None,
+    staleness_bound: int | None = None,
 ) -> Any:
     """Opens the MLflow run of a search (a new one, or the resumed search's run).
 
@@ -362,6 +396,8 @@ def start_tracker(
         parent_run_id: Makes a new run the child of this one.
         artifact_root: Artifact root of the experiment if it is created now (see
             :func:`amc.service.tracking.experiment_artifact_location`).
+        staleness_bound: The search's staleness bound, a param of a new run (``staleness_bound``; a resumed
+            run keeps its first value, and the metric of the same name, logged at the end, the latest).
     """
     from amc.service.tracking import RunTracker, resolve_tracking_uri
 
@@ -370,7 +406,7 @@ def start_tracker(
         tracker = RunTracker(uri, config.experiment, run_id=state.run_id)
         _relog_missing(tracker, state)
     else:
-        name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}"
+        name = f"{config.env.model}-{target_label(config.env)}-{config.agent}-s{config.seed}"
         tracker = RunTracker(
             uri,
             config.experiment,
@@ -379,9 +415,14 @@ def start_tracker(
             tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
             artifact_root=artifact_root,
         )
-        tracker.log_params(flatten(config))
+        tracker.log_params({**flatten(config), **run_params(staleness_bound)})
         state.run_id, state.tracking_uri = tracker.run_id, uri
     return tracker
+
+
+def run_params(staleness_bound: int | None) -> dict[str, Any]:
+    """The params of a search's run besides its config: the staleness bound in effect (when known)."""
+    return {} if staleness_bound is None else {"staleness_bound": staleness_bound}
 
 
 def _relog_missing(tracker: Any, state: SearchState) -> None:
@@ -440,8 +481,9 @@ def run_search(
             workspace's name).
     """
     check_out_dir(out, resume)
+    created = not out.exists()
     if resume:
-        stored = SearchConfig.from_yaml(out / "config.yaml")
+        stored = stored_config(out)
         config = (
             stored.replace(episodes=max(config.episodes, stored.episodes), workers=config.workers)
             if config is not None
@@ -459,15 +501,19 @@ def run_search(
             config = config.replace(env=config.env.replace(model=workspace.spec.name, data=data, checkpoint=""))
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(config, out / "config.yaml")
-    search = Search(config, out, None, progress, workspace=workspace)
     try:
+        search = Search(config, out, None, progress, workspace=workspace)
         started_ray = _init_ray(address) if search.uses_ray else False
     except BaseException:
-        if not resume:  # nothing ran: the same command works again once the cluster can be joined
+        if not resume:  # nothing ran (a budget out of reach, no cluster): the same command works once fixed
             (out / "config.yaml").unlink(missing_ok=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
         raise
     if track:
-        search.tracker = start_tracker(config, search.state, tracking_uri, out, parent_run_id, artifact_root)
+        search.tracker = start_tracker(
+            config, search.state, tracking_uri, out, parent_run_id, artifact_root, search.max_staleness
+        )
     try:
         return search.run(on_episode)
     except BaseException:
@@ -488,4 +534,13 @@ def _init_ray(address: str | None) -> bool:
     return init_ray(address)
 
 
-__all__ = ["EpisodeRecord", "Search", "SearchConfig", "SearchResult", "run_episode", "run_search", "save_yaml"]
+__all__ = [
+    "EpisodeRecord",
+    "Search",
+    "SearchConfig",
+    "SearchResult",
+    "run_episode",
+    "run_search",
+    "save_yaml",
+    "stored_config",
+]

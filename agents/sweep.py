@@ -1,6 +1,7 @@
 """Sweeps of searches on Ray Tune: a grid of targets x seeds x rewards (x agents), one trial per search.
 
-Each trial runs one search (without tracking) and reserves CPU bundles for its own rollout workers.
+Each trial runs one search (without tracking) and reserves CPU bundles for its own rollout workers (with
+``workers: auto`` each trial runs in-process: Tune runs the trials in parallel).
 The driver is the only MLflow writer: when the sweep ends it creates a parent run for the sweep and
 one child run per trial (config as params, per-episode metrics, the search's artifacts), so a SQLite
 store is never written concurrently.
@@ -16,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from agents.outputs import log_final
-from agents.search import SearchConfig, checkpointed_agent_stats, resolve_checkpoint, run_search, search_metrics
+from agents.records import target_label
+from agents.search import (
+    SearchConfig,
+    checkpointed_agent_stats,
+    resolve_checkpoint,
+    run_params,
+    run_search,
+    search_metrics,
+)
 from amc.config import flatten, load_yaml
 from amc.errors import ConfigError
 
@@ -124,10 +133,11 @@ def run_sweep(
     base = resolve_checkpoint(base, cache_dir)  # train the shared baseline once, before the trials
     base = dataclasses.replace(base, env=base.env.replace(checkpoint=str(Path(base.env.checkpoint).resolve())))
     out = out.resolve()
+    if base.workers == "auto":  # Tune runs the trials in parallel: each one plays its episodes in-process
+        base = base.replace(workers=0)
     started = init_ray(address)
     try:
-        workers = base.workers or 1
-        bundles = [{"CPU": 1}] + ([{"CPU": 1}] * workers if workers > 1 else [])
+        bundles = [{"CPU": 1}] * (1 + base.workers)  # the trial's driver and its rollout actors
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base=base, root=str(out / "trials")), tune.PlacementGroupFactory(bundles)
         )
@@ -202,7 +212,7 @@ def log_search_dir(
 
     config = SearchConfig.from_yaml(out / "config.yaml")
     summary = json.loads((out / "search.json").read_text())
-    name = f"{config.env.model}-{config.env.target_metric}{config.env.target_ratio:g}-{config.agent}-s{config.seed}-{config.env.reward}"
+    name = f"{config.env.model}-{target_label(config.env)}-{config.agent}-s{config.seed}-{config.env.reward}"
     tracker = RunTracker(
         uri,
         experiment,
@@ -211,7 +221,7 @@ def log_search_dir(
         tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
         artifact_root=artifact_root,
     )
-    tracker.log_params(flatten(config))
+    tracker.log_params({**flatten(config), **run_params(summary.get("staleness", {}).get("bound"))})
     for episode, metrics in search_metrics(summary["episodes"], checkpointed_agent_stats(out)):
         tracker.log_metrics(metrics, step=episode)
     log_final(tracker, out, summary)

@@ -59,6 +59,9 @@ def count_cost(model: nn.Module, example_inputs: torch.Tensor) -> Cost:
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 """Data types latency can be measured in (model weights and inputs)."""
+LATENCY_BACKENDS = ("torch", "onnxruntime")
+"""What runs the forward passes latency is measured on: eager PyTorch, or the model exported to ONNX and run
+by ONNX Runtime (:mod:`amc.onnx_latency`)."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,15 @@ class LatencyConfig:
         dtype: Data type of weights and inputs: ``float32``, ``float16`` or ``bfloat16``.
         grid: Widths measured per channel axis of each layer by the latency cost model
             (:mod:`amc.latency`), which interpolates between them; at least 2.
+        backend: What runs the forward passes (:data:`LATENCY_BACKENDS`): ``torch`` (eager PyTorch, as
+            ``amc prune`` outputs run) or ``onnxruntime`` (the model exported to ONNX, run by an ONNX Runtime
+            session with its default graph optimisations and ``threads`` intra-op threads; see
+            :mod:`amc.onnx_latency`).
 
     Raises:
         ConfigError: on a non-positive ``min_run_time`` or ``batch_size``, a negative ``threads``, an unknown
-            device or dtype, or ``grid`` below 2. Whether a CUDA device exists is checked when measuring
+            device, dtype or backend, ``grid`` below 2, or ``bfloat16`` with ``onnxruntime``. Whether a CUDA
+            device (and for ``onnxruntime`` its CUDA provider) exists is checked when measuring
             (:meth:`check_available`), so a config written on a GPU machine still loads elsewhere.
     """
 
@@ -87,6 +95,7 @@ class LatencyConfig:
     min_run_time: float = 0.2
     dtype: str = "float32"
     grid: int = 5
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         if isinstance(self.min_run_time, bool) or not self.min_run_time > 0 or not math.isfinite(self.min_run_time):
@@ -104,6 +113,13 @@ class LatencyConfig:
             raise ConfigError(f"latency dtype {self.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
         if not _DEVICE.fullmatch(str(self.device)):
             raise ConfigError(f"latency device {self.device!r} is unknown; use cpu, cuda or cuda:N")
+        if self.backend not in LATENCY_BACKENDS:
+            raise ConfigError(f"backend {self.backend!r} is unknown; use one of {', '.join(LATENCY_BACKENDS)}")
+        if self.backend == "onnxruntime" and self.dtype == "bfloat16":
+            raise ConfigError(
+                "dtype 'bfloat16' cannot be measured with backend onnxruntime (it has no bfloat16 convolutions); "
+                "use float32 or float16"
+            )
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -114,7 +130,12 @@ class LatencyConfig:
         return int(self.threads or torch.get_num_threads())
 
     def check_available(self) -> None:
-        """Raises ConfigError when the device does not exist on this machine (a CUDA device without a GPU)."""
+        """Raises ConfigError when the device does not exist on this machine (a CUDA device without a GPU), or
+        the backend cannot run on it (``onnxruntime`` not installed, or without its CUDA provider)."""
+        if self.backend == "onnxruntime":
+            from amc.onnx_latency import check_available
+
+            check_available(self.device)
         if self.device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise ConfigError(
@@ -160,27 +181,41 @@ class LatencyStats:
 def latency_stats(
     model: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig = LatencyConfig()
 ) -> LatencyStats:
-    """Median and interquartile range of one forward pass, over ``torch.utils.benchmark``'s blocked runs."""
+    """Median, interquartile range and fastest of the timed blocks of one forward pass (:func:`_blocks`).
+
+    With ``config.backend`` ``onnxruntime`` the model is exported to ONNX and one run of its ONNX Runtime
+    session (:func:`amc.onnx_latency.onnx_runner`) is timed the same way: a warm-up, then blocked runs.
+    """
     # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on machines without CUDA: not
     # the user's concern when timing a forward pass
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
     config.check_available()
+    threads = config.effective_threads()
+    if config.backend == "onnxruntime":
+        from amc.onnx_latency import onnx_runner
+
+        run = onnx_runner(
+            model, torch.randn(config.batch_size, *input_shape, dtype=config.torch_dtype), threads, config.device
+        )
+        run()  # warm-up
+        return _stats(
+            _blocks(benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads), config.min_run_time)
+        )
     device = torch.device(config.device)
     if device.type != "cpu" or config.dtype != "float32":
         model = copy.deepcopy(model)  # measure a copy: the caller's model stays where and what it was
     was_training = model.training
     model = model.to(device=device, dtype=config.torch_dtype).eval()
     x = torch.randn(config.batch_size, *input_shape, device=device, dtype=config.torch_dtype)
-    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=config.effective_threads())
+    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads)
     try:
         model(x)  # warm-up
         times = _blocks(timer, config.min_run_time)
     finally:
         model.train(was_training)
-    q1, median, q3 = (float(v) * 1e3 for v in torch.tensor(times, dtype=torch.float64).quantile(QUARTILES))
-    return LatencyStats(median, q3 - q1, len(times), min(times) * 1e3)
+    return _stats(times)
 
 
 BLOCKS = 16
@@ -205,6 +240,11 @@ def _blocks(timer: Any, min_run_time: float) -> list[float]:
         if per_run * number > 4 * target:
             number = max(1, int(target / per_run))
     return times
+
+
+def _stats(times: list[float]) -> LatencyStats:
+    q1, median, q3 = (float(v) * 1e3 for v in torch.tensor(times, dtype=torch.float64).quantile(QUARTILES))
+    return LatencyStats(median, q3 - q1, len(times), min(times) * 1e3)
 
 
 class LatencyCache:

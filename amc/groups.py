@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -85,6 +86,58 @@ def _scaled(total: int, parts: dict[int, int], keep: Mapping[int, int], dense: M
     for g, n in parts.items():
         kept += n * keep[g] // dense[g] - n
     return kept
+
+
+class _CostVectors:
+    """The cost table as integer arrays: :meth:`ModelGraph.estimate` in a few array operations instead of a
+    Python loop over the modules (it runs twice per episode step, for the budget wall and the observation;
+    on ResNet-56 about 5x faster). Computes exactly what :func:`_module_flops_params` summed over the modules does.
+
+    Args:
+        costs: The cost table's entries.
+        dense: Dense channels per group index.
+    """
+
+    def __init__(self, costs: Sequence[_ModuleCost], dense: Sequence[int]) -> None:
+        def ints(values: object) -> np.ndarray:
+            return np.fromiter(values, dtype=np.int64, count=len(costs))  # type: ignore[arg-type]
+
+        self.dense = np.asarray(dense, dtype=np.int64)
+        self.norm = np.array([mc.kind == "norm" for mc in costs], dtype=bool)
+        self.depthwise = np.array([mc.kind == "depthwise" for mc in costs], dtype=bool)
+        self.out_features = ints(mc.out_features for mc in costs)
+        self.in_features = ints(mc.in_features for mc in costs)
+        self.conv_groups = ints(mc.conv_groups for mc in costs)
+        self.flops_unit = ints(mc.flops_unit for mc in costs)
+        self.weight_unit = ints(mc.weight_unit for mc in costs)
+        self.bias = ints(int(mc.has_bias) for mc in costs)
+        self.norm_params = ints(mc.norm_params_per_channel for mc in costs)
+        self.out_parts = self._parts([mc.out_parts for mc in costs])
+        self.in_parts = self._parts([mc.in_parts for mc in costs])
+
+    @staticmethod
+    def _parts(parts: list[dict[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(module position, group index, channels) of every module's part, as three arrays."""
+        rows = [(m, g, n) for m, module_parts in enumerate(parts) for g, n in module_parts.items()]
+        return tuple(np.asarray([r[i] for r in rows], dtype=np.int64) for i in range(3))  # type: ignore[return-value]
+
+    def _scaled(
+        self, total: np.ndarray, parts: tuple[np.ndarray, np.ndarray, np.ndarray], keep: np.ndarray
+    ) -> np.ndarray:
+        modules, groups, n = parts
+        if not len(modules):
+            return total
+        delta = n * keep[groups] // self.dense[groups] - n
+        return total + np.bincount(modules, weights=delta, minlength=len(total)).astype(np.int64)  # exact: small ints
+
+    def estimate(self, keep: np.ndarray) -> tuple[int, int]:
+        """FLOPs and params of the modelled modules with ``keep[i]`` channels in group ``i``."""
+        out_f = self._scaled(self.out_features, self.out_parts, keep)
+        in_f = self._scaled(self.in_features, self.in_parts, keep)
+        in_per_group = np.where(self.depthwise, self.in_features, in_f) // self.conv_groups
+        flops = np.where(self.norm, 0, self.flops_unit * in_per_group * out_f)
+        params = np.where(self.norm, self.norm_params * out_f, (self.weight_unit * in_per_group + self.bias) * out_f)
+        return int(flops.sum()), int(params.sum())
 
 
 def _module_flops_params(mc: _ModuleCost, keep: Mapping[int, int], dense: Mapping[int, int]) -> tuple[int, int]:
@@ -175,6 +228,7 @@ class ModelGraph:
         self.groups = self._describe(model, raw_groups, shapes)
         self.dense_cost = count_cost(model, self.example_inputs)
         self._costs = self._cost_table(model, raw_groups, shapes)
+        self._vectors = _CostVectors(list(self._costs.values()), [g.channels for g in self.groups])
         modelled = self._estimate_raw({g.index: g.channels for g in self.groups})
         self._other = Cost(self.dense_cost.flops - modelled.flops, self.dense_cost.params - modelled.params)
         self._fill_group_flops()
@@ -258,11 +312,7 @@ class ModelGraph:
         return table
 
     def _estimate_raw(self, keep: Mapping[int, int]) -> Cost:
-        dense = {g.index: g.channels for g in self.groups}
-        flops = params = 0
-        for mc in self._costs.values():
-            f, p = _module_flops_params(mc, keep, dense)
-            flops, params = flops + f, params + p
+        flops, params = self._vectors.estimate(np.array([keep[g.index] for g in self.groups], dtype=np.int64))
         return Cost(flops, params)
 
     def _fill_group_flops(self) -> None:

@@ -46,7 +46,8 @@ narrower layer can take longer than a wider one; the monotone grid splits such a
 once more and keeps the smaller value (noise on a busy machine only adds time).
 
 **Cache.** Entries are cached on disk per device fingerprint (CPU model, machine, torch version, thread
-count, batch size, dtype, device and GPU name) in ``<cache>/latency/<fingerprint hash>.json``, where
+count, batch size, dtype, device, GPU name, latency backend and onnxruntime version) in
+``<cache>/latency/<fingerprint hash>.json``, where
 ``<cache>`` is :func:`amc.baseline.default_cache_dir`; within a file each entry is keyed by op, input and
 output channels, spatial size, kernel, stride, padding, dilation, groups, bias and tail, and each dense
 model by its architecture hash and input shape (and a pruned calibration model also by its widths). A
@@ -76,6 +77,7 @@ from amc.cost import LatencyConfig, latency_stats
 from amc.errors import ConfigError
 from amc.files import write_json_atomic
 from amc.groups import CONV_TYPES, ModelGraph, is_depthwise
+from amc.onnx_latency import runtime_version
 from amc.policy import architecture_hash
 from amc.progress import Progress
 from amc.pruning import prune_channels
@@ -170,6 +172,8 @@ def device_fingerprint(config: LatencyConfig) -> dict[str, Any]:
         "dtype": config.dtype,
         "device": config.device,
         "gpu": gpu,
+        "backend": config.backend,
+        "onnxruntime": runtime_version() if config.backend == "onnxruntime" else None,
         "version": TABLE_VERSION,
     }
 

@@ -8,8 +8,10 @@ config=EnvConfig(...))`` after ``import envs``) or from your own model and data 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -23,10 +25,10 @@ from torch import nn
 from amc.cost import Cost, LatencyConfig
 from amc.data import DataConfig
 from amc.engine import Workspace, build_workspace, smallest_ratio
-from amc.errors import AmcError, ConfigError
+from amc.errors import AmcError, BudgetError, ConfigError
 from amc.groups import ModelGraph
 from amc.policy import ModelIdentity, Policy, Target
-from amc.pruning import CRITERIA, DEFAULT_CRITERION, prune_channels, widths_for
+from amc.pruning import CRITERIA, DEFAULT_CRITERION, ChannelPruner, prune_channels, widths_for
 from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 from envs.budget import BudgetWall, fewest_widths
@@ -58,6 +60,10 @@ class EnvConfig:
             built or read from the cache when the env is built; see :mod:`amc.latency`).
         target_ratio: Fraction of the dense cost the pruned model may keep, in (0, 1] (for ``latency``: of
             the dense model's estimated latency, which is its measured latency).
+        target_ms: With ``target_metric: latency``, an absolute budget in milliseconds per forward pass
+            instead of ``target_ratio`` (None: use ``target_ratio``). The env turns it into the ratio
+            ``target_ms / dense latency`` once the latency table is built (:attr:`ChannelPruningEnv.target`),
+            and refuses a budget at or above the dense model's latency (nothing to prune).
         min_ratio: Pruning ratio (fraction of channels removed) that action -1 maps to.
         max_ratio: Pruning ratio that action +1 maps to; below 1.
         reward: Reward name in :data:`envs.rewards.REWARDS` (``acc``, ``acc_log_flops``, ``acc_size``).
@@ -93,6 +99,7 @@ class EnvConfig:
     checkpoint: str | None = None
     target_metric: str = "flops"
     target_ratio: float = 0.5
+    target_ms: float | None = None
     min_ratio: float = 0.0
     max_ratio: float = 0.8
     reward: str = "acc"
@@ -137,6 +144,7 @@ class EnvConfig:
             raise ConfigError(
                 f"target_ratio {self.target_ratio} must be in (0, 1] (the kept fraction of the dense cost)"
             )
+        self._check_target_ms()
         for name, value, low in (
             ("round_to", self.round_to, 1),
             ("bn_batches", self.bn_batches, 0),
@@ -151,6 +159,19 @@ class EnvConfig:
         REWARDS.get(self.reward)
         CRITERIA.get(self.criterion)
         create_reward(self.reward, self.size_lambda)  # validates size_lambda
+
+    def _check_target_ms(self) -> None:
+        if self.target_ms is None:
+            return
+        if isinstance(self.target_ms, bool) or not isinstance(self.target_ms, (int, float)):
+            raise ConfigError(f"target_ms must be a number of milliseconds, got {self.target_ms!r}")
+        if not (math.isfinite(self.target_ms) and self.target_ms > 0):
+            raise ConfigError(f"target_ms must be a positive number of milliseconds, got {self.target_ms!r}")
+        if self.target_metric != "latency":
+            raise ConfigError(
+                f"target_ms budgets milliseconds and needs target_metric: latency (got {self.target_metric!r}); "
+                "set target_metric: latency, or budget with target_ratio"
+            )
 
     def _check_reconstruct(self) -> None:
         if not isinstance(self.reconstruct, bool):
@@ -186,13 +207,16 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     One episode walks the model's prunable dependency groups in forward order and decides, for each,
     the fraction of channels to remove. At the last group the model is pruned physically (channels
-    removed with the configured importance criterion, by :func:`amc.pruning.prune_channels`, the code
-    that applies exported policies), optionally its layers are refitted to the dense layers' outputs
+    removed with the configured importance criterion by :class:`amc.pruning.ChannelPruner`: the result of
+    :func:`amc.pruning.prune_channels`, the code that applies exported policies, from one working copy
+    restored in place instead of a fresh copy and trace per episode), optionally its layers are refitted to the dense layers' outputs
     (``config.reconstruct``, AMC's channel reconstruction), its BatchNorm statistics are re-estimated on
     a few fixed training batches, and it is evaluated on the search-val split without fine-tuning.
-    Physical removal was measured cheaper than masking a persistent dense copy (digits ResNet-20, 50%
-    FLOPs target: masked episodes took 1.13-1.26x as long with random policies and 1.03x with policies
-    at the target, since their forward passes run at full width); see ``experiments/bench/episode_cost.py``.
+    Physical removal was measured cheaper than masking a persistent dense copy (digits ResNet-20 and
+    ResNet-56, 50% FLOPs target, one thread: masked episodes took 1.4-1.5x as long with random policies and
+    1.2x with policies at the target, since their forward passes run at full width); an episode costs 1.14-1.15x its BatchNorm re-estimation
+    and evaluation forward passes (1.21-1.23x with a fresh copy pruned per episode); see
+    ``experiments/bench/episode_cost.py``.
 
     ## Observation
     ``Box(0, 1, (11,), float32)``: AMC's layer embedding of the group about to be decided: index,
@@ -222,7 +246,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     The episode terminates after the last group (one step per group, ``len(env.group_names)`` steps);
     it is never truncated. The last step's ``info`` holds ``top1``, ``flops``, ``params``,
     ``flops_ratio``, ``params_ratio``, ``cost_ratio`` (exact counts) and ``ratios`` (group name ->
-    pruning ratio; ``amc.pruning.widths_for`` turns them back into the same widths).
+    pruning ratio; ``amc.pruning.widths_for`` turns them back into the same widths); with a latency
+    target also ``latency_ms`` and ``latency_ratio`` (the estimate).
 
     ## Determinism
     The environment draws no random numbers of its own: ``reset(seed=...)`` seeds Gymnasium's
@@ -283,14 +308,30 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
                 f"budgets {self.config.target_metric!r} of its own"
             )
         self.cost_model: CostModel = cost_model
-        self.wall = BudgetWall(
-            self.graph.groups,
-            self.cost_model,
-            self.config.target_ratio,
-            self.config.min_ratio,
-            self.config.max_ratio,
-            self.config.round_to,
-        )
+        if self.config.target_ms is not None:
+            self.config = dataclasses.replace(self.config, target_ratio=self._ms_to_ratio(self.config.target_ms))
+            self.target = Target(self.config.target_metric, self.config.target_ratio)
+        try:
+            self.wall = BudgetWall(
+                self.graph.groups,
+                self.cost_model,
+                self.config.target_ratio,
+                self.config.min_ratio,
+                self.config.max_ratio,
+                self.config.round_to,
+            )
+        except BudgetError:
+            if self.config.target_ms is None:
+                raise
+            fewest = fewest_widths(
+                self.graph.groups, self.config.min_ratio, self.config.max_ratio, self.config.round_to
+            )
+            raise BudgetError(
+                f"target_ms {self.config.target_ms:g} is out of reach: with every group pruned at "
+                f"max_ratio={self.config.max_ratio} the model is still estimated at "
+                f"{self.cost_model.cost(fewest):.3f} ms (dense {self.cost_model.dense:.3f} ms, as measured with "
+                "env.latency); raise target_ms or max_ratio"
+            ) from None
         self.reward_fn: Reward = create_reward(self.config.reward, self.config.size_lambda)
         self.identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), _num_classes(model, self.graph))
         self._embedding = LayerEmbedding(self.graph.groups)
@@ -303,6 +344,17 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._kept: dict[str, int] = {}
         self._ratios: dict[str, float] = {}
         self._last_model: nn.Module | None = None
+        self._pruners: dict[str, ChannelPruner] = {}
+
+    def _ms_to_ratio(self, target_ms: float) -> float:
+        """The fraction of the dense model's estimated latency that ``target_ms`` milliseconds is."""
+        dense = self.cost_model.dense
+        if target_ms >= dense:
+            raise ConfigError(
+                f"target_ms {target_ms:g} is not below the dense model's latency on this machine "
+                f"({dense:.3f} ms, as measured with env.latency); nothing needs pruning: lower target_ms"
+            )
+        return target_ms / dense
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -368,22 +420,28 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ``top1``, ``flops``, ``params``, ``flops_ratio``, ``params_ratio``, ``cost_ratio`` and
             ``meets_target`` (1.0 or 0.0).
         """
-        outcome = self.evaluation(ratios, split).outcome
-        widths = widths_for(self.graph, ratios, self.config.round_to)
+        widths = self._widths(ratios)
+        outcome = self._evaluate_widths(widths, split, "ratios").outcome
         return {**_outcome_dict(outcome), "meets_target": float(self.wall.meets(widths))}
 
     def evaluation(self, ratios: Mapping[str, float], split: str = "val") -> Evaluation:
-        """Like :meth:`evaluate_ratios`, but returns the pruned, recalibrated model with its outcome."""
+        """Like :meth:`evaluate_ratios`, but returns the pruned, recalibrated model (yours to keep) with its outcome."""
+        evaluation = self._evaluate_widths(self._widths(ratios), split, "ratios")
+        return Evaluation(copy.deepcopy(evaluation.model), evaluation.outcome)
+
+    def _widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
         unknown = sorted(set(ratios) - set(self.group_names))
         if unknown:
             raise ConfigError(f"no prunable groups named {', '.join(unknown)}; groups: {', '.join(self.group_names)}")
-        return self._evaluate_widths(widths_for(self.graph, ratios, self.config.round_to), split)
+        return widths_for(self.graph, ratios, self.config.round_to)
 
     @property
     def last_model(self) -> nn.Module | None:
         """The pruned model of the last finished episode (``None`` before one); read-only.
 
-        The last step's ``info`` carries everything else about the episode (``ratios``, ``top1``, costs).
+        The next episode prunes into the same model object (see :class:`amc.pruning.ChannelPruner`):
+        ``copy.deepcopy`` it to keep it. The last step's ``info`` carries everything else about the
+        episode (``ratios``, ``top1``, costs).
         """
         return self._last_model
 
@@ -397,16 +455,38 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ``latency_ms_estimated``, ``latency_ms_measured``, ``dense_latency_ms_estimated`` and
             ``dense_latency_ms_measured``.
         """
+        (report,), dense = self.latency_reports([ratios])
+        return {**report, **dense}
+
+    def latency_reports(
+        self, policies: Sequence[Mapping[str, float]], rounds: int = 3
+    ) -> tuple[list[dict[str, float]], dict[str, float]]:
+        """Estimated and measured latency of the models pruned by each of ``policies``, and the dense model's.
+
+        Every policy is applied physically; each round measures the dense model, then every pruned model,
+        with the table's settings, and each figure is the median over ``rounds`` (so the dense model and
+        the policies see the same machine load).
+
+        Returns:
+            Per policy ``latency_ms_estimated`` and ``latency_ms_measured``; and ``dense_latency_ms_estimated``
+            and ``dense_latency_ms_measured``.
+
+        Raises:
+            ConfigError: when the env does not budget latency.
+        """
         if not isinstance(self.cost_model, LatencyCost):
             raise ConfigError(f"latency_report needs a latency target; this env budgets {self.config.target_metric}")
-        widths = widths_for(self.graph, ratios, self.config.round_to)
+        widths = [widths_for(self.graph, ratios, self.config.round_to) for ratios in policies]
         with single_threaded():
-            pruned = prune_channels(self.model, self.graph, widths, self.config.criterion, self._grad_batch).model
-        return {
-            "latency_ms_estimated": self.cost_model.cost(widths),
-            "dense_latency_ms_estimated": self.cost_model.dense,
-            **self.cost_model.measure(self.model, pruned),
-        }
+            pruned = [
+                prune_channels(self.model, self.graph, w, self.config.criterion, self._grad_batch).model for w in widths
+            ]
+        measured, dense_ms = self.cost_model.measure_many(self.model, pruned, rounds)
+        reports = [
+            {"latency_ms_estimated": self.cost_model.cost(w), "latency_ms_measured": ms}
+            for w, ms in zip(widths, measured)
+        ]
+        return reports, {"dense_latency_ms_estimated": self.cost_model.dense, "dense_latency_ms_measured": dense_ms}
 
     def uniform_ratios(self) -> dict[str, float]:
         """The smallest ratio, the same for every group, that meets the target (the uniform baseline)."""
@@ -478,17 +558,31 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------------ internals
     def _finish(self, info: dict[str, Any]) -> float:
         """Evaluates the episode's widths, fills the last step's ``info`` and returns the reward."""
-        evaluation = self._evaluate_widths(dict(self._kept), "val")
+        evaluation = self._evaluate_widths(dict(self._kept), "val", "episode")
         reward = self.reward_fn(evaluation.outcome)
         info.update(_outcome_dict(evaluation.outcome))
+        if self.cost_model.metric == "latency":
+            info["latency_ratio"] = evaluation.outcome.cost_ratio
+            info["latency_ms"] = evaluation.outcome.cost_ratio * self.cost_model.dense
         info["ratios"] = dict(self._ratios)
         self._last_model = evaluation.model
         return reward
 
-    def _evaluate_widths(self, widths: Mapping[str, int], split: str) -> Evaluation:
-        """Prunes the dense model to ``widths``, reconstructs (if on), recalibrates, evaluates, counts costs."""
+    def _pruner(self, role: str) -> ChannelPruner:
+        """The pruner of ``role``: ``episode`` (its model is :attr:`last_model`) or ``ratios``; built on first use."""
+        if role not in self._pruners:
+            with single_threaded():
+                self._pruners[role] = ChannelPruner(self.model, self.graph, self.config.criterion, self._grad_batch)
+        return self._pruners[role]
+
+    def _evaluate_widths(self, widths: Mapping[str, int], split: str, role: str) -> Evaluation:
+        """Prunes the dense model to ``widths``, reconstructs (if on), recalibrates, evaluates, counts costs.
+
+        The model is the working copy of the ``role`` pruner, reused by its next call.
+        """
+        pruner = self._pruner(role)
         with single_threaded():
-            result = prune_channels(self.model, self.graph, widths, self.config.criterion, self._grad_batch)
+            result = pruner.prune(widths)
         pruned = result.model
         if self.config.reconstruct:
             # before BatchNorm re-estimation: the targets are the dense layers' outputs, which the dense

@@ -20,7 +20,7 @@ A cost model that needs more than the graph (the model, settings) overrides :met
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +150,26 @@ class LatencyCost(CostModel):
         Returns:
             ``latency_ms_measured`` and ``dense_latency_ms_measured``: the median of each over the rounds.
         """
+        (pruned_ms,), dense_ms = self.measure_many(dense, [pruned], rounds)
+        return {"latency_ms_measured": pruned_ms, "dense_latency_ms_measured": dense_ms}
+
+    def measure_many(self, dense: nn.Module, pruned: Sequence[nn.Module], rounds: int = 3) -> tuple[list[float], float]:
+        """Measures every model of ``pruned`` and ``dense`` in ``rounds`` rounds with the table's settings and
+        statistic (:func:`amc.latency.fastest_latency`).
+
+        Each round measures every pruned model, then the dense one, so all see the same machine load.
+
+        Returns:
+            The median milliseconds of each pruned model over the rounds, and the dense model's.
+        """
         shape = tuple(self.graph.example_inputs.shape[1:])
-        pruned_ms, dense_ms = [], []
+        pruned_ms: list[list[float]] = [[] for _ in pruned]
+        dense_ms = []
         for _ in range(max(1, rounds)):
-            pruned_ms.append(fastest_latency(pruned, shape, self.config))
+            for times, model in zip(pruned_ms, pruned):
+                times.append(fastest_latency(model, shape, self.config))
             dense_ms.append(fastest_latency(dense, shape, self.config))
-        return {"latency_ms_measured": _median(pruned_ms), "dense_latency_ms_measured": _median(dense_ms)}
+        return [_median(times) for times in pruned_ms], _median(dense_ms)
 
 
 def _median(values: list[float]) -> float:

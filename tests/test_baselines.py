@@ -91,7 +91,7 @@ def test_sensitivity_prunes_the_robust_groups_more(env: ChannelPruningEnv) -> No
 @pytest.mark.parametrize("agent", ["tpe", "global", "sensitivity"])
 def test_baselines_end_to_end_in_amc_search(trained_resnet20: Path, tmp_path: Path, agent: str) -> None:
     env_config = EnvConfig(checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.5, **TINY)
-    config = SearchConfig(env=env_config, agent=agent, episodes=4, seed=1, checkpoint_every=2)
+    config = SearchConfig(env=env_config, agent=agent, episodes=4, seed=1, checkpoint_every=2, workers=0)
     result = run_search(config, tmp_path / agent, track=False, progress=False)
     summary = json.loads((tmp_path / agent / "search.json").read_text())
     assert summary["agent"] == agent
@@ -103,7 +103,7 @@ def test_baselines_end_to_end_in_amc_search(trained_resnet20: Path, tmp_path: Pa
 def test_tpe_from_the_command_line(trained_resnet20: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"agent: ddpg\nepisodes: 3\nworkers: 1\nenv:\n  checkpoint: {trained_resnet20 / 'model.pt'}\n  target_ratio: 0.5\n"
+        f"agent: ddpg\nepisodes: 3\nworkers: 0\nenv:\n  checkpoint: {trained_resnet20 / 'model.pt'}\n  target_ratio: 0.5\n"
         + "".join(f"  {k}: {v}\n" for k, v in TINY.items())
     )
     proc = subprocess.run(

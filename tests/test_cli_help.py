@@ -214,6 +214,17 @@ def test_target_ratio_and_its_alias_set_the_budget(tmp_path: Path) -> None:
     assert _captured_search(["--target", "0.4"], tmp_path).env.target_ratio == 0.4
 
 
+def test_workers_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _captured_search([], tmp_path).workers == "auto", "the shipped configs use the local CPUs"
+    assert _captured_search(["--workers", "0"], tmp_path).workers == 0  # in-process, no Ray
+    assert _captured_search(["--workers", "3"], tmp_path).workers == 3  # three Ray actors
+    assert _captured_search(["--workers", "auto"], tmp_path).workers == "auto"
+    for bad in ("-1", "many", "1.5"):
+        with pytest.raises(SystemExit) as exc:
+            main(["search", "--config", str(SEARCH_CONFIG), "--no-tracking", "--workers", bad])
+        assert exc.value.code == 2 and "expected auto or an integer >= 0" in capsys.readouterr().err
+
+
 def test_pareto_no_log_is_no_tracking() -> None:
     parser = PARSERS["amc pareto"]
     assert parser.parse_args(["--experiment", "e", "--no-log"]).no_tracking is True

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "mlflow", "ray", "stable_baselines3")
-SERVICES = ("mlflow", "ray", "stable_baselines3")
+SERVICES = ("mlflow", "ray", "stable_baselines3", "onnxruntime")
 
 
 def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:

@@ -402,7 +402,7 @@ class FakeTracker:
 
 def test_latency_search_measures_the_best_policy(tmp_path: Path) -> None:
     env = EnvConfig(model="resnet20", target_metric="latency", target_ratio=0.95, max_ratio=0.9, latency=QUICK, **TINY)
-    config = SearchConfig(env=env, agent="random", episodes=2, workers=1, checkpoint_every=1)
+    config = SearchConfig(env=env, agent="random", episodes=2, workers=0, checkpoint_every=1)
     tracker = FakeTracker()
     result = Search(config, tmp_path / "s", tracker, progress=False).run()
     summary = json.loads((tmp_path / "s" / "search.json").read_text())
@@ -412,6 +412,7 @@ def test_latency_search_measures_the_best_policy(tmp_path: Path) -> None:
     assert best["latency_ms_estimated"] <= 0.95 * summary["dense_latency_ms_estimated"] + 1e-12  # the budget
     for metric, (section, key) in LATENCY_METRICS.items():
         assert tracker.metrics[metric] == (summary[section] if section else summary)[key]
+    assert summary["latency_estimate"]["policies"] >= 1 + len(summary["pareto"]) - 1
     assert result.best.ratios == best["policy"]
 
 

@@ -123,7 +123,7 @@ def _tiny_search_yaml(path: Path) -> Path:
         "episodes": 2,
         "seed": 0,
         "checkpoint_every": 1,
-        "workers": 1,
+        "workers": 0,
         "env": {
             "model": "resnet20",
             "data": {"name": "digits"},

@@ -119,7 +119,9 @@ def searched(server: dict, store: dict, request: pytest.FixtureRequest) -> dict:
     env = EnvConfig(
         model="resnet20", checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.5, eval_batches=1, bn_batches=2
     )
-    config = SearchConfig(env=env, agent="random", episodes=3, ddpg=DDPGConfig(hidden=(32, 32)), experiment=EXPERIMENT)
+    config = SearchConfig(
+        env=env, agent="random", episodes=3, ddpg=DDPGConfig(hidden=(32, 32)), experiment=EXPERIMENT, workers=0
+    )
     result = run_search(config, store["root"] / "search", tracking_uri=store["uri"], progress=False)
     update_pareto(EXPERIMENT, store["uri"])
     run = MlflowClient(store["uri"]).get_run(result.run_id)

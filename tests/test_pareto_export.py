@@ -129,6 +129,7 @@ def _search(ckpt: Path, out: Path, uri: str, seed: int, target: float) -> str:
         ddpg=DDPGConfig(hidden=(32, 32)),
         checkpoint_every=3,
         experiment=EXPERIMENT,
+        workers=0,
     )
     return run_search(config, out, tracking_uri=uri, progress=False).run_id
 

@@ -226,7 +226,7 @@ def test_search_episodes_write_lines(
     train_baseline("resnet20", DataConfig("digits"), TrainConfig(epochs=0), tmp_path / "dense", progress=False)
     env = EnvConfig(checkpoint=str(tmp_path / "dense" / "model.pt"), target_ratio=0.5, eval_batches=1, bn_batches=1)
     monkeypatch.setenv(INTERVAL_ENV, "0")
-    run_search(SearchConfig(env=env, agent="random", episodes=3, workers=1), tmp_path / "s", track=False)
+    run_search(SearchConfig(env=env, agent="random", episodes=3, workers=0), tmp_path / "s", track=False)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("search random")]
     assert [line.split(",")[0] for line in err] == [f"search random: {i}/3 episodes" for i in (1, 2, 3)]
     assert all("best_top1=" in line for line in err)

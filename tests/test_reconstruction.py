@@ -147,12 +147,7 @@ def test_env_with_reconstruction_is_deterministic(checkpoint: str) -> None:
     )
     first, second = ChannelPruningEnv.from_config(config), ChannelPruningEnv.from_config(config)
     ratios = {name: (0.2, 0.5)[i % 2] for i, name in enumerate(first.group_names)}
-    widths = widths_for(first.graph, ratios)
-    runs = [
-        first._evaluate_widths(widths, "val"),
-        first._evaluate_widths(widths, "val"),
-        second._evaluate_widths(widths, "val"),
-    ]
+    runs = [first.evaluation(ratios), first.evaluation(ratios), second.evaluation(ratios)]  # copies of the models
     assert len({run.outcome.top1 for run in runs}) == 1
     reference = runs[0].model.state_dict()
     for run in runs[1:]:

@@ -29,7 +29,7 @@ def _config(checkpoint: Path, agent: str = "ddpg", episodes: int = 6) -> SearchC
         ddpg=ddpg,
         checkpoint_every=2,
         experiment="test-search",
-        workers=1,
+        workers=0,
     )
 
 
@@ -59,6 +59,12 @@ def test_search_writes_outputs_and_mlflow_run(trained_resnet20: Path, tmp_path: 
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [e["top1"] for e in summary["episodes"]]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"search.json", "best_policy.json", "best_policy.png", "search_curves.png"} <= artifacts
+    # in-process, every learning episode (after the uniform episode 0 and warm-up episode 1) is planned
+    # right after the previous one: staleness 0, reported in search.json and MLflow
+    assert summary["staleness"] == {"bound": 0, "max": 0, "mean": 0.0, "episodes": 4}
+    assert run.data.params["staleness_bound"] == "0" and run.data.params["max_staleness"] == "auto"
+    assert run.data.metrics["staleness_max"] == 0.0 and run.data.metrics["staleness_mean"] == 0.0
+    assert sorted(m.step for m in client.get_metric_history(result.run_id, "staleness")) == [2, 3, 4, 5]
 
 
 def test_interrupted_search_resumes_exactly(trained_resnet20: Path, tmp_path: Path) -> None:
@@ -335,3 +341,36 @@ def test_workspace_for_refuses_what_it_cannot_search() -> None:
         workspace_for(model, wide, wide, wide)
     with pytest.raises(ConfigError, match="val split is empty"):
         workspace_for(model, square, TensorDataset(torch.randn(0, 3, 8, 8), torch.zeros(0)), square)
+
+
+@pytest.mark.parametrize("bad", [-1, "never", 1.5, True])
+def test_bad_staleness_bound_is_refused(bad) -> None:
+    with pytest.raises(ConfigError, match="max_staleness"):
+        SearchConfig(max_staleness=bad)
+
+
+@pytest.mark.parametrize("text", ["-1", "1.5", "soon"])
+def test_bad_staleness_bound_in_yaml_is_named(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"agent: random\nmax_staleness: {text}\n")
+    with pytest.raises(ConfigError, match="max_staleness"):
+        SearchConfig.from_yaml(path)
+    assert SearchConfig.from_yaml(path, ["max_staleness=2"]).max_staleness == 2
+
+
+@pytest.mark.parametrize("bad", [-1, "many", 1.5, True])
+def test_bad_workers_are_refused(bad) -> None:
+    with pytest.raises(ConfigError, match="workers"):
+        SearchConfig(workers=bad)
+
+
+@pytest.mark.parametrize(("written", "legacy", "now"), [(1, True, 0), (0, True, "auto"), (3, True, 3), (1, False, 1)])
+def test_a_search_directory_of_an_older_version_keeps_its_workers(tmp_path: Path, written, legacy, now) -> None:
+    """Before ``max_staleness`` existed, workers 1 meant in-process and 0 the local CPUs."""
+    from agents.search import save_yaml, stored_config
+
+    save_yaml(SearchConfig(agent="random", workers=written), tmp_path / "config.yaml")
+    if legacy:
+        text = (tmp_path / "config.yaml").read_text()
+        (tmp_path / "config.yaml").write_text(re.sub(r"(?m)^max_staleness:.*\n", "", text))
+    assert stored_config(tmp_path).workers == now

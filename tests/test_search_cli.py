@@ -43,7 +43,7 @@ def test_ctrl_c_kills_the_run_and_the_search_resumes_with_more_episodes(trained_
             seed=2,
             checkpoint_every=2,
             experiment="test-search-cli",
-            workers=1,
+            workers=0,
         ),
         tmp_path / "config.yaml",
     )

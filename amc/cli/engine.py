@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amc.cli.commands import command
-from amc.cli.options import add_criterion, add_device, non_negative_int, positive_int, seed_int
+from amc.cli.options import (
+    LATENCY_BACKEND_NAMES,
+    add_criterion,
+    add_device,
+    non_negative_int,
+    positive_int,
+    seed_int,
+)
 from amc.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -177,6 +184,13 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--latency-batch", type=positive_int, default=1, help="batch size for latency (default: 1)")
     p.add_argument("--latency-threads", type=positive_int, default=1, help="CPU threads for latency (default: 1)")
+    p.add_argument(
+        "--latency-backend",
+        choices=LATENCY_BACKEND_NAMES,
+        default="torch",
+        help="what runs the latency measurement: torch (eager PyTorch) or onnxruntime (the model exported to "
+        "ONNX) (default: torch)",
+    )
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, policy.json, report.json)")
 
 
@@ -215,10 +229,17 @@ def _prune(args: argparse.Namespace) -> int:
         "dense_top1": evaluate(ws.model, ws.data.loader("test", 256)),
         **acc,
     }
-    report.update(cost_report(ws, result.model, LatencyConfig(args.latency_batch, args.latency_threads, args.device)))
+    report.update(
+        cost_report(
+            ws,
+            result.model,
+            LatencyConfig(args.latency_batch, args.latency_threads, args.device, backend=args.latency_backend),
+        )
+    )
     report.update(
         {
             "granularity": policy.granularity,
+            "latency_backend": args.latency_backend,
             "iterative": args.iterative,
             "finetune_epochs": args.finetune_epochs,
             "widths": result.widths,

@@ -13,6 +13,8 @@ CRITERION_NAMES = ("bn_scale", "l1", "l2", "taylor")
 """``amc.pruning.CRITERIA.names()``, the choices of every ``--criterion`` (a test compares the two)."""
 DEFAULT_CRITERION = "l2"
 """``amc.pruning.DEFAULT_CRITERION`` (a test compares the two)."""
+LATENCY_BACKEND_NAMES = ("torch", "onnxruntime")
+"""``amc.cost.LATENCY_BACKENDS``, the choices of ``--latency-backend`` (a test compares the two)."""
 
 TRACKING_URI_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
 DEVICE_HELP = "torch device: cpu, cuda or cuda:N (default: cpu)"
@@ -35,6 +37,16 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return integer(text, 0)
+
+
+def workers(text: str) -> int | str:
+    """argparse type of ``--workers``: ``auto`` or an integer >= 0 (0: in-process, N: N Ray actors)."""
+    if text == "auto":
+        return text
+    try:
+        return integer(text, 0)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer >= 0, got {text!r}") from None
 
 
 def seed_int(text: str) -> int:

@@ -72,14 +72,22 @@ def _pareto(args: argparse.Namespace) -> int:
 def _print_front(front: Sequence[Candidate], objectives: tuple[str, ...], limit: int = 20) -> None:
     shown = front[:limit]
     width = min(max((len(c.run_name) for c in shown), default=3), 60)
-    print(f"  {'run':<{width}} {'run id':<8} {'episode':>7} " + " ".join(f"{n:>13}" for n in objectives))
+    latency = "latency_ratio" in objectives  # estimated beside measured milliseconds ("-": not measured)
+    extra = f" {'ms estimated':>13} {'ms measured':>13}" if latency else ""
+    print(f"  {'run':<{width}} {'run id':<8} {'episode':>7} " + " ".join(f"{n:>13}" for n in objectives) + extra)
     for c in shown:
+        ms = f" {_ms(c.latency_ms):>13} {_ms(c.latency_ms_measured):>13}" if latency else ""
         print(
             f"  {c.run_name[:width]:<{width}} {c.run_id[:8]:<8} {c.episode:>7} "
             + " ".join(f"{c.objective(n):>13.4f}" for n in objectives)
+            + ms
         )
     if len(front) > limit:
         print(f"  ... {len(front) - limit} more (see pareto_front.csv)")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 # --------------------------------------------------------------------------- export

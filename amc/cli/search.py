@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from amc.cli.commands import command
-from amc.cli.options import add_address, add_device, add_tracking_uri, seed_int
+from amc.cli.options import add_address, add_device, add_tracking_uri, seed_int, workers
 from amc.errors import ConfigError
 
 AGENT_NAMES = ("ddpg", "random", "uniform", "global", "sensitivity", "tpe")
@@ -55,12 +56,20 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         help="override the search's budget (env.target_ratio): the pruned model may keep at most the fraction R "
         "of the dense cost of env.target_metric (flops, params or latency), in (0, 1]; every episode meets it",
     )
+    p.add_argument(
+        "--target-ms",
+        type=float,
+        metavar="MS",
+        help="budget milliseconds per forward pass on this machine instead (env.target_ms; sets "
+        "env.target_metric to latency): measured as env.latency says, below the dense model's latency",
+    )
     _add_set_arg(p, "any field of the config")
     p.add_argument(
         "--workers",
-        type=int,
-        help="override the config's workers, the rollout workers: 0 = one Ray actor per local CPU, 1 = in-process "
-        "without Ray, N = N Ray actors (the shipped configs say 0; a config that leaves it out means 1)",
+        type=workers,
+        metavar="auto|N",
+        help="override the config's workers, the rollout workers: 0 = in-process without Ray, N = N Ray actors "
+        "(1 gives exactly the in-process episodes), auto = one Ray actor per local CPU (the default)",
     )
     add_address(p)
     add_device(
@@ -82,7 +91,7 @@ def _search(args: argparse.Namespace) -> int:
             "config has no device setting); drop --device, and fine-tune the found policy on the GPU with "
             "amc prune --device cuda"
         )
-    from agents.search import SearchConfig, run_search
+    from agents.search import SearchConfig, run_search, stored_config
 
     if args.resume is not None:
         if args.config is not None or args.set:
@@ -90,9 +99,7 @@ def _search(args: argparse.Namespace) -> int:
                 "--resume continues with the search's own config; drop --config and --set "
                 "(only --episodes and --workers may change)"
             )
-        stored = (
-            SearchConfig.from_yaml(args.resume / "config.yaml") if (args.resume / "config.yaml").is_file() else None
-        )
+        stored = stored_config(args.resume) if (args.resume / "config.yaml").is_file() else None
         config = stored.replace(episodes=args.episodes) if stored is not None and args.episodes else stored
         if stored is not None and args.workers is not None:
             config = config.replace(workers=args.workers)
@@ -137,8 +144,13 @@ def _add_set_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 def _with_overrides(config, args: argparse.Namespace):
     changes = {k: getattr(args, k) for k in ("agent", "episodes", "seed", "workers") if getattr(args, k) is not None}
+    env = {}
     if args.target_ratio is not None:
-        changes["env"] = config.env.replace(target_ratio=args.target_ratio)
+        env["target_ratio"] = args.target_ratio
+    if args.target_ms is not None:
+        env.update(target_metric="latency", target_ms=args.target_ms)
+    if env:
+        changes["env"] = config.env.replace(**env)
     return config.replace(**changes) if changes else config
 
 
@@ -148,6 +160,14 @@ def _print_summary(result) -> None:
     print(f"{'':<10}{'val top-1':>10}{'test top-1':>12}{'FLOPs':>8}{'params':>8}")
     print(f"{'uniform':<10}{u['top1']:>10.2%}{u['test_top1']:>12.2%}{u['flops_ratio']:>8.1%}{u['params_ratio']:>8.1%}")
     print(f"{'best':<10}{b.top1:>10.2%}{result.best_test_top1:>12.2%}{b.flops_ratio:>8.1%}{b.params_ratio:>8.1%}")
+    summary = json.loads((result.out / "search.json").read_text())
+    if "latency_ms_measured" in summary["best"]:
+        best, front = summary["best"], summary.get("pareto", [])
+        print(
+            f"latency (ms per forward pass): best {best['latency_ms_estimated']:.3f} estimated, "
+            f"{best['latency_ms_measured']:.3f} measured; dense {summary['dense_latency_ms_measured']:.3f} measured; "
+            f"{len(front)} Pareto policies measured (search.json: pareto)"
+        )
     print(
         f"best policy: {result.out / 'best_policy.json'} (apply with: amc prune --checkpoint <dense model.pt> --policy ...)"
     )

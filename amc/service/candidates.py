@@ -102,6 +102,8 @@ def search_run_from_summary(run_id: str, run_name: str, summary: Mapping[str, An
                 float(e["params_ratio"]),
                 _optional_float(e.get("latency_ratio")),
                 {str(k): float(v) for k, v in e["ratios"].items()},
+                _optional_float(e.get("latency_ms")),
+                _optional_float(e.get("latency_ms_measured")),
             )
             for e in summary["episodes"]
         )

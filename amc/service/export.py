@@ -227,8 +227,9 @@ def policy_for(client: Any, candidate: Candidate) -> Policy:
         )
     template = Policy.from_dict(data)
     measured = {"top1": candidate.top1, "flops_ratio": candidate.flops_ratio, "params_ratio": candidate.params_ratio}
-    if candidate.latency_ratio is not None:
-        measured["latency_ratio"] = candidate.latency_ratio
+    for key in ("latency_ratio", "latency_ms", "latency_ms_measured"):  # the ratio and ms: the search's estimate
+        if getattr(candidate, key) is not None:
+            measured[key] = getattr(candidate, key)
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return dataclasses.replace(template, ratios=dict(candidate.ratios), measured=measured, created=now)
 

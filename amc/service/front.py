@@ -42,8 +42,12 @@ class Candidate:
         top1: Search-val top-1 accuracy.
         flops_ratio: FLOPs kept, as a fraction of the dense model's.
         params_ratio: Parameters kept, as a fraction of the dense model's.
-        latency_ratio: Measured latency as a fraction of the dense model's, when recorded.
+        latency_ratio: Latency as a fraction of the dense model's, estimated from the search's latency table
+            (recorded by latency-target searches; the objective, so that every episode compares alike).
         ratios: Per-group pruning ratios of the policy.
+        latency_ms: The estimated milliseconds behind ``latency_ratio``.
+        latency_ms_measured: Milliseconds measured on the physically pruned model after the search (the
+            search's best and Pareto policies; None for the others).
     """
 
     run_id: str
@@ -54,6 +58,8 @@ class Candidate:
     params_ratio: float
     latency_ratio: float | None = None
     ratios: Mapping[str, float] = field(default_factory=dict)
+    latency_ms: float | None = None
+    latency_ms_measured: float | None = None
 
     @property
     def key(self) -> str:
@@ -198,14 +204,25 @@ def front_of_runs(runs: Sequence[SearchRun]) -> ParetoFront:
 def _row(c: Candidate, objectives: Sequence[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"run_id": c.run_id, "run_name": c.run_name, "episode": c.episode}
     row.update({n: c.objective(n) for n in objectives})
+    if "latency_ratio" in objectives:  # estimate beside measurement (empty when the policy was not measured)
+        row.update({k: getattr(c, k) for k in LATENCY_COLUMNS})
     row["ratios"] = json.dumps(dict(c.ratios), sort_keys=False)
     return row
+
+
+#: Columns the tables add beside a latency objective: estimated and measured milliseconds.
+LATENCY_COLUMNS = ("latency_ms", "latency_ms_measured")
+
+
+def _columns(objectives: Sequence[str]) -> list[str]:
+    return [*objectives, *(LATENCY_COLUMNS if "latency_ratio" in objectives else ())]
 
 
 def write_csv(path: Path, front: ParetoFront, candidates: Sequence[Candidate], mark_front: bool = False) -> Path:
     """A table of ``candidates`` (one row each, ratios as a JSON column), optionally with ``on_front``."""
     keys = front.keys
-    columns = ["run_id", "run_name", "episode", *front.objectives, *(["on_front"] if mark_front else []), "ratios"]
+    columns = ["run_id", "run_name", "episode", *_columns(front.objectives), *(["on_front"] if mark_front else [])]
+    columns.append("ratios")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
@@ -225,9 +242,9 @@ def read_front_csv(path: Path) -> list[dict[str, Any]]:
         for raw in csv.DictReader(fh):
             row: dict[str, Any] = dict(raw)
             row["episode"] = int(row["episode"])
-            for name in OBJECTIVES:
+            for name in (*OBJECTIVES, *LATENCY_COLUMNS):
                 if name in row:
-                    row[name] = float(row[name])
+                    row[name] = float(row[name]) if row[name] not in ("", None) else None
             row["ratios"] = json.loads(row["ratios"])
             rows.append(row)
     return rows
@@ -249,6 +266,7 @@ def front_summary(front: ParetoFront, experiment: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "LATENCY_COLUMNS",
     "OBJECTIVES",
     "REFERENCE",
     "Baseline",

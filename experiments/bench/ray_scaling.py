@@ -1,21 +1,37 @@
-"""Episodes per second of a search with 1, 2 (... N) rollout workers on the same machine, same run.
+"""Episodes per second of a search with 1, 2 (... N) Ray rollout workers on the same machine, same run.
 
-Each configuration runs the same number of random-action episodes of the embedded default (ResNet-20
-on digits); the clock starts once every worker has finished an episode (actor start-up excluded); 1 worker runs in-process with all the machine's threads, N workers
-are Ray actors with (CPUs / N) threads each. Prints and writes JSON with ``eps_per_s`` per worker count
-and ``speedup_2`` (and ``speedup_N``).
+Two phases of the embedded default (ResNet-20 on digits), each run with every worker count:
 
-    .venv/bin/python experiments/bench/ray_scaling.py                 # 1 and 2 workers
+- random (the warm-up phase): random-action episodes; the clock starts once every worker has finished an
+  episode (actor start-up excluded). ``eps_per_s`` and ``speedup_N`` (N workers vs 1).
+- DDPG with the learner in the loop: a DDPG search whose learner trains after every episode; measured
+  from after warm-up, once the plans made after training started are running (the on-episode hook's
+  timestamps). ``ddpg.eps_per_s`` and ``ddpg_speedup_N``, plus utilisation: the fraction of the measured
+  wall time each worker was playing an episode (timed inside the worker), and the learner's time per
+  episode (learning from it, in the search process). Run with the default staleness bound (workers - 1)
+  and, for the largest worker count, a larger bound (default 2 x workers: ``ddpg_stale``) to show how
+  queueing plans ahead keeps workers busy while the learner trains.
+
+N workers are Ray actors with (CPUs / N) torch threads each (``--threads``: a fixed number); the search
+process (the learner) uses one thread; 0 in ``--workers`` adds the in-process search (all threads) as a
+reference. Prints and writes JSON. On a loaded machine, several torch threads per process can run far
+slower than one (OpenMP threads wait on each other): measure on a quiet machine, or pass ``--threads 1``.
+
+    .venv/bin/python experiments/bench/ray_scaling.py                    # 1 and 2 workers
     .venv/bin/python experiments/bench/ray_scaling.py --workers 1 2 4 8  # on a 16-core machine
+    .venv/bin/python experiments/bench/ray_scaling.py --quick            # a short check (writes *_quick.json)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,54 +39,153 @@ from agents.parallel import local_cpus
 from agents.search import Search, SearchConfig, resolve_checkpoint, save_yaml
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits-resnet20-flops50.yaml"
+RESULTS = Path(__file__).parent / "results"
 
 
-def measure(config: SearchConfig, workers: int, episodes: int, root: Path) -> float:
-    cfg = config.replace(
-        agent="random",
-        episodes=episodes,
-        workers=workers,
-        threads=max(1, local_cpus() // workers),
-        checkpoint_every=10**6,
-    )
-    out = root / f"w{workers}"
-    out.mkdir()
-    save_yaml(cfg, out / "config.yaml")
-    torch.set_num_threads(local_cpus() if workers == 1 else 1)
-    search = Search(cfg, out, progress=False)
+def _run(config: SearchConfig, out: Path) -> tuple[Search, dict[int, float], dict[int, float]]:
+    """Runs ``config``; the search, the wall-clock time each episode was learned from and the learner's time on it."""
+    out.mkdir(parents=True)
+    save_yaml(config, out / "config.yaml")
+    torch.set_num_threads(local_cpus() if config.workers == 0 else 1)
+    search = Search(config, out, progress=False)
     marks: dict[int, float] = {}
-    search.run(lambda record, stats: marks.setdefault(record.episode, time.perf_counter()))
-    first, last = workers - 1, episodes - 1
+    learn: dict[int, float] = {}
+    end_episode = search.agent.end_episode
+
+    def timed_end_episode(*args: Any) -> dict[str, float]:
+        started = time.perf_counter()
+        stats = end_episode(*args)
+        learn[len(learn)] = time.perf_counter() - started  # called once per episode, in episode order
+        return stats
+
+    search.agent.end_episode = timed_end_episode  # type: ignore[method-assign]
+    search.run(lambda record, stats: marks.setdefault(record.episode, time.time()))
+    return search, marks, learn
+
+
+THREADS = 0
+"""torch threads per worker (0: CPUs / workers); set from ``--threads``."""
+
+
+def _threads(workers: int) -> int:
+    return THREADS or max(1, local_cpus() // max(1, workers))
+
+
+def random_phase(config: SearchConfig, workers: int, episodes: int, root: Path) -> float:
+    """Episodes/s of random-action episodes, from the episode by which every worker has finished one."""
+    cfg = config.replace(agent="random", episodes=episodes, workers=workers, threads=_threads(workers))
+    _, marks, _ = _run(cfg, root / f"random-w{workers}")
+    first, last = max(1, workers) - 1, episodes - 1
     return (last - first) / (marks[last] - marks[first])
+
+
+def busy_fraction(timeline: list[tuple[int, int, float, float]], workers: int, t0: float, t1: float) -> list[float]:
+    """Per worker, the fraction of [t0, t1] it spent playing episodes."""
+    busy = [0.0] * max(1, workers)
+    for worker, _, started, finished in timeline:
+        busy[worker] += max(0.0, min(finished, t1) - max(started, t0))
+    return [b / (t1 - t0) for b in busy]
+
+
+def ddpg_phase(
+    config: SearchConfig, workers: int, warmup: int, episodes: int, root: Path, bound: int | str = "auto"
+) -> dict[str, Any]:
+    """Episodes/s and utilisation of a DDPG search after warm-up, the learner training after every episode."""
+    cfg = config.replace(
+        agent="ddpg",
+        episodes=warmup + episodes,
+        workers=workers,
+        threads=_threads(workers),
+        max_staleness=bound,
+        ddpg=dataclasses.replace(config.ddpg, warmup_episodes=warmup),
+    )
+    search, marks, learn = _run(cfg, root / f"ddpg-w{workers}-b{bound}")
+    # from the episode by which plans made after training started fill every worker
+    first, last = warmup + max(search.max_staleness, workers, 1), cfg.episodes - 1
+    t0, t1 = marks[first], marks[last]
+    learner = [learn[e] for e in range(first + 1, last + 1)]
+    stale = [r.episode - r.planned_after for r in search.state.records if r.planned_after is not None]
+    return {
+        "workers": workers,
+        "bound": search.max_staleness,
+        "eps_per_s": (last - first) / (t1 - t0),
+        "measured_episodes": last - first,
+        "workers_busy": busy_fraction(search.pool.timeline, workers, t0, t1),
+        "learner_s_per_episode": statistics.fmean(learner),
+        "learner_busy": sum(learner) / (t1 - t0),
+        "staleness_mean": statistics.fmean(stale),
+    }
+
+
+def _print_ddpg(label: str, r: dict[str, Any]) -> None:
+    busy = ", ".join(f"{b:.0%}" for b in r["workers_busy"])
+    print(
+        f"ddpg {label}: {r['eps_per_s']:.2f} episodes/s, workers busy {busy}, learner "
+        f"{1000 * r['learner_s_per_episode']:.0f} ms/episode ({r['learner_busy']:.0%} of the time), "
+        f"staleness bound {r['bound']}",
+        flush=True,
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--episodes", type=int, default=80)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ray_scaling.json")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (0: in-process)")
+    parser.add_argument("--episodes", type=int, default=80, help="random-phase episodes per worker count")
+    parser.add_argument("--ddpg-warmup", type=int, default=10, help="DDPG warm-up episodes (not measured)")
+    parser.add_argument("--ddpg-episodes", type=int, default=60, help="DDPG episodes after warm-up")
+    parser.add_argument("--stale-bound", type=int, default=None, help="the larger bound (default: 2 x max workers)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: CPUs / workers)")
+    parser.add_argument("--quick", action="store_true", help="a short check: few episodes of each phase")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: results/ray_scaling.json)")
     args = parser.parse_args()
+    global THREADS
+    THREADS = args.threads
+    if args.quick:
+        args.episodes, args.ddpg_warmup, args.ddpg_episodes = 8, 3, 10
+    out = args.out or RESULTS / ("ray_scaling_quick.json" if args.quick else "ray_scaling.json")
+    most = max(args.workers)
+    stale_bound = 2 * most if args.stale_bound is None else args.stale_bound
     import ray
 
-    config = resolve_checkpoint(SearchConfig.from_yaml(CONFIG), progress=False)
-    ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
-    results: dict = {"cpus": local_cpus(), "episodes": args.episodes, "eps_per_s": {}}
+    config = resolve_checkpoint(SearchConfig.from_yaml(CONFIG), progress=False).replace(checkpoint_every=10**6)
+    ray.init(address="local", num_cpus=max(local_cpus(), most), include_dashboard=False, log_to_driver=False)
+    results: dict[str, Any] = {
+        "cpus": local_cpus(),
+        "threads_per_worker": {str(w): _threads(w) for w in args.workers},
+        "episodes": args.episodes,
+        "eps_per_s": {},
+        "ddpg": {"warmup": args.ddpg_warmup, "episodes": args.ddpg_episodes, "by_workers": {}},
+    }
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
             for workers in args.workers:
-                eps = measure(config, workers, args.episodes, Path(tmp))
+                eps = random_phase(config, workers, args.episodes, root)
                 results["eps_per_s"][str(workers)] = eps
-                print(f"{workers} worker(s): {eps:.2f} episodes/s", flush=True)
+                print(f"random, {workers} worker(s): {eps:.2f} episodes/s", flush=True)
+            for workers in args.workers:
+                r = ddpg_phase(config, workers, args.ddpg_warmup, args.ddpg_episodes, root)
+                results["ddpg"]["by_workers"][str(workers)] = r
+                _print_ddpg(f"{workers} worker(s)", r)
+            if most > 1:
+                r = ddpg_phase(config, most, args.ddpg_warmup, args.ddpg_episodes, root, stale_bound)
+                results["ddpg_stale"] = r
+                _print_ddpg(f"{most} worker(s), bound {stale_bound}", r)
     finally:
         ray.shutdown()
-    base = results["eps_per_s"].get("1")
+    base, ddpg_base = results["eps_per_s"].get("1"), results["ddpg"]["by_workers"].get("1")
     for workers in args.workers:
         if base and workers > 1:
             results[f"speedup_{workers}"] = results["eps_per_s"][str(workers)] / base
-    print(json.dumps({k: v for k, v in results.items() if k.startswith("speedup")}))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        if ddpg_base and workers > 1:
+            eps = results["ddpg"]["by_workers"][str(workers)]["eps_per_s"]
+            results[f"ddpg_speedup_{workers}"] = eps / ddpg_base["eps_per_s"]
+    if ddpg_base and "ddpg_stale" in results:
+        results["ddpg_stale"]["speedup_vs_1"] = results["ddpg_stale"]["eps_per_s"] / ddpg_base["eps_per_s"]
+    print(json.dumps({k: v for k, v in results.items() if "speedup" in k}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

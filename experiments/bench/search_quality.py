@@ -88,7 +88,7 @@ def main() -> int:
 
 
 def bench_model(model: str, args: argparse.Namespace) -> dict:
-    base = SearchConfig.from_yaml(MODELS[model]).replace(episodes=args.episodes, workers=1)  # in-process: comparable
+    base = SearchConfig.from_yaml(MODELS[model]).replace(episodes=args.episodes, workers=0)  # in-process: comparable
     if args.reconstruct:
         base = base.replace(env=base.env.replace(reconstruct=True))
     table: dict = {"dense_test_top1_per_seed": [], "criterion": base.env.criterion, "reconstruct": base.env.reconstruct}
