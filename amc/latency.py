@@ -304,7 +304,8 @@ class LayerSpec:
         depthwise: One input and one output channel per group (its input channels are its output channels).
         groups: ``groups`` of a grouped (not depthwise) conv, else 1.
         params: Kernel, stride, padding, dilation, bias and padding mode (conv) or bias (linear).
-        tail: The channel-wise modules applied to its output (copied from the model, in order).
+        tail: The channel-wise modules applied to its output (copied from the model, in order; specs compare
+            by their :func:`tail_key`, not by the module objects).
     """
 
     name: str
@@ -313,13 +314,16 @@ class LayerSpec:
     depthwise: bool
     groups: int
     params: tuple[tuple[str, Any], ...]
-    tail: tuple[nn.Module, ...] = ()
+    tail: tuple[nn.Module, ...] = field(default=(), compare=False)
+    tail_keys: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, name: str, module: nn.Module, input_shape: Sequence[int], tail: Sequence[nn.Module] = ()) -> LayerSpec:
         tail = tuple(copy.deepcopy(m) for m in tail)
+        keys = tuple(tail_key(m) for m in tail)
         if isinstance(module, nn.Linear):
-            return cls(name, "linear", tuple(input_shape[:-1]), False, 1, (("bias", module.bias is not None),), tail)
+            bias = (("bias", module.bias is not None),)
+            return cls(name, "linear", tuple(input_shape[:-1]), False, 1, bias, tail, keys)
         if not isinstance(module, CONV_TYPES):
             raise ConfigError(f"module {name!r} ({type(module).__name__}) is not a conv or linear layer")
         depthwise = is_depthwise(module)
@@ -333,14 +337,14 @@ class LayerSpec:
         )
         op = f"conv{len(module.kernel_size)}d"
         groups = 1 if depthwise else module.groups
-        return cls(name, op, tuple(input_shape[1:]), depthwise, groups, params, tail)
+        return cls(name, op, tuple(input_shape[1:]), depthwise, groups, params, tail, keys)
 
     def key(self, cin: int, cout: int) -> str:
         """The cache key of this layer (and its tail) at ``cin`` input and ``cout`` output channels."""
         groups = cin if self.depthwise else self.groups
         extra = ";".join(f"{k}={v}" for k, v in self.params)
         key = f"{self.op}|in={cin}|out={cout}|extent={self.extent}|groups={groups}|{extra}"
-        return key + (f"|tail={','.join(tail_key(m) for m in self.tail)}" if self.tail else "")
+        return key + (f"|tail={','.join(self.tail_keys)}" if self.tail_keys else "")
 
     def build(self, cin: int, cout: int) -> tuple[nn.Module, tuple[int, ...]]:
         """A fresh module (the layer, followed by its tail) at ``cin`` / ``cout`` channels and its input shape

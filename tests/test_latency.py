@@ -294,6 +294,7 @@ def test_second_build_measures_nothing_and_threads_are_not_shared(
     assert first.calls > 0 and a.report.measured > 0 and a.report.cached == 0
     b = LatencyTable.build(ws.model, ws.graph, QUICK, cache_dir=tmp_path, progress=False, measure=second)
     assert second.calls == 0 and b.report.measured == 0 and b.report.cached == a.report.entries
+    assert b.layers == a.layers, "layers (with their tails) read from the cache equal the measured ones"
     rng = np.random.default_rng(0)
     for _ in range(10):
         widths = _random_widths(ws, rng)
