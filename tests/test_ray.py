@@ -196,7 +196,9 @@ def test_worker_killed_with_sigkill_is_survived(trained_resnet20: Path, tmp_path
 
     from agents.search import start_tracker
 
-    config = _config(trained_resnet20 / "model.pt", 2, episodes=10)
+    # random plans are handed to a worker as soon as it is idle, so when an episode is consumed the other
+    # worker is playing one (with learning plans both may be idle, waiting for the learner)
+    config = _config(trained_resnet20 / "model.pt", 2, episodes=10, agent="random")
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "kill"
     out.mkdir()
     save_yaml(config, out / "config.yaml")
