@@ -48,8 +48,6 @@ def write_outputs(
         "flops_ratio": best.flops_ratio,
         "params_ratio": best.params_ratio,
     }
-    policy = env.to_policy(best.ratios, measured)
-    policy.save(out / "best_policy.json")
     target = {"metric": config.env.target_metric, "ratio": env.config.target_ratio}
     if config.env.target_ms is not None:
         target["ms"] = config.env.target_ms
@@ -76,6 +74,9 @@ def write_outputs(
     if config.env.target_metric == "latency":
         summary.update(latency_summary(env, state.records, best.episode, summary["episodes"]))
         summary["best"].update(summary.pop("best_latency"))
+        measured.update({k: summary["best"][k] for k in ("latency_ms_estimated", "latency_ms_measured")})
+        measured["dense_latency_ms_measured"] = summary["dense_latency_ms_measured"]
+    env.to_policy(best.ratios, measured).save(out / "best_policy.json")
     write_json_atomic(out / "search.json", summary)
     policy_bars(
         out / "best_policy.png",

@@ -130,6 +130,10 @@ def test_latency_search_measures_its_pareto_policies_and_logs_them(latency_searc
     assert measured == on_front | {summary["best"]["episode"]}, "the best and the front policies are measured"
     assert summary["latency_estimate"]["policies"] == len(measured)
     assert summary["latency_estimate"]["max_abs_err"] >= summary["latency_estimate"]["median_abs_err"] >= 0
+    policy = json.loads((latency_search["root"] / "s" / "best_policy.json").read_text())
+    for key in ("latency_ms_estimated", "latency_ms_measured"):  # the exported policy says what it was found at
+        assert policy["measured"][key] == pytest.approx(summary["best"][key])
+    assert policy["measured"]["dense_latency_ms_measured"] == pytest.approx(summary["dense_latency_ms_measured"])
     metrics = MlflowClient(uri).get_run(latency_search["result"].run_id).data.metrics
     assert metrics["pareto_policies"] == len(front)
     assert metrics["latency_estimate_median_abs_err"] == pytest.approx(summary["latency_estimate"]["median_abs_err"])
