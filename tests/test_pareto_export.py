@@ -451,6 +451,14 @@ def test_export_nni_config_list(store: dict, tmp_path: Path) -> None:
     )
 
 
+def test_export_takes_the_short_run_id_amc_pareto_shows(store: dict, tmp_path: Path) -> None:
+    run_id = store["runs"][1]
+    args = ["export", "--experiment", EXPERIMENT, "--run-id", run_id[:8], "--tracking-uri", store["uri"]]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "export.json").read_text())
+    assert manifest["policies"][0]["run_id"] == run_id
+
+
 def test_export_errors(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     common = ["--experiment", EXPERIMENT, "--tracking-uri", store["uri"], "--out", str(tmp_path)]
     cases = [

@@ -202,9 +202,18 @@ def from_run(run: SearchRun, episode: int | None, max_flops_ratio: float | None)
 
 
 def _run_in_experiment(client: Any, runs: Sequence[SearchRun], run_id: str, experiment: str) -> SearchRun:
+    """The search run ``run_id`` (a full id, or a unique prefix such as the 8 characters `amc pareto` shows)."""
     for run in runs:
         if run.run_id == run_id:
             return run
+    matches = [run for run in runs if run_id and run.run_id.startswith(run_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(
+            f"--run-id {run_id} matches {len(matches)} search runs of {experiment!r} "
+            f"({', '.join(r.run_id for r in matches[:5])}); give more of the id"
+        )
     try:
         other = client.get_run(run_id)
     except Exception:  # MlflowException: no such run
