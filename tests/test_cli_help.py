@@ -225,6 +225,19 @@ def test_workers_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert exc.value.code == 2 and "expected auto or an integer >= 0" in capsys.readouterr().err
 
 
+def test_target_ms_sets_a_latency_budget(tmp_path: Path) -> None:
+    env = _captured_search(["--target-ms", "2.5"], tmp_path).env
+    assert (env.target_metric, env.target_ms) == ("latency", 2.5)
+
+
+def test_address_with_in_process_workers_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    args = ["search", "--config", str(SEARCH_CONFIG), "--no-tracking", "--out", str(out)]
+    assert main([*args, "--workers", "0", "--address", "127.0.0.1:6399"]) == 2
+    assert "workers 0 runs the search in-process" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_pareto_no_log_is_no_tracking() -> None:
     parser = PARSERS["amc pareto"]
     assert parser.parse_args(["--experiment", "e", "--no-log"]).no_tracking is True

@@ -117,6 +117,11 @@ def _search(args: argparse.Namespace) -> int:
         if args.config is None:
             raise ConfigError("pass --config FILE.yaml (see experiments/configs/) or --resume DIR")
         config = _with_overrides(SearchConfig.from_yaml(args.config, args.set), args)
+        if args.address and config.workers == 0:
+            raise ConfigError(
+                f"--address {args.address} joins a Ray cluster, but workers 0 runs the search in-process; "
+                "pass --workers N (or auto) to run the episodes on the cluster, or drop --address"
+            )
         out = args.out or Path("runs") / f"{args.config.stem}-{config.agent}-s{config.seed}"
         result = run_search(
             config,
