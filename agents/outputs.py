@@ -153,7 +153,6 @@ def latency_summary(
         "best_latency": measured[best_episode],
         **dense,
         "pareto": pareto,
-        "pareto_size": len(pareto),
         "latency_estimate": {
             "policies": len(errors),
             "median_abs_err": statistics.median(errors),
@@ -168,7 +167,6 @@ LATENCY_METRICS = {
     "dense_latency_ms_measured": (None, "dense_latency_ms_measured"),
     "latency_estimate_median_abs_err": ("latency_estimate", "median_abs_err"),
     "latency_estimate_max_abs_err": ("latency_estimate", "max_abs_err"),
-    "pareto_policies": (None, "pareto_size"),
 }
 """MLflow metric -> where it sits in search.json (section, key), logged when the search had a latency target."""
 
@@ -188,6 +186,8 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
         where = summary.get(section) or {} if section else summary
         if key in where:
             metrics[name] = where[key]
+    if "pareto" in summary:
+        metrics["pareto_policies"] = len(summary["pareto"])
     staleness = summary.get("staleness")
     if staleness is not None:
         metrics.update({f"staleness_{k}": staleness[k] for k in ("bound", "max", "mean")})

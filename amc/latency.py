@@ -63,6 +63,7 @@ import copy
 import hashlib
 import json
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -620,7 +621,9 @@ class LatencyTable:
                 counts["cached"] += 1
             else:  # the median of WHOLE_ROUNDS: one whole-model figure sets the residual of every estimate
                 whole_model = make()
-                cache.put(key, _median([measure(whole_model, shape, config) for _ in range(WHOLE_ROUNDS)]), model=True)
+                cache.put(
+                    key, statistics.median(measure(whole_model, shape, config) for _ in range(WHOLE_ROUNDS)), model=True
+                )
                 counts["measured"] += 1
 
         with Progress(len(keys) + len(steps), label, "entry", "entries", enabled=progress) as bar:
@@ -706,12 +709,6 @@ def _calibrate(
 
 def _widths_hash(widths: Mapping[str, int]) -> str:
     return hashlib.sha256(json.dumps(sorted(widths.items())).encode()).hexdigest()[:16]
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _activations(channels: Mapping[str, tuple[int, int]], per_channel: Mapping[str, int]) -> float:

@@ -445,25 +445,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         """
         return self._last_model
 
-    def latency_report(self, ratios: Mapping[str, float]) -> dict[str, float]:
-        """Estimated and measured latency of the model pruned by ``ratios``, and the dense model's (measured).
-
-        Only for a ``latency`` target: the pruned model is measured against the dense one with the settings
-        the table was built with (alternately, the median of three rounds each; see :meth:`LatencyCost.measure`).
-
-        Returns:
-            ``latency_ms_estimated``, ``latency_ms_measured``, ``dense_latency_ms_estimated`` and
-            ``dense_latency_ms_measured``.
-        """
-        (report,), dense = self.latency_reports([ratios])
-        return {**report, **dense}
-
     def latency_reports(
         self, policies: Sequence[Mapping[str, float]], rounds: int = 3
     ) -> tuple[list[dict[str, float]], dict[str, float]]:
         """Estimated and measured latency of the models pruned by each of ``policies``, and the dense model's.
 
-        Every policy is applied physically; each round measures the dense model, then every pruned model,
+        Every policy is applied physically; each round measures every pruned model, then the dense one,
         with the table's settings, and each figure is the median over ``rounds`` (so the dense model and
         the policies see the same machine load).
 
@@ -475,7 +462,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ConfigError: when the env does not budget latency.
         """
         if not isinstance(self.cost_model, LatencyCost):
-            raise ConfigError(f"latency_report needs a latency target; this env budgets {self.config.target_metric}")
+            raise ConfigError(f"latency_reports needs a latency target; this env budgets {self.config.target_metric}")
         widths = [widths_for(self.graph, ratios, self.config.round_to) for ratios in policies]
         with single_threaded():
             pruned = [
@@ -589,9 +576,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             # statistics fit (re-estimating first was measured worse: 79-81% vs 98% at 20% FLOPs)
             batches = self._calib[: self.config.reconstruct_batches]
             reconstruct(self.model, pruned, result.kept, batches, seed=self.config.seed)
-        accuracy = self.score_model(pruned, split)
+        return Evaluation(pruned, self.outcome(widths, self.score_model(pruned, split)))
+
+    def outcome(self, widths: Mapping[str, int], accuracy: float) -> Outcome:
+        """What the reward sees of a model pruned to ``widths`` that scored ``accuracy``: exact costs and ratios."""
         cost, dense = self.graph.estimate(widths), self.graph.dense_cost
-        outcome = Outcome(
+        return Outcome(
             top1=float(accuracy),
             flops=int(cost.flops),
             params=int(cost.params),
@@ -600,7 +590,6 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             cost_ratio=self.cost_model.ratio(widths),
             target_ratio=self.target.ratio,
         )
-        return Evaluation(pruned, outcome)
 
     def _loader(self, split: str) -> Iterable[Batch]:
         if split not in self._loaders:

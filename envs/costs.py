@@ -20,6 +20,7 @@ A cost model that needs more than the graph (the model, settings) overrides :met
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ class LatencyCost(CostModel):
     """Estimated milliseconds per forward pass, from a table of measured layer latencies.
 
     Monotone by construction (see :mod:`amc.latency`), so the budget wall's guarantee holds on the
-    estimate; :meth:`measure` measures a physically pruned model against the dense one with the same
+    estimate; :meth:`measure_many` measures physically pruned models against the dense one with the same
     settings, to check the estimate after a search.
 
     Args:
@@ -143,16 +144,6 @@ class LatencyCost(CostModel):
     def _cost(self, widths: Mapping[str, int]) -> float:
         return self.table.estimate(widths)
 
-    def measure(self, dense: nn.Module, pruned: nn.Module, rounds: int = 3) -> dict[str, float]:
-        """Measures ``pruned`` and ``dense`` alternately ``rounds`` times with the table's settings (and its
-        statistic, :func:`amc.latency.fastest_latency`).
-
-        Returns:
-            ``latency_ms_measured`` and ``dense_latency_ms_measured``: the median of each over the rounds.
-        """
-        (pruned_ms,), dense_ms = self.measure_many(dense, [pruned], rounds)
-        return {"latency_ms_measured": pruned_ms, "dense_latency_ms_measured": dense_ms}
-
     def measure_many(self, dense: nn.Module, pruned: Sequence[nn.Module], rounds: int = 3) -> tuple[list[float], float]:
         """Measures every model of ``pruned`` and ``dense`` in ``rounds`` rounds with the table's settings and
         statistic (:func:`amc.latency.fastest_latency`).
@@ -169,13 +160,7 @@ class LatencyCost(CostModel):
             for times, model in zip(pruned_ms, pruned):
                 times.append(fastest_latency(model, shape, self.config))
             dense_ms.append(fastest_latency(dense, shape, self.config))
-        return [_median(times) for times in pruned_ms], _median(dense_ms)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        return [statistics.median(times) for times in pruned_ms], statistics.median(dense_ms)
 
 
 def create_cost_model(metric: str, graph: ModelGraph, model: nn.Module | None = None, **options: Any) -> CostModel:

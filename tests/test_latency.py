@@ -413,7 +413,8 @@ def test_latency_search_measures_the_best_policy(tmp_path: Path) -> None:
     assert best["latency_ms_estimated"] <= 0.95 * summary["dense_latency_ms_estimated"] + 1e-12  # the budget
     for metric, (section, key) in LATENCY_METRICS.items():
         assert tracker.metrics[metric] == (summary[section] if section else summary)[key]
-    assert summary["latency_estimate"]["policies"] >= 1 + len(summary["pareto"]) - 1
+    measured = {best["episode"], *(p["episode"] for p in summary["pareto"])}
+    assert summary["latency_estimate"]["policies"] == len(measured), "the best and each Pareto policy, once"
     assert result.best.ratios == best["policy"]
 
 

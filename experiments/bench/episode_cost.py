@@ -54,7 +54,7 @@ from amc.files import write_json_atomic
 from amc.groups import PRUNABLE_TYPES
 from amc.pruning import prune_channels, widths_for
 from amc.train import TrainConfig
-from envs import ChannelPruningEnv, EnvConfig, Outcome
+from envs import ChannelPruningEnv, EnvConfig
 from envs.channel_pruning import Evaluation, single_threaded
 
 DEFAULT_OUT = Path("experiments/bench/results/episode_cost.json")
@@ -121,18 +121,7 @@ class MaskingEnv(ChannelPruningEnv):
 
     def _evaluate_widths(self, widths: Mapping[str, int], split: str, role: str) -> Evaluation:
         model = self.masks.apply(widths)
-        accuracy = self.score_model(model, split)
-        cost, dense = self.graph.estimate(widths), self.graph.dense_cost
-        outcome = Outcome(
-            accuracy,
-            cost.flops,
-            cost.params,
-            cost.flops / dense.flops,
-            cost.params / dense.params,
-            self.cost_model.ratio(widths),
-            self.target.ratio,
-        )
-        return Evaluation(model, outcome)
+        return Evaluation(model, self.outcome(widths, self.score_model(model, split)))
 
 
 class FreshPruneEnv(ChannelPruningEnv):
@@ -141,18 +130,7 @@ class FreshPruneEnv(ChannelPruningEnv):
     def _evaluate_widths(self, widths: Mapping[str, int], split: str, role: str) -> Evaluation:
         with single_threaded():
             pruned = prune_channels(self.model, self.graph, widths, self.config.criterion, self._grad_batch).model
-        accuracy = self.score_model(pruned, split)
-        cost, dense = self.graph.estimate(widths), self.graph.dense_cost
-        outcome = Outcome(
-            accuracy,
-            cost.flops,
-            cost.params,
-            cost.flops / dense.flops,
-            cost.params / dense.params,
-            self.cost_model.ratio(widths),
-            self.target.ratio,
-        )
-        return Evaluation(pruned, outcome)
+        return Evaluation(pruned, self.outcome(widths, self.score_model(pruned, split)))
 
 
 class Clocks:

@@ -37,6 +37,7 @@ import torch
 
 from agents.parallel import local_cpus
 from agents.search import Search, SearchConfig, resolve_checkpoint, save_yaml
+from amc.files import write_json_atomic
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits-resnet20-flops50.yaml"
 RESULTS = Path(__file__).parent / "results"
@@ -183,8 +184,7 @@ def main() -> int:
     if ddpg_base and "ddpg_stale" in results:
         results["ddpg_stale"]["speedup_vs_1"] = results["ddpg_stale"]["eps_per_s"] / ddpg_base["eps_per_s"]
     print(json.dumps({k: v for k, v in results.items() if "speedup" in k}))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(out, results)
     print(f"wrote {out}")
     return 0
 

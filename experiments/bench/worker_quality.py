@@ -26,6 +26,7 @@ from typing import Any
 
 from agents.parallel import local_cpus
 from agents.search import SearchConfig, resolve_checkpoint, run_search
+from amc.files import write_json_atomic
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits-resnet20-flops50.yaml"
 RESULTS = Path(__file__).parent / "results"
@@ -138,8 +139,7 @@ def main() -> int:
             f"±{s['best_reward_sd']:.4f}{s['best_test_top1_mean']:>11.2%} ±{s['best_test_top1_sd']:.2%}"
         )
     print(f"same seed, 1 Ray worker vs in-process: identical episodes = {same}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(out, results)
     print(f"wrote {out}")
     return 0
 
