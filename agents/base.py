@@ -36,6 +36,8 @@ class EpisodePlan:
             None when the plan does not depend on what the agent learned, see :meth:`SearchAgent.fixed_plan`).
         weights_version: Version of ``actor_state`` (the learner's gradient steps when it was taken): plans of
             one version carry the same weights, which a Ray search puts into the object store once.
+        value: The critics' prediction of the plan's final reward when the agent chose it among proposals
+            (:mod:`agents.proposals`); None otherwise.
     """
 
     episode: int
@@ -47,6 +49,7 @@ class EpisodePlan:
     actions: tuple[float, ...] = ()
     planned_after: int | None = None
     weights_version: int | None = None
+    value: float | None = None
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -146,21 +149,57 @@ class UniformAgent(SearchAgent):
 class DDPGAgent(SearchAgent):
     """The AMC-style DDPG agent (:class:`agents.ddpg.AMCDDPG`).
 
-    Warm-up episodes are random plans seeded per episode; later ones ship the actor's weights, the current
-    noise sigma and a per-episode seed of the truncated-normal exploration (drawn in the runner). Plans made
-    between two gradient steps share one copy of the weights (one version).
+    Warm-up episodes are random plans seeded per episode (``warmup_design: uniform``) or the rows of a Latin
+    hypercube (``lhs``). Later ones, with one proposal, ship the actor's weights, the current noise sigma and a
+    per-episode seed of the truncated-normal exploration (drawn in the runner; plans made between two gradient
+    steps share one copy of the weights, one version); with several proposals the learner walks them through
+    the wall, the critics choose one (:mod:`agents.proposals`) and the plan carries its actions.
     """
 
     def __init__(self, env: ChannelPruningEnv, config: object, seed: int) -> None:
         from agents.ddpg import AMCDDPG
 
+        self.env = env
         self.impl = AMCDDPG(env, config, seed=seed)
         self.seed = seed
         self._weights: tuple[int, Any] | None = None  # (version, actor state) of the latest plan
+        self._design: np.ndarray | None = None
+        self._values: dict[int, float] = {}  # episode -> the critics' prediction of a planned proposal
+
+    def _warmup_plan(self, episode: int) -> EpisodePlan:
+        config = self.impl.config
+        if config.warmup_design == "uniform":
+            return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
+        if self._design is None:
+            from agents.ddpg import warmup_actions
+
+            self._design = warmup_actions(
+                config.warmup_design, config.warmup_episodes, len(self.env.group_names), self.seed
+            )
+        return EpisodePlan(episode, "sequence", 0, actions=tuple(float(a) for a in self._design[episode]))
+
+    def _proposal_plan(self, episode: int) -> EpisodePlan:
+        from agents.proposals import propose
+
+        config = self.impl.config
+        rng = np.random.default_rng(episode_seed(self.seed, episode))
+        chosen = propose(
+            self.env,
+            self.impl,
+            self.impl.sigma,
+            rng,
+            config.proposals,
+            config.optimism,
+            self.impl.elites(config.elites, len(self.env.group_names)),
+        )
+        self._values[episode] = chosen.predicted
+        return EpisodePlan(episode, "sequence", 0, actions=chosen.actions, value=chosen.predicted)
 
     def plan(self, episode: int) -> EpisodePlan:
         if episode < self.impl.config.warmup_episodes:
-            return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
+            return self._warmup_plan(episode)
+        if self.impl.config.proposals > 1:
+            return self._proposal_plan(episode)
         version = self.impl.updates
         if self._weights is None or self._weights[0] != version:
             self._weights = (version, self.impl.get_actor_state())
@@ -176,10 +215,18 @@ class DDPGAgent(SearchAgent):
     def fixed_plan(self, episode: int) -> bool:
         return episode < self.impl.config.warmup_episodes
 
+    def adopt(self, plan: EpisodePlan) -> None:
+        if plan.value is not None:
+            self._values[plan.episode] = plan.value
+
     def end_episode(
         self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
     ) -> dict[str, float]:
-        return self.impl.end_episode(list(observations), list(actions), final_reward)
+        predicted = self._values.pop(self.impl.episode, None)
+        stats = self.impl.end_episode(list(observations), list(actions), final_reward)
+        if predicted is not None:  # the critics' fit: what they predicted for the proposal they chose
+            stats["predicted_reward"] = predicted
+        return stats
 
     @property
     def noise(self) -> float | None:

@@ -39,7 +39,9 @@ from stable_baselines3.common.utils import polyak_update
 
 from amc.errors import ConfigError
 
-__all__ = ["AMCDDPG", "DDPGConfig"]
+__all__ = ["AMCDDPG", "DDPGConfig", "warmup_actions"]
+
+WARMUP_DESIGNS = ("uniform", "lhs")
 
 _MODEL_FILE = "model.zip"
 _BUFFER_FILE = "replay_buffer.pkl"
@@ -83,6 +85,19 @@ class DDPGConfig:
             batch's mean reward: ``b += alpha * (mean - b)`` (AMC ``moving_alpha``: 0.5).
         updates_per_transition: Gradient steps per transition of a finished episode (AMC runs one
             ``update_policy()`` per stored transition; 3 measured no better).
+        warmup_design: How warm-up episodes choose their actions: ``uniform`` (AMC: independent uniform
+            actions) or ``lhs`` (a Latin hypercube over the groups' actions, one row per warm-up episode:
+            every group's actions spread evenly over [-1, 1] across the warm-up).
+        critics: Critic networks (SB3's ``n_critics``; AMC: 1). Each regresses onto the same target from its
+            own initialisation; the actor ascends their mean, and their spread measures the critic's doubt.
+        proposals: Candidate episodes per learning episode (1: AMC, play the actor with noise). With more,
+            the agent walks that many noisy actor episodes through the budget wall without evaluating them
+            (:meth:`envs.ChannelPruningEnv.walk`) and plays the one the critics value most (see
+            :mod:`agents.proposals`).
+        optimism: Weight of the critics' spread in a proposal's value (mean + optimism x standard deviation
+            over the critics); 0 ranks by the mean.
+        elites: With several proposals, half of them perturb the actions of the best ``elites`` episodes so far
+            (the replay buffer's best) instead of the actor's; 0: all follow the actor.
     """
 
     hidden: tuple[int, ...] = (300, 300)
@@ -98,6 +113,11 @@ class DDPGConfig:
     bootstrap: bool = False
     baseline_alpha: float = 0.05
     updates_per_transition: int = 1
+    warmup_design: str = "uniform"
+    critics: int = 1
+    proposals: int = 1
+    optimism: float = 0.0
+    elites: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -116,6 +136,12 @@ class DDPGConfig:
         _check_int("updates_per_transition", self.updates_per_transition, 0)
         if not isinstance(self.bootstrap, bool):
             raise ConfigError(f"bootstrap must be true or false, got {self.bootstrap!r}")
+        if self.warmup_design not in WARMUP_DESIGNS:
+            raise ConfigError(f"warmup_design must be one of {', '.join(WARMUP_DESIGNS)}, got {self.warmup_design!r}")
+        _check_int("critics", self.critics, 1)
+        _check_int("proposals", self.proposals, 1)
+        _check_range("optimism", self.optimism, 0.0, math.inf)
+        _check_int("elites", self.elites, 0)
 
 
 def _check_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
@@ -198,7 +224,7 @@ def _build_model(
             batch_size=config.batch_size,
             tau=config.tau,
             gamma=config.gamma,
-            policy_kwargs={"net_arch": list(config.hidden)},
+            policy_kwargs={"net_arch": list(config.hidden), "n_critics": config.critics},
             seed=None,  # SB3 would reseed the global python / numpy / torch RNGs
             device=device,
         )
@@ -321,6 +347,54 @@ class AMCDDPG:
         """The actor's action for one observation, without noise (float32, action-space shape)."""
         return np.clip(self._actor_output(obs), -1.0, 1.0).astype(np.float32)
 
+    def actor_actions(self, observations: np.ndarray) -> np.ndarray:
+        """The actor's actions for a batch of observations ``(n, features)``: ``(n,)`` float64 in [-1, 1]."""
+        tensor = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=self._model.device)
+        self._model.policy.set_training_mode(False)
+        with torch.no_grad():
+            actions = self._model.actor(tensor)
+        return np.clip(actions.cpu().numpy().reshape(len(tensor)).astype(np.float64), -1.0, 1.0)
+
+    def q_values(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Every critic's value of ``(observation, action)`` pairs, in reward units (the baseline added back).
+
+        Args:
+            observations: ``(n, features)``.
+            actions: ``(n,)`` or ``(n, 1)`` actions in [-1, 1].
+
+        Returns:
+            ``(critics, n)`` float64: each critic's prediction of the episode's final reward.
+        """
+        obs = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=self._model.device)
+        act = torch.as_tensor(np.asarray(actions, dtype=np.float32).reshape(len(obs), 1), device=self._model.device)
+        self._model.policy.set_training_mode(False)
+        with torch.no_grad():
+            values = torch.cat(self._model.critic(obs, act), dim=1).T
+        return values.cpu().numpy().astype(np.float64) + (self._baseline or 0.0)
+
+    def elites(self, count: int, length: int) -> np.ndarray:
+        """The actions of the ``count`` best-rewarded episodes in the replay buffer, best first.
+
+        Args:
+            count: Episodes wanted (fewer come back while the buffer holds fewer).
+            length: Transitions per episode (every episode of a channel-pruning search has one per group).
+
+        Returns:
+            ``(k, length)`` float64 actions, ``k <= count``.
+        """
+        buffer = self.replay_buffer
+        upper = buffer.buffer_size if buffer.full else buffer.pos
+        ends = np.flatnonzero(buffer.dones[:upper, 0] > 0.5)
+        starts = ends - length + 1
+        whole = starts >= 0
+        if buffer.full:  # an episode across the write position mixes old and new transitions
+            whole &= ~((starts < buffer.pos) & (ends >= buffer.pos))
+        ends, starts = ends[whole], starts[whole]
+        order = np.argsort(-buffer.rewards[ends, 0], kind="stable")[:count]
+        return np.array([buffer.actions[starts[i] : ends[i] + 1, 0, 0] for i in order], dtype=np.float64).reshape(
+            len(order), length
+        )
+
     # ------------------------------------------------------------- learning
     def store_episode(
         self, observations: Sequence[np.ndarray], actions: Sequence[np.ndarray], final_reward: float
@@ -421,11 +495,13 @@ class AMCDDPG:
                 next_obs = data.next_observations
                 next_q = model.critic_target(next_obs, model.actor_target(next_obs))[0]
                 target = target + cfg.gamma * (1.0 - data.dones) * next_q
-        critic_loss = F.mse_loss(model.critic(data.observations, data.actions)[0], target)
+        predictions = model.critic(data.observations, data.actions)
+        critic_loss = sum(F.mse_loss(q, target) for q in predictions) / len(predictions)
         model.critic.optimizer.zero_grad()
         critic_loss.backward()
         model.critic.optimizer.step()
-        actor_loss = -model.critic.q1_forward(data.observations, model.actor(data.observations)).mean()
+        actor_q = model.critic(data.observations, model.actor(data.observations))
+        actor_loss = -torch.stack(actor_q).mean()
         model.actor.optimizer.zero_grad()
         actor_loss.backward()
         model.actor.optimizer.step()
@@ -504,3 +580,19 @@ class AMCDDPG:
         agent._baseline = state["baseline"]
         agent._rng.bit_generator.state = state["rng_state"]
         return agent
+
+
+def warmup_actions(design: str, episodes: int, groups: int, seed: int) -> np.ndarray:
+    """The actions of the warm-up episodes, ``(episodes, groups)`` float32 in [-1, 1].
+
+    ``lhs``: a scrambled Latin hypercube (scipy's ``qmc.LatinHypercube``, seeded): in each group, the warm-up's
+    actions fall one in each of ``episodes`` equal bins of [-1, 1], so the warm-up covers every group's range
+    evenly, however short it is. ``uniform``: independent uniform actions from a generator seeded with ``seed``.
+    """
+    if design == "lhs":
+        from scipy.stats import qmc
+
+        unit = qmc.LatinHypercube(d=groups, seed=np.random.default_rng(seed)).random(episodes)
+    else:
+        unit = np.random.default_rng(seed).random((episodes, groups))
+    return (2.0 * unit - 1.0).astype(np.float32)

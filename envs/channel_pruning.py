@@ -11,7 +11,7 @@ import contextlib
 import copy
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -31,7 +31,7 @@ from amc.policy import ModelIdentity, Policy, Target
 from amc.pruning import CRITERIA, DEFAULT_CRITERION, ChannelPruner, prune_channels, widths_for
 from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
-from envs.budget import BudgetWall, fewest_widths
+from envs.budget import BudgetWall, Choice, fewest_widths
 from envs.costs import COST_MODELS, CostModel, LatencyCost, create_cost_model
 from envs.embedding import FEATURES, LayerEmbedding
 from envs.evaluation import EvalBatch, fixed_size_batches, top1
@@ -524,8 +524,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             raise ResetNeeded("call reset() before step(): the episode has not started or has ended")
         index = self._step_index
         group = self.graph.groups[index]
-        choice = self.wall.choose(self._kept, index, self._action_to_ratio(action))
-        self._kept[group.name] = choice.kept
+        choice = self._decide(self._kept, index, action)
         self._ratios[group.name] = choice.ratio
         self._step_index = index + 1
         info: dict[str, Any] = {
@@ -537,10 +536,47 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         }
         terminated = self._step_index == len(self.group_names)
         reward = self._finish(info) if terminated else 0.0
-        observation = self._embedding.observation(
-            min(self._step_index, len(self.group_names) - 1), self._reduced(), choice.ratio
-        )
-        return observation, reward, terminated, False, info
+        return self._observation_after(self._kept, index, choice.ratio), reward, terminated, False, info
+
+    def walk(self, policy: Callable[[int, np.ndarray], np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Plays ``count`` episodes up to their last decision, without pruning or evaluating anything.
+
+        The observations and the budget wall depend only on the kept channel counts, so an agent can see where
+        a policy would lead (the observations it would meet, the actions the wall would let through) at the
+        cost of the wall's arithmetic; :meth:`step` with the same actions gives the same observations.
+
+        Args:
+            policy: ``policy(index, observations)`` gets the ``(count, features)`` observations of group
+                ``index`` and returns the ``count`` actions for it.
+            count: Episodes walked side by side.
+
+        Returns:
+            The observations, ``(count, groups + 1, features)`` float32 (the one after the last step included),
+            and the actions the wall applied, ``(count, groups)`` float32.
+        """
+        n = len(self.group_names)
+        observations = np.zeros((count, n + 1, len(FEATURES)), dtype=np.float32)
+        applied = np.zeros((count, n), dtype=np.float32)
+        kept: list[dict[str, int]] = [{} for _ in range(count)]
+        observations[:, 0] = self._embedding.observation(0, 0.0, 0.0)
+        for index in range(n):
+            actions = np.asarray(policy(index, observations[:, index].copy()), dtype=np.float64).reshape(count)
+            for i in range(count):
+                choice = self._decide(kept[i], index, actions[i])
+                applied[i, index] = self.ratio_to_action(choice.ratio)
+                observations[i, index + 1] = self._observation_after(kept[i], index, choice.ratio)
+        return observations, applied
+
+    def _decide(self, kept: dict[str, int], index: int, action: np.ndarray | float) -> Choice:
+        """The wall's decision for group ``index`` given the ``kept`` counts so far; records it in ``kept``."""
+        choice = self.wall.choose(kept, index, self._action_to_ratio(action))
+        kept[self.graph.groups[index].name] = choice.kept
+        return choice
+
+    def _observation_after(self, kept: Mapping[str, int], index: int, ratio: float) -> np.ndarray:
+        """The observation once group ``index`` was decided with ``ratio`` (the last group's at the end)."""
+        following = min(index + 1, len(self.group_names) - 1)
+        return self._embedding.observation(following, self._reduced(kept), ratio)
 
     # ------------------------------------------------------------------ internals
     def _finish(self, info: dict[str, Any]) -> float:
@@ -620,9 +656,9 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             return 0.0
         return float(np.clip(2.0 * (ratio - low) / (high - low) - 1.0, -1.0, 1.0))
 
-    def _reduced(self) -> float:
-        """Fraction of the dense FLOPs removed by the groups decided so far (the others dense)."""
-        return 1.0 - self.graph.estimate(self._kept).flops / self.graph.dense_cost.flops
+    def _reduced(self, kept: Mapping[str, int]) -> float:
+        """Fraction of the dense FLOPs removed by the groups decided in ``kept`` (the others dense)."""
+        return 1.0 - self.graph.estimate(kept).flops / self.graph.dense_cost.flops
 
 
 @contextlib.contextmanager

@@ -165,6 +165,27 @@ def test_applied_actions_replay_the_walled_episode() -> None:
     assert [i["kept"] for i in replayed[1:]] == [i["kept"] for i in infos[1:]]
 
 
+def test_walk_meets_what_step_meets_without_evaluating() -> None:
+    env = ChannelPruningEnv.from_config(EnvConfig(target_ratio=0.3, **TINY))
+    patterns = _action_patterns(len(env.group_names), 6, seed=3)
+    stacked = np.stack([p.reshape(-1) for p in patterns]).astype(np.float32)
+    calls = []
+
+    def policy(index: int, observations: np.ndarray) -> np.ndarray:
+        calls.append(index)
+        assert observations.shape == (len(patterns), len(envs.FEATURES))
+        return stacked[:, index]
+
+    observations, applied = env.walk(policy, len(patterns))
+    assert calls == list(range(len(env.group_names)))
+    assert observations.shape == (len(patterns), len(env.group_names) + 1, len(envs.FEATURES))
+    for row, pattern in enumerate(patterns):
+        stepped, _, infos = _episode(env, pattern)
+        assert np.array_equal(np.stack(stepped), observations[row])  # the same observations, the terminal one too
+        assert np.array_equal(applied[row], np.array([i["applied_action"] for i in infos[1:]], np.float32))
+        assert infos[-1]["cost_ratio"] <= env.wall.target_ratio
+
+
 def test_registered_and_made_with_gymnasium(checkpoint: str) -> None:
     env = gymnasium.make(ENV_ID, config=EnvConfig(checkpoint=checkpoint, **TINY))
     assert env.spec is not None and env.spec.id == ENV_ID

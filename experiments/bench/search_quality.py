@@ -19,6 +19,7 @@ plot per model and target of best-so-far search-val top-1 against episode (mean 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import statistics
@@ -40,7 +41,22 @@ MODELS = {
     "resnet20": CONFIGS / "digits-resnet20-flops50.yaml",
     "mobilenetv2_small": CONFIGS / "digits-mobilenetv2-flops50.yaml",
 }
-METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg")
+METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc")
+SINGLE_EPISODE = ("uniform", "global", "sensitivity")
+# DDPG as AMC configures it (the defaults before critic-ranked proposals): warm-up of 50 uniform episodes, one
+# critic, the actor's noisy action played as is. A reference for what the proposals change.
+DDPG_VARIANTS = {
+    "ddpg_amc": {
+        "warmup_episodes": 50,
+        "warmup_design": "uniform",
+        "critics": 1,
+        "proposals": 1,
+        "elites": 0,
+        "optimism": 0.0,
+        "noise_sigma": 0.5,
+    },
+}
+VAL_AT = (30, 100, 300)
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 RESULTS = Path(__file__).parent / "results"
 
@@ -49,6 +65,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", type=int, default=3, help="dense models per model (seeds 0..N-1)")
+    parser.add_argument(
+        "--search-seeds", type=int, default=2, help="searches per dense model and searching method (random, tpe, ddpg)"
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="searches run side by side, one process and thread each")
     parser.add_argument("--episodes", type=int, default=300, help="episode budget of random, tpe and ddpg")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5], help="FLOPs ratios kept")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -92,39 +112,100 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
     if args.reconstruct:
         base = base.replace(env=base.env.replace(reconstruct=True))
     table: dict = {"dense_test_top1_per_seed": [], "criterion": base.env.criterion, "reconstruct": base.env.reconstruct}
+    seeded = [  # dense baselines trained (or read from the cache) here, before the jobs start
+        resolve_checkpoint(
+            base.replace(seed=seed, baseline=TrainConfig(**{**vars(base.baseline), "seed": seed})),
+            args.cache,
+            progress=False,
+        )
+        for seed in range(args.seeds)
+    ]
+    for config in seeded:
+        ws = build_workspace(model, config.env.data, config.env.checkpoint)
+        table["dense_test_top1_per_seed"].append(evaluate(ws.model, ws.data.loader("test", 256)))
+    jobs = [
+        (config, seed, target, method, search_seed)
+        for seed, config in enumerate(seeded)
+        for target in args.targets
+        for method in args.methods
+        for search_seed in range(1 if method in SINGLE_EPISODE else args.search_seeds)
+    ]
+    criteria_jobs = [
+        (config, seed, target, c)
+        for seed, config in enumerate(seeded)
+        for target in args.targets
+        for c in args.criteria
+    ]
     curves: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
-            seeded = resolve_checkpoint(
-                base.replace(seed=seed, baseline=TrainConfig(**{**vars(base.baseline), "seed": seed})),
-                args.cache,
-                progress=False,
+    with _pool(args.jobs) as pool:
+        rows = pool.map(_search_job, [(model, *job, args) for job in jobs])
+        crit_rows = pool.map(_criterion_job, [(*job, args) for job in criteria_jobs])
+        for (_, seed, target, method, search_seed), row in zip(jobs, rows):
+            key = f"flops_{target:g}"
+            cell = table.setdefault(key, {}).setdefault(method, {})
+            for name, value in row.items():
+                if name != "curve":
+                    cell.setdefault(name, []).append(value)
+            curves.setdefault(key, {}).setdefault(method, []).append(row["curve"])
+            print(
+                f"{model} seed {seed}/{search_seed} {key:>9} {method:>11}: val {row['val_top1']:.2%}  "
+                f"test {row['test_top1']:.2%}  recon {row['recon_test_top1']:.2%}  ({row['seconds']:.0f} s, "
+                f"{row['evaluations']} evals)",
+                flush=True,
             )
-            ws = build_workspace(model, seeded.env.data, seeded.env.checkpoint)
-            table["dense_test_top1_per_seed"].append(evaluate(ws.model, ws.data.loader("test", 256)))
-            for target in args.targets:
-                key = f"flops_{target:g}"
-                config = seeded.replace(env=seeded.env.replace(target_ratio=target))
-                for method in args.methods:
-                    row = _search(config.replace(agent=method), Path(tmp) / f"{key}-{method}-{seed}", ws, args)
-                    cell = table.setdefault(key, {}).setdefault(method, {})
-                    for name, value in row.items():
-                        if name != "curve":
-                            cell.setdefault(name, []).append(value)
-                    curves.setdefault(key, {}).setdefault(method, []).append(row["curve"])
-                    print(
-                        f"{model} seed {seed} {key:>9} {method:>11}: val {row['val_top1']:.2%}  test {row['test_top1']:.2%}"
-                        f"  recon {row['recon_test_top1']:.2%}  ({row['seconds']:.0f} s, {row['evaluations']} evals)",
-                        flush=True,
-                    )
-                for criterion in args.criteria:
-                    crit = _criterion_row(config, criterion, Path(tmp) / f"{key}-crit-{criterion}-{seed}", args)
-                    cell = table.setdefault("criteria", {}).setdefault(key, {}).setdefault(criterion, {})
-                    for name, value in crit.items():
-                        cell.setdefault(name, []).append(value)
+        for (_, _seed, target, criterion), crit in zip(criteria_jobs, crit_rows):
+            cell = table.setdefault("criteria", {}).setdefault(f"flops_{target:g}", {}).setdefault(criterion, {})
+            for name, value in crit.items():
+                cell.setdefault(name, []).append(value)
     table["dense_test_top1"] = statistics.fmean(table["dense_test_top1_per_seed"])
     _summarise(table, curves)
     return table
+
+
+class _InProcess:
+    """The pool interface (``map``) in this process: ``--jobs 1``."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn, items):
+        return [fn(item) for item in items]
+
+
+def _pool(jobs: int):
+    """``jobs`` worker processes (each searches with one torch thread), or this process for 1."""
+    if jobs <= 1:
+        return _InProcess()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _search_job(job: tuple) -> dict:
+    model, config, seed, target, method, search_seed, args = job
+    config = config.replace(env=config.env.replace(target_ratio=target), agent=method)
+    if method in DDPG_VARIANTS:
+        config = config.replace(agent="ddpg", ddpg=dataclasses.replace(config.ddpg, **DDPG_VARIANTS[method]))
+    if search_seed:  # search seed 0 keeps the dense seed as the search's seed (the table's earlier runs)
+        config = config.replace(seed=seed + 1000 * search_seed)
+    ws = build_workspace(model, config.env.data, config.env.checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _search(config, Path(tmp) / "search", ws, args)
+
+
+def _criterion_job(job: tuple) -> dict:
+    config, _seed, target, criterion, args = job
+    config = config.replace(env=config.env.replace(target_ratio=target))
+    with tempfile.TemporaryDirectory() as tmp:
+        return _criterion_row(config, criterion, Path(tmp), args)
 
 
 def _search(config: SearchConfig, out: Path, ws, args: argparse.Namespace) -> dict:
@@ -180,10 +261,30 @@ def _summarise(table: dict, curves: dict) -> None:
             cell["episodes_to_99pct"] = cell.pop("episodes_to_99pct_mean")
             length = min(len(c) for c in per_seed)
             cell["best_so_far_val_mean"] = list(np.mean([c[:length] for c in per_seed], axis=0))
+            cell["val_at"], cell["val_at_sd"] = _val_at(per_seed)
+            gaps = [v - t for v, t in zip(cell["val_top1"], cell["test_top1"])]
+            cell["selection"] = {
+                "val": cell["val_top1_mean"],
+                "test": cell["test_top1_mean"],
+                "gap": statistics.fmean(gaps),
+            }
     for crits in table.get("criteria", {}).values():
         for cell in crits.values():
             for name in list(cell):
                 cell[f"{name}_mean"] = statistics.fmean(cell[name])
+
+
+def _val_at(curves: list[list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and standard deviation over runs of the best-so-far search-val top-1 after 30 / 100 / 300 episodes.
+
+    A method that stops earlier (a one-episode baseline) keeps its last value.
+    """
+    means, sds = {}, {}
+    for n in VAL_AT:
+        values = [c[min(n, len(c)) - 1] for c in curves]
+        means[str(n)] = statistics.fmean(values)
+        sds[str(n)] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return means, sds
 
 
 def _report(model: str, table: dict, args: argparse.Namespace) -> None:
@@ -197,9 +298,10 @@ def _report(model: str, table: dict, args: argparse.Namespace) -> None:
         for method in args.methods:
             c = table[key][method]
             ft = f"  fine-tuned {c['finetuned_test_top1_mean']:.2%}" if "finetuned_test_top1_mean" in c else ""
+            at = "  ".join(f"@{n} {c['val_at'][str(n)]:.1%}+-{c['val_at_sd'][str(n)]:.1%}" for n in VAL_AT)
             print(
                 f"    {method:>11}  test {c['test_top1_mean']:.2%}  recon {c['recon_test_top1_mean']:.2%}"
-                f"  val {c['val_top1_mean']:.2%}  to-99% {c['episodes_to_99pct']:.0f} ep{ft}"
+                f"  val {c['val_top1_mean']:.2%}  best-so-far val {at}  to-99% {c['episodes_to_99pct']:.0f} ep{ft}"
             )
         for criterion, c in table.get("criteria", {}).get(key, {}).items():
             print(
@@ -216,7 +318,13 @@ def _merge(path: Path, model: str, table: dict, args: argparse.Namespace) -> Non
         data = json.loads(path.read_text()) if path.is_file() else {}
         if "models" not in data:
             data = {"models": {}}
-        data["models"][model] = {**table, "episodes": args.episodes, "seeds": args.seeds, "data": "digits"}
+        data["models"][model] = {
+            **table,
+            "episodes": args.episodes,
+            "seeds": args.seeds,
+            "search_seeds": args.search_seeds,
+            "data": "digits",
+        }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         tmp.replace(path)
