@@ -30,9 +30,15 @@ def ray_runtime():
     ray.shutdown()
 
 
-def _config(checkpoint: Path, workers: int, episodes: int = 8, agent: str = "ddpg") -> SearchConfig:
+# AMC's agent: uniform random warm-up plans, then the actor's weights shipped to the workers with the noise
+AMC_STYLE = {"warmup_design": "uniform", "proposals": 1, "critics": 1, "elites": 0, "optimism": 0.0}
+
+
+def _config(
+    checkpoint: Path, workers: int, episodes: int = 8, agent: str = "ddpg", ddpg: dict | None = None
+) -> SearchConfig:
     env = EnvConfig(model="resnet20", checkpoint=str(checkpoint), target_ratio=0.4, eval_batches=1, bn_batches=2)
-    ddpg = DDPGConfig(hidden=(32, 32), warmup_episodes=3, batch_size=8)
+    ddpg = DDPGConfig(hidden=(32, 32), warmup_episodes=3, batch_size=8, **(AMC_STYLE if ddpg is None else ddpg))
     return SearchConfig(
         env=env,
         agent=agent,
@@ -109,9 +115,11 @@ def _assert_identical(got: list[dict], want: list[dict]) -> None:
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), f"episode {b['episode']}: {key}"
 
 
-@pytest.mark.parametrize("agent", ["random", "ddpg", "tpe"])
+@pytest.mark.parametrize("agent", ["random", "ddpg", "ddpg-proposals", "tpe"])
 def test_one_ray_worker_gives_the_in_process_episodes(trained_resnet20: Path, tmp_path: Path, agent: str) -> None:
-    config = _config(trained_resnet20 / "model.pt", 1, episodes=6, agent=agent)
+    proposals = agent == "ddpg-proposals"  # the default DDPG: plans are the actions of the proposal chosen
+    agent = "ddpg" if proposals else agent
+    config = _config(trained_resnet20 / "model.pt", 1, episodes=6, agent=agent, ddpg={} if proposals else None)
     want = _search(config.replace(workers=0), tmp_path / "local", ray=None)  # workers 0: in-process, no Ray
     _assert_identical(_search(config, tmp_path / "ray", ray=None), want)  # workers 1: one Ray actor
     if agent == "ddpg":  # 3 warm-up episodes, then each plan comes from an actor that learned from every episode before
@@ -132,6 +140,21 @@ def test_parallel_ddpg_search(trained_resnet20: Path, tmp_path: Path, in_process
     # the same episodes as the two-worker schedule played one episode at a time in this process
     assert [e["planned_after"] for e in b["episodes"]] == [None, None, None, 2, 3, 4]
     _assert_identical(b["episodes"], _search(config, tmp_path / "local", ray=False))
+
+
+def test_parallel_proposal_search_plans_in_the_learner(trained_resnet20: Path, tmp_path: Path) -> None:
+    """Default DDPG on 2 workers: the learner walks and chooses every learning episode; the workers only play it."""
+    config = _config(trained_resnet20 / "model.pt", 2, episodes=7, ddpg={"proposals": 8, "critics": 2})
+    out = tmp_path / "ray"
+    out.mkdir()
+    save_yaml(config, out / "config.yaml")
+    search = Search(config, out, progress=False)
+    search.run()
+    episodes = json.loads((out / "search.json").read_text())["episodes"]
+    assert all(e["flops_ratio"] <= 0.4 for e in episodes), "the budget holds on every worker"
+    assert [e["planned_after"] for e in episodes] == [None, None, None, 2, 3, 4, 5]
+    assert search.pool.published == 0, "no actor weights travel: the plans carry the chosen actions"
+    _assert_identical(episodes, _search(config, tmp_path / "local", ray=False))
 
 
 @pytest.mark.parametrize("bound", [0, 1, 3])

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg")
+METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc")
+SEARCHING = ("random", "tpe", "ddpg", "ddpg_amc")
 
 
 def _pct(values: list[float]) -> str:
@@ -54,6 +55,28 @@ def method_table(model: str, table: dict) -> list[str]:
     return lines
 
 
+def search_val_table(model: str, table: dict) -> list[str]:
+    """Best-so-far search-val top-1 after 30 / 100 / 300 episodes (mean +- sd over every run) per searching method."""
+    targets = sorted(k for k in table if k.startswith("flops_"))
+    cells = {k: {m: table[k][m] for m in SEARCHING if "val_at" in table[k].get(m, {})} for k in targets}
+    if not any(cells.values()):
+        return []
+    runs = table["seeds"] * table.get("search_seeds", 1)
+    lines = [
+        f"Best-so-far search-val top-1 on **{model}** (the search's own objective; mean +- sd of {runs} runs: "
+        f"{table['seeds']} dense x {table.get('search_seeds', 1)} search seeds):",
+        "",
+        "| FLOPs | method | after 30 episodes | after 100 | after 300 | search-val - test gap of the best |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in targets:
+        for method, c in cells[key].items():
+            at = [f"{100 * c['val_at'][n]:.1f} ± {100 * c['val_at_sd'][n]:.1f}" for n in ("30", "100", "300")]
+            gap = f"{100 * c['selection']['gap']:+.1f}"
+            lines.append(f"| {key[6:]} | {method} | " + " | ".join(at) + f" | {gap} |")
+    return lines
+
+
 def criterion_table(model: str, table: dict) -> list[str]:
     crits = table.get("criteria", {})
     if not crits:
@@ -82,6 +105,9 @@ def main() -> int:
     data = json.loads(args.json.read_text())
     for model, table in data["models"].items():
         print("\n".join(method_table(model, table)) + "\n")
+        val = search_val_table(model, table)
+        if val:
+            print("\n".join(val) + "\n")
         crit = criterion_table(model, table)
         if crit:
             print("\n".join(crit) + "\n")

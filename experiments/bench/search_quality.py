@@ -191,9 +191,11 @@ def _one_thread() -> None:
 
 def _search_job(job: tuple) -> dict:
     model, config, seed, target, method, search_seed, args = job
-    config = config.replace(env=config.env.replace(target_ratio=target), agent=method)
+    config = config.replace(env=config.env.replace(target_ratio=target))
     if method in DDPG_VARIANTS:
         config = config.replace(agent="ddpg", ddpg=dataclasses.replace(config.ddpg, **DDPG_VARIANTS[method]))
+    else:
+        config = config.replace(agent=method)
     if search_seed:  # search seed 0 keeps the dense seed as the search's seed (the table's earlier runs)
         config = config.replace(seed=seed + 1000 * search_seed)
     ws = build_workspace(model, config.env.data, config.env.checkpoint)
