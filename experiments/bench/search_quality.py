@@ -347,7 +347,8 @@ def _plot(model: str, table: dict, args: argparse.Namespace) -> None:
             if len(curve) == 1:  # one-episode methods: a flat line at their value
                 xs, curve = [1, args.episodes], [curve[0], curve[0]]
             ax.plot(xs, np.array(curve) * 100, label=method, lw=1.5, ls="--" if len(xs) == 2 else "-")
-        ax.set_title(f"{model}, FLOPs <= {target:g}: best so far (mean of {args.seeds} dense seeds)")
+        runs = f"{args.seeds} dense x {args.search_seeds} search seeds"
+        ax.set_title(f"{model}, FLOPs <= {target:g}: best so far (mean of {runs})", fontsize=10)
         ax.set_xlabel("episode (policies evaluated)")
         ax.set_ylabel("best search-val top-1 (%)")
         ax.legend(fontsize=8)
