@@ -22,9 +22,10 @@ def _pct(values: list[float]) -> str:
 def method_table(model: str, table: dict) -> list[str]:
     """One row per method: test top-1 without fine-tuning (mean and per seed) per FLOPs target."""
     targets = sorted(k for k in table if k.startswith("flops_"))
-    head = "| method | " + " | ".join(f"FLOPs {k[6:]}: test top-1 (per seed)" for k in targets) + " |"
+    head = "| method | " + " | ".join(f"FLOPs {k[6:]}: test top-1 (per run)" for k in targets) + " |"
     lines = [
-        f"**{model}** (dense {100 * table['dense_test_top1']:.2f}%, {table['seeds']} dense seeds, "
+        f"**{model}** (dense {100 * table['dense_test_top1']:.2f}%, {table['seeds']} dense seeds"
+        f" x {table.get('search_seeds', 1)} search seeds, "
         f"{table['episodes']} episodes, criterion {table['criterion']}"
         f"{', searched with reconstruction' if table.get('reconstruct') else ''})",
         "",
@@ -39,6 +40,7 @@ def method_table(model: str, table: dict) -> list[str]:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     extra = [
         ("ddpg fine-tuned", "ddpg", "finetuned_test_top1"),
+        ("ddpg_amc fine-tuned", "ddpg_amc", "finetuned_test_top1"),
         ("uniform fine-tuned", "uniform", "finetuned_test_top1"),
         ("ddpg best + reconstruction", "ddpg", "recon_test_top1"),
         ("uniform + reconstruction", "uniform", "recon_test_top1"),
