@@ -163,27 +163,25 @@ class DDPGAgent(SearchAgent):
         self.impl = AMCDDPG(env, config, seed=seed)
         self.seed = seed
         self._weights: tuple[int, Any] | None = None  # (version, actor state) of the latest plan
-        self._design: np.ndarray | None = None
+        self._design = None  # the warm-up's actions, (episodes, groups), unless they are drawn per episode
+        if self.impl.config.warmup_design != "uniform":
+            from agents.ddpg import warmup_actions
+
+            cfg = self.impl.config
+            self._design = warmup_actions(cfg.warmup_design, cfg.warmup_episodes, len(env.group_names), seed)
         self._values: dict[int, float] = {}  # episode -> the critics' prediction of a planned proposal
 
     def _warmup_plan(self, episode: int) -> EpisodePlan:
-        config = self.impl.config
-        if config.warmup_design == "uniform":
-            return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
         if self._design is None:
-            from agents.ddpg import warmup_actions
-
-            self._design = warmup_actions(
-                config.warmup_design, config.warmup_episodes, len(self.env.group_names), self.seed
-            )
+            return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
         return EpisodePlan(episode, "sequence", 0, actions=tuple(float(a) for a in self._design[episode]))
 
     def _proposal_plan(self, episode: int) -> EpisodePlan:
-        from agents.proposals import propose
+        from agents.proposals import walk_proposals
 
         config = self.impl.config
         rng = np.random.default_rng(episode_seed(self.seed, episode))
-        chosen = propose(
+        chosen = walk_proposals(
             self.env,
             self.impl,
             self.impl.sigma,
@@ -191,7 +189,7 @@ class DDPGAgent(SearchAgent):
             config.proposals,
             config.optimism,
             self.impl.elites(config.elites, len(self.env.group_names)),
-        )
+        ).best()
         self._values[episode] = chosen.predicted
         return EpisodePlan(episode, "sequence", 0, actions=chosen.actions, value=chosen.predicted)
 

@@ -39,9 +39,11 @@ from stable_baselines3.common.utils import polyak_update
 
 from amc.errors import ConfigError
 
-__all__ = ["AMCDDPG", "DDPGConfig", "warmup_actions"]
+__all__ = ["AMCDDPG", "AMC_STYLE", "DDPGConfig", "warmup_actions"]
 
 WARMUP_DESIGNS = ("uniform", "lhs")
+AMC_STYLE = {"warmup_design": "uniform", "critics": 1, "proposals": 1, "elites": 0, "optimism": 0.0}
+"""DDPGConfig fields that turn the space-filling warm-up, the critic ensemble and the proposals off: AMC's agent."""
 
 _MODEL_FILE = "model.zip"
 _BUFFER_FILE = "replay_buffer.pkl"
@@ -324,13 +326,16 @@ class AMCDDPG:
     # --------------------------------------------------------------- acting
     def _actor_output(self, obs: np.ndarray) -> np.ndarray:
         """Runs the actor on one observation; returns its action in [-1, 1] as float64."""
-        shape = self._model.observation_space.shape
-        batch = np.asarray(obs, dtype=np.float32).reshape((1, *shape))
-        tensor = torch.as_tensor(batch, device=self._model.device)
+        batch = np.asarray(obs, dtype=np.float32).reshape((1, *self._model.observation_space.shape))
+        return self._actor_batch(batch).reshape(self._model.action_space.shape)
+
+    def _actor_batch(self, observations: np.ndarray) -> np.ndarray:
+        """The actor's actions for ``(n, *observation shape)`` observations: ``(n, action size)`` float64."""
+        tensor = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=self._model.device)
         self._model.policy.set_training_mode(False)
         with torch.no_grad():
-            action = self._model.actor(tensor)
-        return action.cpu().numpy().reshape(self._model.action_space.shape).astype(np.float64)
+            actions = self._model.actor(tensor)
+        return actions.cpu().numpy().reshape(len(tensor), -1).astype(np.float64)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Exploration action for one observation.
@@ -355,11 +360,7 @@ class AMCDDPG:
 
     def actor_actions(self, observations: np.ndarray) -> np.ndarray:
         """The actor's actions for a batch of observations ``(n, features)``: ``(n,)`` float64 in [-1, 1]."""
-        tensor = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=self._model.device)
-        self._model.policy.set_training_mode(False)
-        with torch.no_grad():
-            actions = self._model.actor(tensor)
-        return np.clip(actions.cpu().numpy().reshape(len(tensor)).astype(np.float64), -1.0, 1.0)
+        return np.clip(self._actor_batch(observations)[:, 0], -1.0, 1.0)
 
     def q_values(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """Every critic's value of ``(observation, action)`` pairs, in reward units (the baseline added back).

@@ -107,16 +107,3 @@ def walk_proposals(
     per_critic = q.reshape(len(q), count, groups).mean(axis=2)  # (critics, count)
     predicted, spread = per_critic.mean(axis=0), per_critic.std(axis=0)
     return Proposals(raw, applied, predicted, spread, predicted + optimism * spread)
-
-
-def propose(
-    env,
-    agent: AMCDDPG,
-    sigma: float,
-    rng: np.random.Generator,
-    count: int,
-    optimism: float = 0.0,
-    elites: np.ndarray | None = None,
-) -> Proposal:
-    """The one of ``count`` walked proposals that the critics value most (see :func:`walk_proposals`)."""
-    return walk_proposals(env, agent, sigma, rng, count, optimism, elites).best()

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from agents.base import DDPGAgent
 from agents.ddpg import AMCDDPG, DDPGConfig, warmup_actions
-from agents.proposals import propose, walk_proposals
+from agents.proposals import walk_proposals
 from agents.rollout import EpisodeRunner
 from amc.errors import ConfigError
 from envs import ChannelPruningEnv, EnvConfig
 
 TINY = {"bn_batches": 1, "bn_batch_size": 16, "eval_batch_size": 16, "eval_batches": 2}
 SMALL = {"hidden": (32, 32), "batch_size": 16}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +83,7 @@ def test_the_proposal_played_is_the_one_the_critics_value_most(env: ChannelPruni
     assert np.ptp(walked.value) > 0
     best = walked.best()
     assert best.value == walked.value.max() and best.best_of == 12
-    again = propose(env, agent.impl, 0.5, np.random.default_rng(1), 12, 1.0, agent.impl.elites(2, 12))
+    again = walk_proposals(env, agent.impl, 0.5, np.random.default_rng(1), 12, 1.0, agent.impl.elites(2, 12)).best()
     assert again == best  # seeded: the same walk, the same choice
     _, applied = env.walk(lambda i, obs: np.full(len(obs), best.actions[i]), 1)
     np.testing.assert_array_equal(applied[0], walked.applied[int(np.argmax(walked.value))])

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from agents.base import RandomAgent
-from agents.ddpg import DDPGConfig
+from agents.ddpg import AMC_STYLE, DDPGConfig
 from agents.parallel import build_env
 from agents.rollout import EpisodeRunner
 from agents.search import EpisodeRecord, Search, SearchConfig, run_search, save_yaml
@@ -28,10 +28,6 @@ def ray_runtime():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-# AMC's agent: uniform random warm-up plans, then the actor's weights shipped to the workers with the noise
-AMC_STYLE = {"warmup_design": "uniform", "proposals": 1, "critics": 1, "elites": 0, "optimism": 0.0}
 
 
 def _config(

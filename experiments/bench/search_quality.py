@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.ddpg import AMC_STYLE
 from agents.search import SearchConfig, resolve_checkpoint, run_search
 from amc.engine import FinetuneSchedule, build_workspace, prune_and_finetune
 from amc.policy import load_policy
@@ -45,17 +46,7 @@ METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_am
 SINGLE_EPISODE = ("uniform", "global", "sensitivity")
 # DDPG as AMC configures it (the defaults before critic-ranked proposals): warm-up of 50 uniform episodes, one
 # critic, the actor's noisy action played as is. A reference for what the proposals change.
-DDPG_VARIANTS = {
-    "ddpg_amc": {
-        "warmup_episodes": 50,
-        "warmup_design": "uniform",
-        "critics": 1,
-        "proposals": 1,
-        "elites": 0,
-        "optimism": 0.0,
-        "noise_sigma": 0.5,
-    },
-}
+DDPG_VARIANTS = {"ddpg_amc": {**AMC_STYLE, "warmup_episodes": 50, "noise_sigma": 0.5}}
 VAL_AT = (30, 100, 300)
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 RESULTS = Path(__file__).parent / "results"
