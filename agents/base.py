@@ -189,6 +189,7 @@ class DDPGAgent(SearchAgent):
             config.proposals,
             config.optimism,
             self.impl.elites(config.elites, len(self.env.group_names)),
+            config.value_steps,
         ).best()
         self._values[episode] = chosen.predicted
         return EpisodePlan(episode, "sequence", 0, actions=chosen.actions, value=chosen.predicted)

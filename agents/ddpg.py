@@ -42,6 +42,7 @@ from amc.errors import ConfigError
 __all__ = ["AMCDDPG", "AMC_STYLE", "DDPGConfig", "warmup_actions"]
 
 WARMUP_DESIGNS = ("uniform", "lhs")
+VALUE_STEPS = ("mean", "last")
 AMC_STYLE = {"warmup_design": "uniform", "critics": 1, "proposals": 1, "elites": 0, "optimism": 0.0}
 """DDPGConfig fields that turn the space-filling warm-up, the critic ensemble and the proposals off: AMC's agent."""
 
@@ -126,6 +127,7 @@ class DDPGConfig:
     proposals: int = 32
     optimism: float = 1.0
     elites: int = 5
+    value_steps: str = "mean"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -150,6 +152,8 @@ class DDPGConfig:
         _check_int("proposals", self.proposals, 1)
         _check_range("optimism", self.optimism, 0.0, math.inf)
         _check_int("elites", self.elites, 0)
+        if self.value_steps not in VALUE_STEPS:
+            raise ConfigError(f"value_steps must be one of {', '.join(VALUE_STEPS)}, got {self.value_steps!r}")
 
 
 def _check_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.records import EpisodeRecord, SearchConfig, SearchResult, SearchState, staleness_summary
+from agents.selection import select
 from amc.files import write_json_atomic
 from amc.service.plots import policy_bars, search_curves
 
@@ -27,7 +28,8 @@ def write_outputs(
         max_staleness: The search's staleness bound (``config.max_staleness`` resolved; see
             :class:`agents.search.Search`), reported with the staleness observed.
     """
-    best = state.best
+    selection = select(env, state.records, config.selection_top_k)
+    best = selection.chosen if selection is not None else state.best
     test = env.evaluate_ratios(best.ratios, "test")
     uniform_ratios = env.uniform_ratios()
     uniform_ratio = next(iter(uniform_ratios.values()))
@@ -67,10 +69,14 @@ def write_outputs(
             "params_ratio": best.params_ratio,
         },
         "uniform": uniform,
+        "selection": None,
         "staleness": staleness_summary(state.records, max_staleness),
         "episodes": [dataclasses.asdict(r) for r in state.records],
         "mlflow_run_id": state.run_id,
     }
+    if selection is not None:
+        summary["best"]["selection_top1"] = measured["selection_top1"] = selection.selection_top1
+        summary["selection"] = selection.summary(env.split_size("selection"))
     if config.env.target_metric == "latency":
         summary.update(latency_summary(env, state.records, best.episode, summary["episodes"]))
         summary["best"].update(summary.pop("best_latency"))
@@ -182,6 +188,8 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
         "uniform_top1": uniform["top1"],
         "uniform_test_top1": uniform["test_top1"],
     }
+    if "selection_top1" in best:
+        metrics["best_selection_top1"] = best["selection_top1"]
     for name, (section, key) in LATENCY_METRICS.items():
         where = summary.get(section) or {} if section else summary
         if key in where:

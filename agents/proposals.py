@@ -75,6 +75,7 @@ def walk_proposals(
     count: int,
     optimism: float = 0.0,
     elites: np.ndarray | None = None,
+    value_steps: str = "mean",
 ) -> Proposals:
     """Walks ``count`` noisy episodes through ``env``'s wall (nothing is evaluated) and values each.
 
@@ -87,6 +88,8 @@ def walk_proposals(
         optimism: Weight of the critics' spread in the value.
         elites: ``(k, groups)`` actions of the best episodes so far: the proposals after the first half are
             centred on them in turn instead of on the actor (None or empty: every proposal follows the actor).
+        value_steps: Which steps' predictions value a proposal: ``mean`` (all of them) or ``last`` (the last
+            step's: with the history in the observation, the whole policy).
     """
     groups = len(env.group_names)
     raw = np.zeros((count, groups), dtype=np.float32)
@@ -104,6 +107,7 @@ def walk_proposals(
 
     observations, applied = env.walk(policy, count)
     q = agent.q_values(observations[:, :-1].reshape(count * groups, -1), applied.reshape(-1))
-    per_critic = q.reshape(len(q), count, groups).mean(axis=2)  # (critics, count)
+    per_step = q.reshape(len(q), count, groups)
+    per_critic = per_step[:, :, -1] if value_steps == "last" else per_step.mean(axis=2)  # (critics, count)
     predicted, spread = per_critic.mean(axis=0), per_critic.std(axis=0)
     return Proposals(raw, applied, predicted, spread, predicted + optimism * spread)

@@ -52,6 +52,9 @@ class SearchConfig:
         threads: torch threads per rollout worker (0: local CPUs divided by workers).
         uniform_first: The first episode of a searching agent (random, tpe, ddpg) plays the uniform policy,
             so the search's best is never below the uniform baseline on search-val (with reward ``acc``).
+        selection_top_k: When the data has a selection split (``env.data.selection_size``), the search
+            re-evaluates its this many best distinct policies (by reward) on it at the end and returns the best
+            there instead of the best on search-val (:mod:`agents.selection`).
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -66,6 +69,7 @@ class SearchConfig:
     uniform_first: bool = True
     threads: int = 0
     max_staleness: int | str = "auto"
+    selection_top_k: int = 10
 
     def __post_init__(self) -> None:
         from agents.base import AGENTS
@@ -82,6 +86,11 @@ class SearchConfig:
             )
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: local CPUs divided by workers), got {self.threads}")
+        k = self.selection_top_k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(
+                f"selection_top_k must be an integer >= 1 (policies re-ranked on the selection split), got {k!r}"
+            )
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         bound = self.max_staleness

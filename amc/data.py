@@ -29,6 +29,11 @@ class DataConfig:
         root: Directory of a data set on disk (cifar10, imagefolder); unused otherwise.
         input_size: Side of the square input images; 0 picks the data set's default.
         val_size: Images held out from the training data as the search-val split (0: the default).
+        selection_size: Images held out from the training data as the selection split (0: none), disjoint from
+            search-val and test: a search re-evaluates its best policies on it at the end and returns the best
+            there (``selection_top_k``), so the reported policy is not just the luckiest on search-val. They are
+            taken from the end of the training part, so search-val and test stay the same images and the
+            dense model trains on that many fewer.
         seed: Seed of the deterministic split.
         num_classes: Class count (synthetic only).
         num_samples: Total images (synthetic only).
@@ -38,6 +43,7 @@ class DataConfig:
     root: str | None = None
     input_size: int = 0
     val_size: int = 0
+    selection_size: int = 0
     seed: int = 0
     num_classes: int = 10
     num_samples: int = 512
@@ -54,12 +60,14 @@ class DataBundle:
     num_classes: int
     input_size: int
     name: str
+    selection: Dataset | None = None
 
     def loader(self, split: str, batch_size: int = 128, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        """A DataLoader over ``split`` (``train``, ``val`` or ``test``); shuffling is seeded."""
-        dataset = {"train": self.train, "val": self.val, "test": self.test}.get(split)
+        """A DataLoader over ``split`` (``train``, ``val``, ``test`` or ``selection``); shuffling is seeded."""
+        dataset = {"train": self.train, "val": self.val, "test": self.test, "selection": self.selection}.get(split)
         if dataset is None:
-            raise ConfigError(f"unknown split {split!r}; use train, val or test")
+            hint = " (this data has no selection split: set data.selection_size)" if split == "selection" else ""
+            raise ConfigError(f"unknown split {split!r}; use train, val, test or selection{hint}")
         generator = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
@@ -84,6 +92,21 @@ def _split(n: int, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
     return [perm[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _carve_selection(config: DataConfig, train: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Splits ``config.selection_size`` indices off the end of the training indices: (train, selection or None)."""
+    size = config.selection_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ConfigError(f"data.selection_size must be an integer >= 0 (0: no selection split), got {size!r}")
+    if size == 0:
+        return train, None
+    if size >= len(train):
+        raise ConfigError(
+            f"data.selection_size={size} leaves no training images ({len(train)} in the training part of "
+            f"{config.name}); choose fewer than {len(train)}"
+        )
+    return train[: len(train) - size], train[len(train) - size :]
+
+
 @register_dataset("digits")
 def digits(config: DataConfig) -> DataBundle:
     """scikit-learn's 1797 handwritten digits: 1100 train / 300 search-val / 397 test, 16x16."""
@@ -99,8 +122,10 @@ def digits(config: DataConfig) -> DataBundle:
     val = config.val_size or 300
     n_test = 397
     train_idx, val_idx, test_idx = _split(len(y), (len(y) - val - n_test, val, n_test), config.seed)
+    train_idx, sel_idx = _carve_selection(config, train_idx)
     part = lambda idx: TensorDataset(x[idx], y[idx])  # noqa: E731
-    return DataBundle(part(train_idx), part(val_idx), part(test_idx), 1, 10, size, "digits")
+    selection = part(sel_idx) if sel_idx is not None else None
+    return DataBundle(part(train_idx), part(val_idx), part(test_idx), 1, 10, size, "digits", selection)
 
 
 @register_dataset("synthetic")
@@ -114,8 +139,10 @@ def synthetic(config: DataConfig) -> DataBundle:
     n_val = config.val_size or max(n // 6, 1)
     n_test = max(n // 6, 1)
     tr, va, te = _split(n, (n - n_val - n_test, n_val, n_test), config.seed)
+    tr, sel = _carve_selection(config, tr)
     part = lambda idx: TensorDataset(x[idx], y[idx])  # noqa: E731
-    return DataBundle(part(tr), part(va), part(te), 3, config.num_classes, size, "synthetic")
+    selection = part(sel) if sel is not None else None
+    return DataBundle(part(tr), part(va), part(te), 3, config.num_classes, size, "synthetic", selection)
 
 
 def _require_root(config: DataConfig, layout: str) -> Path:
@@ -149,7 +176,11 @@ def cifar10(config: DataConfig) -> DataBundle:
     test = torchvision.datasets.CIFAR10(str(root), train=False, transform=eval_tf, download=False)
     n_val = config.val_size or 5000
     tr, va = _split(len(train_aug), (len(train_aug) - n_val, n_val), config.seed)
-    return DataBundle(Subset(train_aug, tr.tolist()), Subset(train_plain, va.tolist()), test, 3, 10, 32, "cifar10")
+    tr, sel = _carve_selection(config, tr)
+    selection = Subset(train_plain, sel.tolist()) if sel is not None else None
+    return DataBundle(
+        Subset(train_aug, tr.tolist()), Subset(train_plain, va.tolist()), test, 3, 10, 32, "cifar10", selection
+    )
 
 
 @register_dataset("imagefolder")
@@ -176,6 +207,7 @@ def imagefolder(config: DataConfig) -> DataBundle:
     test = torchvision.datasets.ImageFolder(str(root / "val"), transform=eval_tf)
     n_val = config.val_size or min(10000, max(len(train_aug) // 10, 1))
     tr, va = _split(len(train_aug), (len(train_aug) - n_val, n_val), config.seed)
+    tr, sel = _carve_selection(config, tr)
     return DataBundle(
         Subset(train_aug, tr.tolist()),
         Subset(train_plain, va.tolist()),
@@ -184,4 +216,5 @@ def imagefolder(config: DataConfig) -> DataBundle:
         len(train_aug.classes),
         size,
         "imagefolder",
+        Subset(train_plain, sel.tolist()) if sel is not None else None,
     )

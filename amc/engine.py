@@ -69,6 +69,7 @@ def workspace_for(
     test: Dataset | DataLoader,
     name: str = "custom",
     data_name: str = "custom",
+    selection: Dataset | DataLoader | None = None,
 ) -> Workspace:
     """A workspace over your own dense ``model`` and data, for :func:`agents.search.run_search` (``workspace=``).
 
@@ -80,6 +81,8 @@ def workspace_for(
         test: Test split (the final evaluation of the best policy).
         name: Model name written into policies and MLflow runs.
         data_name: Data set name for reports.
+        selection: Selection split, disjoint from the others (optional): the search re-ranks its best policies
+            on it at the end (``SearchConfig.selection_top_k``).
 
     Raises:
         ConfigError: When the images are not square CHW tensors, or a split is empty.
@@ -96,7 +99,11 @@ def workspace_for(
     model = model.eval()
     with torch.no_grad():
         num_classes = int(model(image.unsqueeze(0)).shape[-1])
-    data = DataBundle(splits[0], splits[1], splits[2], channels, num_classes, size, data_name)
+    if selection is not None:
+        selection = selection.dataset if isinstance(selection, DataLoader) else selection
+        if len(selection) == 0:
+            raise ConfigError("the selection split is empty; pass None for no selection split")
+    data = DataBundle(splits[0], splits[1], splits[2], channels, num_classes, size, data_name, selection)
     spec = ModelSpec(name, channels, num_classes, size)
     graph = ModelGraph(model, spec.example_inputs())
     return Workspace(spec, data, model, graph, identity_of(spec, model))

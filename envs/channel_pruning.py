@@ -33,7 +33,7 @@ from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 from envs.budget import BudgetWall, Choice, fewest_widths
 from envs.costs import COST_MODELS, CostModel, LatencyCost, create_cost_model
-from envs.embedding import FEATURES, LayerEmbedding
+from envs.embedding import LayerEmbedding
 from envs.evaluation import EvalBatch, fixed_size_batches, top1
 from envs.rewards import REWARDS, Outcome, Reward, create_reward
 
@@ -92,6 +92,9 @@ class EnvConfig:
         reconstruct_batches: How many of the (first) BatchNorm calibration batches the reconstruction fits on.
         latency: How latency is measured when ``target_metric`` is ``latency`` (batch size, threads, device,
             dtype, seconds per entry, grid widths per axis); ignored otherwise.
+        observe_history: Append to AMC's eleven features the pruning ratio of every group decided so far
+            (one feature per group, 0 while undecided; :mod:`envs.embedding`), so that the last step's
+            observation and action are the whole policy. False gives AMC's observation.
     """
 
     model: str = "resnet20"
@@ -115,6 +118,7 @@ class EnvConfig:
     reconstruct: bool = False
     reconstruct_batches: int = 2
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    observe_history: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Mapping):  # from YAML / JSON: {name: digits, ...}
@@ -155,6 +159,8 @@ class EnvConfig:
             if int(value) != value or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         self._check_reconstruct()
+        if not isinstance(self.observe_history, bool):
+            raise ConfigError(f"observe_history must be true or false, got {self.observe_history!r}")
         COST_MODELS.get(self.target_metric)
         REWARDS.get(self.reward)
         CRITERIA.get(self.criterion)
@@ -262,6 +268,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         example_inputs: A batch of example inputs (for tracing).
         config: Search settings; ``EnvConfig()`` when omitted.
         test_loader: The test split, for :meth:`evaluate_ratios` with ``split="test"``.
+        selection_loader: The selection split (disjoint from search-val and test), for :meth:`evaluate_ratios`
+            with ``split="selection"``: a search re-ranks its best policies on it (None: no selection split).
         graph: The traced groups of ``model`` if already built.
         cost_model: The cost model of ``config.target_metric`` for ``graph`` if already built (parallel
             workers get the learner's, so that a measured latency table is built once and shared).
@@ -283,6 +291,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         config: EnvConfig | None = None,
         *,
         test_loader: Iterable[Batch] | None = None,
+        selection_loader: Iterable[Batch] | None = None,
         graph: ModelGraph | None = None,
         cost_model: CostModel | None = None,
         progress: bool = True,
@@ -334,11 +343,15 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ) from None
         self.reward_fn: Reward = create_reward(self.config.reward, self.config.size_lambda)
         self.identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), _num_classes(model, self.graph))
-        self._embedding = LayerEmbedding(self.graph.groups)
-        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
+        self._embedding = LayerEmbedding(self.graph.groups, history=self.config.observe_history)
+        self.observation_space = spaces.Box(0.0, 1.0, (self._embedding.size,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._calib, self._grad_batch = self._draw_calibration(train_loader)
-        self._loaders: dict[str, Iterable[Batch] | None] = {"val": val_loader, "test": test_loader}
+        self._loaders: dict[str, Iterable[Batch] | None] = {
+            "val": val_loader,
+            "test": test_loader,
+            "selection": selection_loader,
+        }
         self._cached: dict[str, list[EvalBatch]] = {}
         self._step_index: int | None = None
         self._kept: dict[str, int] = {}
@@ -373,6 +386,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         train = ws.data.loader("train", config.bn_batch_size, shuffle=True, seed=config.seed)
         val = ws.data.loader("val", config.eval_batch_size)
         test = ws.data.loader("test", config.eval_batch_size)
+        selection = ws.data.loader("selection", config.eval_batch_size) if ws.data.selection is not None else None
         env = cls(
             ws.model,
             train,
@@ -380,6 +394,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ws.example_inputs(),
             config,
             test_loader=test,
+            selection_loader=selection,
             graph=ws.graph,
             cost_model=cost_model,
             progress=progress,
@@ -406,6 +421,16 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def dense_cost(self) -> Cost:
         """Exact FLOPs (per image) and params of the dense model."""
         return self.graph.dense_cost
+
+    def has_split(self, split: str) -> bool:
+        """Whether the env can evaluate on ``split`` (``val``, ``test`` or ``selection``)."""
+        return self._loaders.get(split) is not None
+
+    def split_size(self, split: str) -> int:
+        """Images in ``split`` (counted through its loader)."""
+        loader = self._loader(split)
+        dataset = getattr(loader, "dataset", None)
+        return len(dataset) if dataset is not None else sum(len(y) for _, y in loader)
 
     def evaluate_ratios(self, ratios: Mapping[str, float], split: str = "val") -> dict[str, float]:
         """Prunes the dense model with ``ratios`` (no action wall), recalibrates and evaluates it.
@@ -555,7 +580,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             and the actions the wall applied, ``(count, groups)`` float32.
         """
         n = len(self.group_names)
-        observations = np.zeros((count, n + 1, len(FEATURES)), dtype=np.float32)
+        observations = np.zeros((count, n + 1, self._embedding.size), dtype=np.float32)
         applied = np.zeros((count, n), dtype=np.float32)
         kept: list[dict[str, int]] = [{} for _ in range(count)]
         observations[:, 0] = self._embedding.observation(0, 0.0, 0.0)
@@ -576,7 +601,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def _observation_after(self, kept: Mapping[str, int], index: int, ratio: float) -> np.ndarray:
         """The observation once group ``index`` was decided with ``ratio`` (the last group's at the end)."""
         following = min(index + 1, len(self.group_names) - 1)
-        return self._embedding.observation(following, self._reduced(kept), ratio)
+        return self._embedding.observation(following, self._reduced(kept), ratio, kept)
 
     # ------------------------------------------------------------------ internals
     def _finish(self, info: dict[str, Any]) -> float:
@@ -629,10 +654,10 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     def _loader(self, split: str) -> Iterable[Batch]:
         if split not in self._loaders:
-            raise ConfigError(f"unknown evaluation split {split!r}; use val or test")
+            raise ConfigError(f"unknown evaluation split {split!r}; use val, test or selection")
         loader = self._loaders[split]
         if loader is None:
-            raise ConfigError(f"no {split} loader: pass test_loader= when building the env from your own model")
+            raise ConfigError(f"no {split} loader: pass {split}_loader= when building the env from your own model")
         return loader
 
     def _cached_batches(self, split: str) -> list[EvalBatch]:

@@ -10,11 +10,17 @@ Features 0-7 are static and min-max normalised over the groups (a feature equal 
 Features 8-10 change during the episode and are fractions in [0, 1]: the exact FLOPs removed by the
 groups decided so far over the dense FLOPs, the dense FLOPs of the groups after the current one over
 those of all groups, and the pruning ratio applied to the previous group (0 at the first group).
+
+With ``history`` (``env.observe_history``, the default), one more feature per group follows: the fraction of
+that group's channels removed so far (0 for the groups not decided yet; the index feature tells them apart).
+AMC's eleven features summarise the past in two numbers, so a critic ``Q(s_t, a_t)`` cannot tell two
+episodes with the same FLOPs reduced apart; with the history, the last step's state and action are the whole
+policy, and the critic's value there is a model of the episode's reward (see :mod:`agents.proposals`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -57,8 +63,11 @@ class LayerEmbedding:
         groups: The prunable groups in episode order.
     """
 
-    def __init__(self, groups: Sequence[PrunableGroup]) -> None:
+    def __init__(self, groups: Sequence[PrunableGroup], history: bool = False) -> None:
         self._static = static_features(groups)
+        self._names = [g.name for g in groups]
+        self._channels = np.array([g.channels for g in groups], dtype=np.float64)
+        self.history = history
         flops = np.array([g.flops for g in groups], dtype=np.float64)
         total = flops.sum() or 1.0
         # rest[i]: dense FLOPs of the groups after group i, over those of all groups
@@ -66,16 +75,23 @@ class LayerEmbedding:
 
     @property
     def size(self) -> int:
-        return len(FEATURES)
+        """Features per observation: the eleven of AMC, plus one per group with ``history``."""
+        return len(FEATURES) + (len(self._names) if self.history else 0)
 
-    def observation(self, index: int, reduced: float, previous_action: float) -> np.ndarray:
+    def observation(
+        self, index: int, reduced: float, previous_action: float, decided: Mapping[str, int] | None = None
+    ) -> np.ndarray:
         """A fresh float32 observation for group ``index``.
 
         Args:
             index: Position of the group about to be decided (the last one at episode end).
             reduced: Fraction of the dense FLOPs removed by the groups decided so far.
             previous_action: Pruning ratio applied to the previous group.
+            decided: Kept channels of the groups decided so far, by name (used with ``history`` only).
         """
         dynamic = np.array([reduced, self._rest[index], previous_action], dtype=np.float64)
-        row = np.concatenate([self._static[index], np.clip(dynamic, 0.0, 1.0)])
-        return row.astype(np.float32)
+        parts = [self._static[index], np.clip(dynamic, 0.0, 1.0)]
+        if self.history:
+            kept = np.array([(decided or {}).get(name, c) for name, c in zip(self._names, self._channels)])
+            parts.append(np.clip(1.0 - kept / self._channels, 0.0, 1.0))
+        return np.concatenate(parts).astype(np.float32)

@@ -173,12 +173,12 @@ def test_walk_meets_what_step_meets_without_evaluating() -> None:
 
     def policy(index: int, observations: np.ndarray) -> np.ndarray:
         calls.append(index)
-        assert observations.shape == (len(patterns), len(envs.FEATURES))
+        assert observations.shape == (len(patterns), *env.observation_space.shape)
         return stacked[:, index]
 
     observations, applied = env.walk(policy, len(patterns))
     assert calls == list(range(len(env.group_names)))
-    assert observations.shape == (len(patterns), len(env.group_names) + 1, len(envs.FEATURES))
+    assert observations.shape == (len(patterns), len(env.group_names) + 1, *env.observation_space.shape)
     for row, pattern in enumerate(patterns):
         stepped, _, infos = _episode(env, pattern)
         assert np.array_equal(np.stack(stepped), observations[row])  # the same observations, the terminal one too
@@ -256,13 +256,32 @@ def test_actions_are_clipped_and_invalid_ones_rejected(checkpoint: str) -> None:
 
 def test_observations_lie_in_the_declared_space(checkpoint: str) -> None:
     env = ChannelPruningEnv.from_config(EnvConfig(checkpoint=checkpoint, **TINY))
-    assert env.observation_space.shape == (len(envs.FEATURES),) and env.action_space.shape == (1,)
+    features = len(envs.FEATURES) + len(env.group_names)  # AMC's eleven, then the history
+    assert env.observation_space.shape == (features,) and env.action_space.shape == (1,)
     observations, _, _ = _episode(env, np.random.default_rng(5).uniform(-1, 1, (len(env.group_names), 1)))
     assert all(o.dtype == np.float32 and o in env.observation_space for o in observations)
     index = envs.FEATURES.index("index")
     assert observations[0][index] == 0.0 and observations[-2][index] == 1.0  # min-max over the groups
     with pytest.raises(ResetNeeded):
         env.step(np.zeros(1, np.float32))
+
+
+def test_history_features_hold_the_ratios_decided_so_far(checkpoint: str) -> None:
+    env = ChannelPruningEnv.from_config(EnvConfig(checkpoint=checkpoint, **TINY))
+    amc = ChannelPruningEnv.from_config(EnvConfig(checkpoint=checkpoint, observe_history=False, **TINY))
+    assert amc.observation_space.shape == (len(envs.FEATURES),)
+    actions = np.random.default_rng(6).uniform(-1, 1, (len(env.group_names), 1))
+    observations, _, infos = _episode(env, actions)
+    plain, _, _ = _episode(amc, actions)
+    history = np.stack(observations)[:, len(envs.FEATURES) :]
+    assert np.array_equal(np.stack(observations)[:, : len(envs.FEATURES)], np.stack(plain))  # AMC's part unchanged
+    assert not history[0].any()  # nothing decided at the start
+    channels = [env.graph.group(name).channels for name in env.group_names]
+    for step in range(1, len(infos)):
+        expected = [1 - infos[i]["kept"] / c if i <= step else 0.0 for i, c in enumerate(channels, start=1)]
+        assert history[step] == pytest.approx(expected, abs=1e-6)  # decided groups' ratios, the rest 0
+    with pytest.raises(ConfigError, match="observe_history"):
+        EnvConfig(observe_history="yes", **TINY)
 
 
 def test_impossible_target_raises_budget_error() -> None:

@@ -166,6 +166,14 @@ def _print_summary(result) -> None:
     print(f"{'uniform':<10}{u['top1']:>10.2%}{u['test_top1']:>12.2%}{u['flops_ratio']:>8.1%}{u['params_ratio']:>8.1%}")
     print(f"{'best':<10}{b.top1:>10.2%}{result.best_test_top1:>12.2%}{b.flops_ratio:>8.1%}{b.params_ratio:>8.1%}")
     summary = json.loads((result.out / "search.json").read_text())
+    selection = summary.get("selection")
+    if selection:
+        print(
+            f"selection: the best of the top {selection['top_k']} policies by search-val, re-evaluated on "
+            f"{selection['split_size']} held-out images: {summary['best']['selection_top1']:.2%} "
+            f"(episode {selection['chosen_episode']}; the best on search-val alone was episode "
+            f"{selection['best_reward_episode']})"
+        )
     if "latency_ms_measured" in summary["best"]:
         best, front = summary["best"], summary.get("pareto", [])
         print(

@@ -7,7 +7,7 @@ chose (``predicted_reward``) and the reward the episode then got, and the fracti
 beat the warm-up's best. Prints one line per run and a summary (mean over runs), writes JSON.
 
 A variant is ``NAME`` (a registered agent, its config's settings) or ``NAME=AGENT:JSON`` (JSON: DDPG fields
-that replace the config's). The search seed of a run is ``1000 x search seed + dense seed``.
+that replace the config's; a key ``env.FIELD`` replaces an env field instead). The search seed of a run is ``1000 x search seed + dense seed``.
 
     .venv/bin/python experiments/bench/agent_variants.py --targets 0.2 --episodes 100 \\
         --variants tpe ddpg 'c1=ddpg:{"critics": 1, "optimism": 0}'
@@ -68,8 +68,9 @@ def run_one(job: tuple) -> dict:
     torch.set_num_threads(1)
     config = dense_config(model, dense, episodes, cache)
     config = config.replace(seed=1000 * search_seed + dense, agent=agent, env=config.env.replace(target_ratio=target))
-    if fields:
-        config = config.replace(ddpg=dataclasses.replace(config.ddpg, **fields))
+    env_fields = {k.removeprefix("env."): v for k, v in fields.items() if k.startswith("env.")}
+    ddpg_fields = {k: v for k, v in fields.items() if not k.startswith("env.")}
+    config = config.replace(ddpg=dataclasses.replace(config.ddpg, **ddpg_fields), env=config.env.replace(**env_fields))
     stats: dict[int, dict] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,6 +14,12 @@ plot per model and target of best-so-far search-val top-1 against episode (mean 
     .venv/bin/python experiments/bench/search_quality.py                          # full: ~1 h per model on 2 cores
     .venv/bin/python experiments/bench/search_quality.py --models resnet20 --seeds 1 --episodes 60   # a quick look
     .venv/bin/python experiments/bench/search_quality.py --reconstruct --targets 0.2 --criteria  # searches with reconstruction
+    .venv/bin/python experiments/bench/search_quality.py --selection-size 200 --methods tpe ddpg --criteria
+
+With ``--selection-size N``, N training images are held out as the selection split (the dense models train on N
+fewer) and every search returns the best of its top policies re-ranked there (``selection_top_k``); each run also
+records the test top-1 of the policy that was best on search-val, so the search-val to test gap is measured
+before and after selection on the same searches (``selection.by_reward`` and ``selection.by_selection``).
 """
 
 from __future__ import annotations
@@ -78,14 +84,21 @@ def main() -> int:
         help="search with AMC's channel reconstruction on (env.reconstruct), every episode",
     )
     parser.add_argument(
+        "--selection-size",
+        type=int,
+        default=0,
+        help="hold out this many training images as the selection split (searches re-rank their best there)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="JSON file (default: results/search_quality.json, or search_quality_reconstruct.json)",
+        help="JSON file (default: results/search_quality.json, or _reconstruct / _selection beside it)",
     )
     args = parser.parse_args()
     if args.out is None:
-        args.out = RESULTS / ("search_quality_reconstruct.json" if args.reconstruct else "search_quality.json")
+        suffix = "_reconstruct" if args.reconstruct else "_selection" if args.selection_size else ""
+        args.out = RESULTS / f"search_quality{suffix}.json"
     torch.set_num_threads(1)  # small models: one thread per process is fastest and keeps runs comparable
     for model in args.models:
         started = time.perf_counter()
@@ -102,6 +115,9 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
     base = SearchConfig.from_yaml(MODELS[model]).replace(episodes=args.episodes, workers=0)  # in-process: comparable
     if args.reconstruct:
         base = base.replace(env=base.env.replace(reconstruct=True))
+    if args.selection_size:
+        data = dataclasses.replace(base.env.data, selection_size=args.selection_size)
+        base = base.replace(env=base.env.replace(data=data))
     table: dict = {"dense_test_top1_per_seed": [], "criterion": base.env.criterion, "reconstruct": base.env.reconstruct}
     seeded = [  # dense baselines trained (or read from the cache) here, before the jobs start
         resolve_checkpoint(
@@ -205,7 +221,8 @@ def _search(config: SearchConfig, out: Path, ws, args: argparse.Namespace) -> di
     start = time.perf_counter()
     result = run_search(config, out, track=False, progress=False)
     seconds = time.perf_counter() - start
-    episodes = json.loads((out / "search.json").read_text())["episodes"]
+    summary = json.loads((out / "search.json").read_text())
+    episodes = summary["episodes"]
     curve = list(np.maximum.accumulate([e["top1"] for e in episodes]))
     recon = ChannelPruningEnv.from_workspace(ws, config.env.replace(reconstruct=True))
     row = {
@@ -218,12 +235,23 @@ def _search(config: SearchConfig, out: Path, ws, args: argparse.Namespace) -> di
         "evaluations": _evaluations(config.agent, len(episodes), len(ws.graph)),
         "episodes_to_99pct": int(np.argmax(np.array(curve) >= 0.99 * curve[-1])) + 1,
     }
+    selection = summary["selection"]
+    if selection is not None:  # the policy best on search-val alone, for the gap before selection
+        by_reward = next(e for e in episodes if e["episode"] == selection["best_reward_episode"])
+        row["selection_top1"] = summary["best"]["selection_top1"]
+        row["by_reward_val_top1"] = by_reward["top1"]
+        row["by_reward_test_top1"] = _test_top1(ws, config, by_reward["ratios"])
     if config.agent in ("ddpg", "uniform") and args.finetune_epochs:
         _, acc = prune_and_finetune(
             ws, load_policy(out / "best_policy.json"), FinetuneSchedule(epochs=args.finetune_epochs), progress=False
         )
         row["finetuned_test_top1"] = acc["top1"]
     return row
+
+
+def _test_top1(ws, config: SearchConfig, ratios: dict[str, float]) -> float:
+    """Test top-1 of ``ratios`` through the search's own env (no reconstruction unless the search had it)."""
+    return ChannelPruningEnv.from_workspace(ws, config.env, progress=False).evaluate_ratios(ratios, "test")["top1"]
 
 
 def _evaluations(agent: str, episodes: int, groups: int) -> int:
@@ -261,6 +289,19 @@ def _summarise(table: dict, curves: dict) -> None:
                 "test": cell["test_top1_mean"],
                 "gap": statistics.fmean(gaps),
             }
+            if "selection_top1" in cell:  # before (best on search-val) and after (best on the selection split)
+                before = [v - t for v, t in zip(cell["by_reward_val_top1"], cell["by_reward_test_top1"])]
+                cell["selection"]["by_reward"] = {
+                    "val": cell["by_reward_val_top1_mean"],
+                    "test": cell["by_reward_test_top1_mean"],
+                    "gap": statistics.fmean(before),
+                }
+                cell["selection"]["by_selection"] = {
+                    "val": cell["val_top1_mean"],
+                    "selection": cell["selection_top1_mean"],
+                    "test": cell["test_top1_mean"],
+                    "gap": statistics.fmean(gaps),
+                }
     for crits in table.get("criteria", {}).values():
         for cell in crits.values():
             for name in list(cell):
@@ -317,6 +358,7 @@ def _merge(path: Path, model: str, table: dict, args: argparse.Namespace) -> Non
             "seeds": args.seeds,
             "search_seeds": args.search_seeds,
             "data": "digits",
+            "selection_size": args.selection_size,
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
