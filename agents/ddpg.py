@@ -43,7 +43,14 @@ __all__ = ["AMCDDPG", "AMC_STYLE", "DDPGConfig", "warmup_actions"]
 
 WARMUP_DESIGNS = ("uniform", "lhs")
 VALUE_STEPS = ("mean", "last")
-AMC_STYLE = {"warmup_design": "uniform", "critics": 1, "proposals": 1, "elites": 0, "optimism": 0.0}
+AMC_STYLE = {
+    "warmup_design": "uniform",
+    "critics": 1,
+    "proposals": 1,
+    "elites": 0,
+    "optimism": 0.0,
+    "value_steps": "mean",
+}
 """DDPGConfig fields that turn the space-filling warm-up, the critic ensemble and the proposals off: AMC's agent."""
 
 _MODEL_FILE = "model.zip"
@@ -67,7 +74,9 @@ class DDPGConfig:
     search-val top-1 after 100 episodes, 3 dense seeds, both digits models at 20% and 50% FLOPs; README,
     "Search quality"): 10 warm-up episodes from a Latin hypercube instead of 50 uniform ones, 5 critics, and
     32 proposals per episode, half of them perturbing the 5 best episodes so far, walked through the budget
-    wall and ranked by the critics (mean + 1 x spread) before one is played, with sigma 0.3.
+    wall and ranked by the critics (mean + 1 x spread) before one is played, with sigma 0.3. With the env's
+    history in the observation (``env.observe_history``), the proposals are ranked by the critics' value of their
+    last step (``value_steps: last``), which sees the whole policy.
 
     Attributes:
         hidden: Hidden layer widths of both the actor and the critic (AMC ``--hidden1/--hidden2``
@@ -107,6 +116,10 @@ class DDPGConfig:
             over the critics); 0 ranks by the mean.
         elites: With several proposals, half of them perturb the actions of the best ``elites`` episodes so far
             (the replay buffer's best) instead of the actor's; 0: all follow the actor.
+        value_steps: Which of a proposal's steps the critics value it by: ``last`` (their Q at the last step;
+            with the env's ``observe_history`` that state and action are the whole policy, so the value is a
+            model of the episode's reward) or ``mean`` (the mean over its steps, each Q an expectation over
+            the later actions; what the agent did before the history joined the observation).
     """
 
     hidden: tuple[int, ...] = (300, 300)
@@ -127,7 +140,7 @@ class DDPGConfig:
     proposals: int = 32
     optimism: float = 1.0
     elites: int = 5
-    value_steps: str = "mean"
+    value_steps: str = "last"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))

@@ -356,7 +356,9 @@ def stored_config(out: Path) -> SearchConfig:
 
     A ``config.yaml`` without ``max_staleness`` was written by an older amc-search, which counted
     ``workers`` differently (see :data:`LEGACY_WORKERS`); its workers are read in today's terms, so the
-    search resumes on the same workers with the same schedule.
+    search resumes on the same workers with the same schedule. One whose ``env`` has no ``observe_history``
+    was written before the history joined the observation: it resumes with AMC's observation, which its saved
+    agent was built for.
     """
     from amc.config import parse_yaml
 
@@ -365,6 +367,8 @@ def stored_config(out: Path) -> SearchConfig:
     raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     if "max_staleness" not in raw and config.workers in LEGACY_WORKERS:
         config = config.replace(workers=LEGACY_WORKERS[config.workers])
+    if "observe_history" not in (raw.get("env") or {}):
+        config = config.replace(env=config.env.replace(observe_history=False))
     return config
 
 

@@ -225,11 +225,13 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     ``experiments/bench/episode_cost.py``.
 
     ## Observation
-    ``Box(0, 1, (11,), float32)``: AMC's layer embedding of the group about to be decided: index,
+    ``Box(0, 1, (11 + groups,), float32)``: AMC's layer embedding of the group about to be decided: index,
     kind (conv / depthwise / linear), input channels, output channels, spatial size, stride, kernel,
     the group's dense FLOPs (these eight min-max normalised over the groups), FLOPs reduced so far and
-    FLOPs of the groups still to decide (fractions of the dense FLOPs), and the previous pruning ratio.
-    See :mod:`envs.embedding`.
+    FLOPs of the groups still to decide (fractions of the dense FLOPs), and the previous pruning ratio;
+    then the history: the pruning ratio of every group decided so far (0 for the others), one feature per
+    group, so that the last observation and action are the whole policy (``observe_history: false`` gives
+    AMC's ``Box(0, 1, (11,))``). See :mod:`envs.embedding`.
 
     ## Action
     ``Box(-1, 1, (1,), float32)``: mapped linearly to a pruning ratio in ``[min_ratio, max_ratio]``

@@ -89,6 +89,27 @@ def test_the_proposal_played_is_the_one_the_critics_value_most(env: ChannelPruni
     np.testing.assert_array_equal(applied[0], walked.applied[int(np.argmax(walked.value))])
 
 
+def test_last_step_value_is_the_critics_value_of_the_whole_policy(env: ChannelPruningEnv) -> None:
+    agent = _agent(env, critics=3, warmup_episodes=4, proposals=8, elites=2)
+    _play(agent, env, 5)
+    groups = len(env.group_names)
+    walk = lambda steps: walk_proposals(  # noqa: E731
+        env, agent.impl, 0.5, np.random.default_rng(2), 10, 0.0, agent.impl.elites(2, groups), steps
+    )
+    last, mean = walk("last"), walk("mean")
+    np.testing.assert_array_equal(last.applied, mean.applied)  # the same proposals, valued two ways
+    observations, applied = env.walk(lambda i, obs: last.actions[:, i], 10)
+    q = agent.impl.q_values(observations[:, groups - 1], applied[:, groups - 1])  # the last decision's state
+    np.testing.assert_allclose(last.predicted, q.mean(axis=0), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(last.predicted, mean.predicted)
+    # with the history, the last state holds every earlier group's ratio, as the wall applied it
+    history = observations[:, groups - 1, -groups:]
+    channels = np.array([env.graph.group(name).channels for name in env.group_names])
+    ratios = np.array([[env._action_to_ratio(a) for a in row] for row in applied])
+    np.testing.assert_allclose(history[:, :-1], ratios[:, :-1], atol=0.5 / channels[:-1].min() + 1e-6)
+    assert not history[:, -1].any()  # the last group is still undecided there
+
+
 def test_proposal_search_is_seeded_meets_the_budget_and_reports_its_prediction(env: ChannelPruningEnv) -> None:
     settings = {"critics": 2, "warmup_episodes": 3, "warmup_design": "lhs", "proposals": 6, "elites": 2}
     first, second = _agent(env, **settings), _agent(env, **settings)
@@ -104,7 +125,14 @@ def test_proposal_search_is_seeded_meets_the_budget_and_reports_its_prediction(e
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("critics", 0), ("proposals", 0), ("optimism", -1.0), ("elites", -2), ("warmup_design", "sobol")],
+    [
+        ("critics", 0),
+        ("proposals", 0),
+        ("optimism", -1.0),
+        ("elites", -2),
+        ("warmup_design", "sobol"),
+        ("value_steps", "first"),
+    ],
 )
 def test_bad_proposal_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):

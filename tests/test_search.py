@@ -374,3 +374,13 @@ def test_a_search_directory_of_an_older_version_keeps_its_workers(tmp_path: Path
         text = (tmp_path / "config.yaml").read_text()
         (tmp_path / "config.yaml").write_text(re.sub(r"(?m)^max_staleness:.*\n", "", text))
     assert stored_config(tmp_path).workers == now
+
+
+def test_a_search_directory_from_before_the_history_resumes_with_amc_observation(tmp_path: Path) -> None:
+    from agents.search import save_yaml, stored_config
+
+    save_yaml(SearchConfig(agent="random"), tmp_path / "config.yaml")
+    assert stored_config(tmp_path).env.observe_history is True
+    text = (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(re.sub(r"(?m)^  observe_history:.*\n", "", text))
+    assert stored_config(tmp_path).env.observe_history is False

@@ -51,8 +51,9 @@ MODELS = {
 METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc")
 SINGLE_EPISODE = ("uniform", "global", "sensitivity")
 # DDPG as AMC configures it (the defaults before critic-ranked proposals): warm-up of 50 uniform episodes, one
-# critic, the actor's noisy action played as is. A reference for what the proposals change.
-DDPG_VARIANTS = {"ddpg_amc": {**AMC_STYLE, "warmup_episodes": 50, "noise_sigma": 0.5}}
+# critic, the actor's noisy action played as is, AMC's observation (no history). A reference for what the
+# proposals and the history change. Each variant: (DDPG fields, env fields).
+DDPG_VARIANTS = {"ddpg_amc": ({**AMC_STYLE, "warmup_episodes": 50, "noise_sigma": 0.5}, {"observe_history": False})}
 VAL_AT = (30, 100, 300)
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 RESULTS = Path(__file__).parent / "results"
@@ -84,6 +85,12 @@ def main() -> int:
         help="search with AMC's channel reconstruction on (env.reconstruct), every episode",
     )
     parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only the methods (and criteria) run now in the model's entry of --out, keeping the others' "
+        "cells (the entry must have the same episodes, seeds, search seeds and selection size)",
+    )
+    parser.add_argument(
         "--selection-size",
         type=int,
         default=0,
@@ -105,8 +112,8 @@ def main() -> int:
         table = bench_model(model, args)
         table["seconds"] = time.perf_counter() - started
         _report(model, table, args)
-        _merge(args.out, model, table, args)
-        _plot(model, table, args)
+        merged = _merge(args.out, model, table, args)
+        _plot(model, merged, args)
     print(f"wrote {args.out}")
     return 0
 
@@ -200,7 +207,10 @@ def _search_job(job: tuple) -> dict:
     model, config, seed, target, method, search_seed, args = job
     config = config.replace(env=config.env.replace(target_ratio=target))
     if method in DDPG_VARIANTS:
-        config = config.replace(agent="ddpg", ddpg=dataclasses.replace(config.ddpg, **DDPG_VARIANTS[method]))
+        ddpg, env = DDPG_VARIANTS[method]
+        config = config.replace(
+            agent="ddpg", ddpg=dataclasses.replace(config.ddpg, **ddpg), env=config.env.replace(**env)
+        )
     else:
         config = config.replace(agent=method)
     if search_seed:  # search seed 0 keeps the dense seed as the search's seed (the table's earlier runs)
@@ -344,25 +354,47 @@ def _report(model: str, table: dict, args: argparse.Namespace) -> None:
             )
 
 
-def _merge(path: Path, model: str, table: dict, args: argparse.Namespace) -> None:
-    """Adds this model's table to the JSON file (other models' entries kept), under a file lock."""
+def _merge(path: Path, model: str, table: dict, args: argparse.Namespace) -> dict:
+    """Adds this model's table to the JSON file (other models' entries kept), under a file lock; returns the entry.
+
+    With ``--update`` the model's existing entry keeps the cells of the methods (and criteria) not run now.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "episodes": args.episodes,
+        "seeds": args.seeds,
+        "search_seeds": args.search_seeds,
+        "data": "digits",
+        "selection_size": args.selection_size,
+    }
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(path.read_text()) if path.is_file() else {}
         if "models" not in data:
             data = {"models": {}}
-        data["models"][model] = {
-            **table,
-            "episodes": args.episodes,
-            "seeds": args.seeds,
-            "search_seeds": args.search_seeds,
-            "data": "digits",
-            "selection_size": args.selection_size,
-        }
+        entry = {**table, **settings}
+        if args.update:
+            entry = _updated(data["models"].get(model), table, settings, path, model)
+        data["models"][model] = entry
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         tmp.replace(path)
+    return entry
+
+
+def _updated(old: dict | None, table: dict, settings: dict, path: Path, model: str) -> dict:
+    """``old`` with this run's method cells (and criteria) written over it; refuses other settings."""
+    if old is None:
+        raise SystemExit(f"--update: {path} has no entry for {model} to update; run without --update")
+    differ = [k for k, v in settings.items() if old.get(k, 0 if k == "selection_size" else None) != v]
+    if differ or old.get("reconstruct") != table["reconstruct"]:
+        raise SystemExit(f"--update: {model}'s entry in {path} was run with other settings ({differ}); run all methods")
+    merged = dict(old)
+    for key, cells in table.items():
+        if key.startswith("flops_") or key == "criteria":
+            merged[key] = {**old.get(key, {}), **cells}
+    merged["updated_methods"] = sorted({m for k, c in table.items() if k.startswith("flops_") for m in c})
+    return merged
 
 
 def _plot(model: str, table: dict, args: argparse.Namespace) -> None:
@@ -374,7 +406,7 @@ def _plot(model: str, table: dict, args: argparse.Namespace) -> None:
     fig, axes = plt.subplots(1, len(args.targets), figsize=(6 * len(args.targets), 4.5), squeeze=False)
     for ax, target in zip(axes[0], args.targets):
         key = f"flops_{target:g}"
-        for method in args.methods:
+        for method in [m for m in METHODS if m in table[key]]:
             curve = table[key][method]["best_so_far_val_mean"]
             xs = np.arange(1, len(curve) + 1)
             if len(curve) == 1:  # one-episode methods: a flat line at their value
