@@ -73,10 +73,11 @@ class DDPGConfig:
     The defaults then add what makes the agent sample-efficient (measured against Optuna's TPE on best-so-far
     search-val top-1 after 100 episodes, 3 dense seeds, both digits models at 20% and 50% FLOPs; README,
     "Search quality"): 10 warm-up episodes from a Latin hypercube instead of 50 uniform ones, 5 critics, and
-    32 proposals per episode, half of them perturbing the 5 best episodes so far, walked through the budget
+    64 proposals per episode, half of them perturbing the 5 best episodes so far, walked through the budget
     wall and ranked by the critics (mean + 1 x spread) before one is played, with sigma 0.3. With the env's
-    history in the observation (``env.observe_history``), the proposals are ranked by the critics' value of their
-    last step (``value_steps: last``), which sees the whole policy.
+    history in the observation (``env.observe_history``) the proposals are ranked by the critics' value of
+    their last step (``value_steps: last``), which sees the whole policy; with that better judge, 64 proposals
+    measured at least as well as 32 (the default before the history).
 
     Attributes:
         hidden: Hidden layer widths of both the actor and the critic (AMC ``--hidden1/--hidden2``
@@ -137,7 +138,7 @@ class DDPGConfig:
     updates_per_transition: int = 1
     warmup_design: str = "lhs"
     critics: int = 5
-    proposals: int = 32
+    proposals: int = 64
     optimism: float = 1.0
     elites: int = 5
     value_steps: str = "last"

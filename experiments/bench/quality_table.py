@@ -79,6 +79,46 @@ def search_val_table(model: str, table: dict) -> list[str]:
     return lines
 
 
+def selection_table(model: str, table: dict) -> list[str]:
+    """The search-val to test gap of the best policy on search-val against the best of the top-k on the selection split."""
+    targets = sorted(k for k in table if k.startswith("flops_"))
+    rows = [
+        (k, m, c["selection"]) for k in targets for m, c in table[k].items() if "by_selection" in c.get("selection", {})
+    ]
+    if not rows:
+        return []
+    lines = [
+        f"Selection on **{model}** ({table.get('selection_size')} held-out training images; test top-1 without "
+        f"fine-tuning, mean of {table['seeds'] * table.get('search_seeds', 1)} runs):",
+        "",
+        "| FLOPs | method | best on search-val: val / test (gap) | best of the top 10 on selection: val / selection / test (gap) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, method, sel in rows:
+        before, after = sel["by_reward"], sel["by_selection"]
+        lines.append(
+            f"| {key[6:]} | {method} | {100 * before['val']:.1f} / {100 * before['test']:.1f} "
+            f"({100 * before['gap']:+.1f}) | {100 * after['val']:.1f} / {100 * after['selection']:.1f} / "
+            f"{100 * after['test']:.1f} ({100 * after['gap']:+.1f}) |"
+        )
+    return lines
+
+
+def versus_table(data: dict, rival: str = "tpe", methods: tuple[str, ...] = ("ddpg", "ddpg_amc")) -> list[str]:
+    """Best-so-far search-val top-1 at 100 and 300 episodes of the agent beside ``rival``, one row per cell."""
+    at = ("100", "300")
+    head = [f"{name} @{n}" for n in at for name in (rival, *methods)]
+    lines = ["| cell | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+    for model, table in data["models"].items():
+        for key in sorted(k for k in table if k.startswith("flops_")):
+            cells = table[key]
+            if rival not in cells or not all("val_at" in cells.get(m, {}) for m in methods):
+                continue
+            values = [100 * cells[name]["val_at"][n] for n in at for name in (rival, *methods)]
+            lines.append(f"| {model}, FLOPs {key[6:]} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    return lines
+
+
 def criterion_table(model: str, table: dict) -> list[str]:
     crits = table.get("criteria", {})
     if not crits:
@@ -110,9 +150,12 @@ def main() -> int:
         val = search_val_table(model, table)
         if val:
             print("\n".join(val) + "\n")
-        crit = criterion_table(model, table)
-        if crit:
-            print("\n".join(crit) + "\n")
+        for extra in (selection_table(model, table), criterion_table(model, table)):
+            if extra:
+                print("\n".join(extra) + "\n")
+    versus = versus_table(data)
+    if len(versus) > 2:
+        print("\n".join(versus) + "\n")
     return 0
 
 
