@@ -17,6 +17,10 @@ import numpy as np
 from amc.errors import ConfigError
 from amc.registry import Registry
 from envs import ChannelPruningEnv
+from envs.targets import TargetRange, episode_target
+
+TARGET_BAND = 0.05
+"""With a range of targets, the elites of an episode are the best episodes whose target is within this of its own."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class EpisodePlan:
             one version carry the same weights, which a Ray search puts into the object store once.
         value: The critics' prediction of the plan's final reward when the agent chose it among proposals
             (:mod:`agents.proposals`); None otherwise.
+        target: The episode's target ratio when the search has several (``env.targets``); None otherwise.
     """
 
     episode: int
@@ -50,6 +55,13 @@ class EpisodePlan:
     planned_after: int | None = None
     weights_version: int | None = None
     value: float | None = None
+    target: float | None = None
+
+
+def plan_target(env: ChannelPruningEnv, seed: int, episode: int) -> float | None:
+    """The target of ``episode`` in a search seeded ``seed`` over ``env.config.targets`` (None: one target)."""
+    targets = env.config.targets
+    return None if targets is None else episode_target(targets, seed, episode)
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -66,9 +78,12 @@ class SearchAgent:
 
     Attributes:
         single_episode: The agent always proposes the same policy, so one episode is enough.
+        multi_target: The agent can search several targets at once (``env.targets``): its plans carry each
+            episode's target (:func:`plan_target`).
     """
 
     single_episode: bool = False
+    multi_target: bool = False
 
     def plan(self, episode: int) -> EpisodePlan:
         """How to act in ``episode``."""
@@ -109,26 +124,31 @@ AGENTS: Registry[AgentFactory] = Registry("agent")
 class RandomAgent(SearchAgent):
     """Uniform random actions in [-1, 1] (then bounded by the env's budget wall), seeded per episode."""
 
-    def __init__(self, seed: int) -> None:
+    multi_target = True
+
+    def __init__(self, seed: int, env: ChannelPruningEnv | None = None) -> None:
         self.seed = seed
+        self.env = env
 
     def plan(self, episode: int) -> EpisodePlan:
-        return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
+        target = None if self.env is None else plan_target(self.env, self.seed, episode)
+        return EpisodePlan(episode, "random", episode_seed(self.seed, episode), target=target)
 
     def fixed_plan(self, episode: int) -> bool:
         return True
 
 
-def uniform_action(env: ChannelPruningEnv) -> float:
+def uniform_action(env: ChannelPruningEnv, target: float | None = None) -> float:
     """The action that gives every group the uniform ratio (the smallest that meets the target)."""
-    action = env.ratio_to_action(next(iter(env.uniform_ratios().values())))
+    action = env.ratio_to_action(next(iter(env.uniform_ratios(target).values())))
     # nudge up so that float32 rounding never maps back to a ratio just below the bisected one
     return float(np.clip(np.float32(action + 1e-6), -1.0, 1.0))
 
 
-def uniform_plan(env: ChannelPruningEnv, episode: int) -> EpisodePlan:
-    """A plan playing the uniform policy, as per-group actions (so that any agent can adopt it)."""
-    return EpisodePlan(episode, "sequence", 0, actions=(uniform_action(env),) * len(env.group_names))
+def uniform_plan(env: ChannelPruningEnv, episode: int, target: float | None = None) -> EpisodePlan:
+    """A plan playing the uniform policy of ``target``, as per-group actions (so that any agent can adopt it)."""
+    actions = (uniform_action(env, target),) * len(env.group_names)
+    return EpisodePlan(episode, "sequence", 0, actions=actions, target=target)
 
 
 class UniformAgent(SearchAgent):
@@ -153,8 +173,13 @@ class DDPGAgent(SearchAgent):
     hypercube (``lhs``). Later ones, with one proposal, ship the actor's weights, the current noise sigma and a
     per-episode seed of the truncated-normal exploration (drawn in the runner; plans made between two gradient
     steps share one copy of the weights, one version); with several proposals the learner walks them through
-    the wall, the critics choose one (:mod:`agents.proposals`) and the plan carries its actions.
+    the wall, the critics choose one (:mod:`agents.proposals`) and the plan carries its actions. With several
+    targets (``env.targets``), each plan carries its episode's target, which the actor and the critics see in
+    the observation, and the elite proposals perturb the best episodes of that target (of targets within
+    :data:`TARGET_BAND` for a range).
     """
+
+    multi_target = True
 
     def __init__(self, env: ChannelPruningEnv, config: object, seed: int) -> None:
         from agents.ddpg import AMCDDPG
@@ -171,16 +196,18 @@ class DDPGAgent(SearchAgent):
             self._design = warmup_actions(cfg.warmup_design, cfg.warmup_episodes, len(env.group_names), seed)
         self._values: dict[int, float] = {}  # episode -> the critics' prediction of a planned proposal
 
-    def _warmup_plan(self, episode: int) -> EpisodePlan:
+    def _warmup_plan(self, episode: int, target: float | None) -> EpisodePlan:
         if self._design is None:
-            return EpisodePlan(episode, "random", episode_seed(self.seed, episode))
-        return EpisodePlan(episode, "sequence", 0, actions=tuple(float(a) for a in self._design[episode]))
+            return EpisodePlan(episode, "random", episode_seed(self.seed, episode), target=target)
+        actions = tuple(float(a) for a in self._design[episode])
+        return EpisodePlan(episode, "sequence", 0, actions=actions, target=target)
 
-    def _proposal_plan(self, episode: int) -> EpisodePlan:
+    def _proposal_plan(self, episode: int, target: float | None) -> EpisodePlan:
         from agents.proposals import walk_proposals
 
         config = self.impl.config
         rng = np.random.default_rng(episode_seed(self.seed, episode))
+        elites = self.impl.elites(config.elites, len(self.env.group_names), target, self._target_band())
         chosen = walk_proposals(
             self.env,
             self.impl,
@@ -188,17 +215,24 @@ class DDPGAgent(SearchAgent):
             rng,
             config.proposals,
             config.optimism,
-            self.impl.elites(config.elites, len(self.env.group_names)),
+            elites,
             config.value_steps,
+            target,
         ).best()
         self._values[episode] = chosen.predicted
-        return EpisodePlan(episode, "sequence", 0, actions=chosen.actions, value=chosen.predicted)
+        return EpisodePlan(episode, "sequence", 0, actions=chosen.actions, value=chosen.predicted, target=target)
+
+    def _target_band(self) -> float:
+        """How far another episode's target may be for its actions to seed this one's elite proposals."""
+        targets = self.env.config.targets
+        return TARGET_BAND if isinstance(targets, TargetRange) else 0.0
 
     def plan(self, episode: int) -> EpisodePlan:
+        target = plan_target(self.env, self.seed, episode)
         if episode < self.impl.config.warmup_episodes:
-            return self._warmup_plan(episode)
+            return self._warmup_plan(episode, target)
         if self.impl.config.proposals > 1:
-            return self._proposal_plan(episode)
+            return self._proposal_plan(episode, target)
         version = self.impl.updates
         if self._weights is None or self._weights[0] != version:
             self._weights = (version, self.impl.get_actor_state())
@@ -209,6 +243,7 @@ class DDPGAgent(SearchAgent):
             self.impl.sigma,
             self._weights[1],
             weights_version=version,
+            target=target,
         )
 
     def fixed_plan(self, episode: int) -> bool:
@@ -242,7 +277,7 @@ class DDPGAgent(SearchAgent):
 
 
 AGENTS.register("ddpg", lambda env, ddpg_config, seed: DDPGAgent(env, ddpg_config, seed))
-AGENTS.register("random", lambda env, ddpg_config, seed: RandomAgent(seed))
+AGENTS.register("random", lambda env, ddpg_config, seed: RandomAgent(seed, env))
 AGENTS.register("uniform", lambda env, ddpg_config, seed: UniformAgent(env))
 
 

@@ -397,12 +397,15 @@ class AMCDDPG:
             values = torch.cat(self._model.critic(obs, act), dim=1).T
         return values.cpu().numpy().astype(np.float64) + (self._baseline or 0.0)
 
-    def elites(self, count: int, length: int) -> np.ndarray:
+    def elites(self, count: int, length: int, target: float | None = None, band: float = 0.0) -> np.ndarray:
         """The actions of the ``count`` best-rewarded episodes in the replay buffer, best first.
 
         Args:
             count: Episodes wanted (fewer come back while the buffer holds fewer).
             length: Transitions per episode (every episode of a channel-pruning search has one per group).
+            target: With several targets in one search (the observation's last feature), only episodes whose
+                target is within ``band`` of this one (None: every episode).
+            band: See ``target``.
 
         Returns:
             ``(k, length)`` float64 actions, ``k <= count``.
@@ -415,6 +418,9 @@ class AMCDDPG:
         if buffer.full:  # an episode across the write position mixes old and new transitions
             whole &= ~((starts < buffer.pos) & (ends >= buffer.pos))
         ends, starts = ends[whole], starts[whole]
+        if target is not None:
+            near = np.abs(buffer.observations[starts, 0, -1] - target) <= band + 1e-6
+            ends, starts = ends[near], starts[near]
         order = np.argsort(-buffer.rewards[ends, 0], kind="stable")[:count]
         return np.array([buffer.actions[starts[i] : ends[i] + 1, 0, 0] for i in order], dtype=np.float64).reshape(
             len(order), length

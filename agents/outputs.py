@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agents.front_outputs import headline_target, target_outputs, within
 from agents.records import EpisodeRecord, SearchConfig, SearchResult, SearchState, staleness_summary
 from agents.selection import select
 from amc.files import write_json_atomic
@@ -28,10 +29,14 @@ def write_outputs(
         max_staleness: The search's staleness bound (``config.max_staleness`` resolved; see
             :class:`agents.search.Search`), reported with the staleness observed.
     """
-    selection = select(env, state.records, config.selection_top_k)
-    best = selection.chosen if selection is not None else state.best
+    records, main_target = state.records, None
+    if config.env.targets is not None:  # best.json and best_policy.json: the first reported target's
+        main_target = headline_target(state.records, config.env.targets, config.env.target_metric)
+        records = within(state.records, config.env.target_metric, main_target)
+    selection = select(env, records, config.selection_top_k)
+    best = selection.chosen if selection is not None else max(records, key=lambda r: r.reward)
     test = env.evaluate_ratios(best.ratios, "test")
-    uniform_ratios = env.uniform_ratios()
+    uniform_ratios = env.uniform_ratios(main_target)
     uniform_ratio = next(iter(uniform_ratios.values()))
     uniform_val = env.evaluate_ratios(uniform_ratios, "val")
     uniform_test = env.evaluate_ratios(uniform_ratios, "test")
@@ -50,7 +55,7 @@ def write_outputs(
         "flops_ratio": best.flops_ratio,
         "params_ratio": best.params_ratio,
     }
-    target = {"metric": config.env.target_metric, "ratio": env.config.target_ratio}
+    target = {"metric": config.env.target_metric, "ratio": main_target or env.config.target_ratio}
     if config.env.target_ms is not None:
         target["ms"] = config.env.target_ms
     summary = {
@@ -77,18 +82,20 @@ def write_outputs(
     if selection is not None:
         summary["best"]["selection_top1"] = measured["selection_top1"] = selection.selection_top1
         summary["selection"] = selection.summary(env.split_size("selection"))
+    if config.env.targets is not None:
+        summary.update(target_outputs(env, state.records, config, out))
     if config.env.target_metric == "latency":
         summary.update(latency_summary(env, state.records, best.episode, summary["episodes"]))
         summary["best"].update(summary.pop("best_latency"))
         measured.update({k: summary["best"][k] for k in ("latency_ms_estimated", "latency_ms_measured")})
         measured["dense_latency_ms_measured"] = summary["dense_latency_ms_measured"]
-    env.to_policy(best.ratios, measured).save(out / "best_policy.json")
+    env.to_policy(best.ratios, measured, main_target).save(out / "best_policy.json")
     write_json_atomic(out / "search.json", summary)
     policy_bars(
         out / "best_policy.png",
         best.ratios,
         uniform_ratio,
-        f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {env.config.target_ratio:.3g}",
+        f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {target['ratio']:.3g}",
     )
     search_curves(
         out / "search_curves.png",
@@ -199,8 +206,14 @@ def log_final(tracker: Any, out: Path, summary: dict) -> None:
     staleness = summary.get("staleness")
     if staleness is not None:
         metrics.update({f"staleness_{k}": staleness[k] for k in ("bound", "max", "mean")})
+    met = [entry for entry in summary.get("targets", []) if entry["episode"] is not None]
+    for entry in met:
+        metrics[f"best_top1_t{entry['target']:g}"] = entry["top1"]
+        metrics[f"best_test_top1_t{entry['target']:g}"] = entry["test_top1"]
+    if "front" in summary:
+        metrics["front_hypervolume"] = summary["front"]["hypervolume"]
     tracker.log_metrics(metrics, step=len(summary["episodes"]))
-    for name in ARTIFACTS:
+    for name in (*ARTIFACTS, *(entry["file"] for entry in met)):
         tracker.log_artifact(out / name)
     tracker.set_tags({"amc.best_top1": f"{best['top1']:.4f}", "amc.best_test_top1": f"{best['test_top1']:.4f}"})
     tracker.finish()

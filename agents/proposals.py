@@ -76,6 +76,7 @@ def walk_proposals(
     optimism: float = 0.0,
     elites: np.ndarray | None = None,
     value_steps: str = "mean",
+    target: float | None = None,
 ) -> Proposals:
     """Walks ``count`` noisy episodes through ``env``'s wall (nothing is evaluated) and values each.
 
@@ -90,6 +91,7 @@ def walk_proposals(
             centred on them in turn instead of on the actor (None or empty: every proposal follows the actor).
         value_steps: Which steps' predictions value a proposal: ``mean`` (all of them) or ``last`` (the last
             step's: with the history in the observation, the whole policy).
+        target: The episode's target when the search has several (None: the env's current one).
     """
     groups = len(env.group_names)
     raw = np.zeros((count, groups), dtype=np.float32)
@@ -105,7 +107,7 @@ def walk_proposals(
         raw[:, index] = truncated_normal_action(mu, sigma, rng)
         return raw[:, index]
 
-    observations, applied = env.walk(policy, count)
+    observations, applied = env.walk(policy, count, target)
     q = agent.q_values(observations[:, :-1].reshape(count * groups, -1), applied.reshape(-1))
     per_step = q.reshape(len(q), count, groups)
     per_critic = per_step[:, :, -1] if value_steps == "last" else per_step.mean(axis=2)  # (critics, count)

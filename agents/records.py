@@ -142,6 +142,7 @@ class EpisodeRecord:
         latency_ms: Estimated milliseconds per forward pass of the pruned model (latency targets only; None
             otherwise), from the search's latency table.
         latency_ratio: ``latency_ms`` as a fraction of the dense model's estimate (a Pareto objective).
+        target: The episode's target ratio when the search had several (``env.targets``); None otherwise.
     """
 
     episode: int
@@ -153,6 +154,7 @@ class EpisodeRecord:
     planned_after: int | None = None
     latency_ms: float | None = None
     latency_ratio: float | None = None
+    target: float | None = None
 
 
 @dataclass

@@ -58,7 +58,8 @@ class EpisodeRunner:
         """Plays ``plan``: one action per group, each bounded by the env's budget wall."""
         started = time.time()
         act = self._policy(plan, np.random.default_rng(plan.seed))
-        obs, _ = self.env.reset(seed=plan.episode)
+        options = None if plan.target is None else {"target": plan.target}
+        obs, _ = self.env.reset(seed=plan.episode, options=options)
         observations, actions, done, reward, info = [obs], [], False, 0.0, {}
         while not done:
             obs, reward, done, _, info = self.env.step(act(obs))
@@ -101,6 +102,7 @@ def episode_record(plan: EpisodePlan, reward: float, info: dict[str, Any]) -> Ep
         plan.planned_after,
         _optional(info.get("latency_ms")),
         _optional(info.get("latency_ratio")),
+        plan.target,
     )
 
 

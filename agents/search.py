@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import EpisodePlan, SearchAgent, create_agent, uniform_plan
+from agents.front_outputs import report_targets
 from agents.outputs import write_outputs
 from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState, target_label
 from agents.rollout import EpisodeResult, EpisodeRunner, LocalRollouts
@@ -190,6 +191,11 @@ class Search:
         if config.env.target_metric == "latency":  # measured once, here: the workers reuse the table
             self.payload["cost_model"] = self.env.cost_model
         self.agent = create_agent(config.agent, self.env, config.ddpg, config.seed)
+        if config.env.targets is not None and not self.agent.multi_target:
+            raise ConfigError(
+                f"agent {config.agent!r} searches one target at a time; env.targets (several in one search) needs "
+                f"{' or '.join(n for n in ('ddpg', 'random'))}, or run one search per target with env.target_ratio"
+            )
         self.state = _load_checkpoint(out, self.agent)
         self.total = 1 if self.agent.single_episode else config.episodes
         self.workers = 0 if self.agent.single_episode else rollout_workers(config.workers)
@@ -198,6 +204,11 @@ class Search:
         self.max_staleness = config.staleness_bound(self.workers)
         """The staleness bound: plans that depend on learning are made this many episodes behind the learner."""
         self.pool: Any = None
+        self._uniform_targets: list[float | None] = []
+        """The first episodes play the uniform policy (``uniform_first``): of the target, or of each reported one."""
+        if config.uniform_first and not self.agent.single_episode:
+            targets = config.env.targets
+            self._uniform_targets = [None] if targets is None else list(report_targets(targets))
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
         """Runs the remaining episodes, then writes search.json, best_policy.json and the plots."""
@@ -251,8 +262,8 @@ class Search:
 
     def _plan_next(self) -> None:
         episode = self._next_plan
-        if episode == 0 and self.config.uniform_first and not self.agent.single_episode:
-            plan = uniform_plan(self.env, 0)  # the simplest answer is a candidate: never return less
+        if episode < len(self._uniform_targets):  # the simplest answer is a candidate: never return less
+            plan = uniform_plan(self.env, episode, self._uniform_targets[episode])
             self.agent.adopt(plan)
         else:
             plan = self.agent.plan(episode)

@@ -12,6 +12,7 @@ agent does, provided the all-minimum configuration meets it, which is checked at
 from __future__ import annotations
 
 import bisect
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -98,15 +99,30 @@ class BudgetWall:
         self.cost = cost
         self.target_ratio = target_ratio
         self.round_to = round_to
+        self.max_ratio = max_ratio
         self._options = _all_candidates(self.groups, min_ratio, max_ratio, round_to)
         self.fewest = {g.name: self._options[g.name][0][0] for g in self.groups}
-        floor = cost.ratio(self.fewest)
-        if floor > target_ratio:
+        self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        floor = self.cost.ratio(self.fewest)
+        if floor > self.target_ratio:
             raise BudgetError(
-                f"{cost.metric or 'cost'} target {target_ratio} is out of reach: with every group pruned at "
-                f"max_ratio={max_ratio} the model still keeps {floor:.4f} of its dense {cost.metric}; "
+                f"{self.cost.metric or 'cost'} target {self.target_ratio} is out of reach: with every group pruned "
+                f"at max_ratio={self.max_ratio} the model still keeps {floor:.4f} of its dense {self.cost.metric}; "
                 "raise the target ratio or max_ratio"
             )
+
+    def with_target(self, target_ratio: float) -> BudgetWall:
+        """The same wall for another target (the kept-count options are shared, not recomputed).
+
+        Raises:
+            BudgetError: when ``target_ratio`` is out of reach even with every group at ``max_ratio``.
+        """
+        wall = copy.copy(self)
+        wall.target_ratio = target_ratio
+        wall._check_reachable()
+        return wall
 
     def options(self, name: str) -> tuple[list[int], list[float]]:
         """Every kept count group ``name`` can take (ascending) and a pruning ratio that gives each."""

@@ -36,6 +36,7 @@ from envs.costs import COST_MODELS, CostModel, LatencyCost, create_cost_model
 from envs.embedding import LayerEmbedding
 from envs.evaluation import EvalBatch, fixed_size_batches, top1
 from envs.rewards import REWARDS, Outcome, Reward, create_reward
+from envs.targets import TargetRange, contains, parse_targets, smallest
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -95,6 +96,11 @@ class EnvConfig:
         observe_history: Append to AMC's eleven features the pruning ratio of every group decided so far
             (one feature per group, 0 while undecided; :mod:`envs.embedding`), so that the last step's
             observation and action are the whole policy. False gives AMC's observation.
+        targets: Several budgets in one search (None: the one ``target_ratio``): a list of ratios, each episode
+            getting one of them, or a range ``{low: L, high: H}``, each episode drawing one in it
+            (:mod:`envs.targets`). The episode's target is the last feature of the observation and the budget
+            wall holds the episode to it; ``target_ratio`` is the target until the first :meth:`reset`. FLOPs
+            and params budgets only.
     """
 
     model: str = "resnet20"
@@ -119,6 +125,7 @@ class EnvConfig:
     reconstruct_batches: int = 2
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     observe_history: bool = True
+    targets: tuple[float, ...] | TargetRange | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Mapping):  # from YAML / JSON: {name: digits, ...}
@@ -161,6 +168,7 @@ class EnvConfig:
         self._check_reconstruct()
         if not isinstance(self.observe_history, bool):
             raise ConfigError(f"observe_history must be true or false, got {self.observe_history!r}")
+        self._check_targets()
         COST_MODELS.get(self.target_metric)
         REWARDS.get(self.reward)
         CRITERIA.get(self.criterion)
@@ -177,6 +185,15 @@ class EnvConfig:
             raise ConfigError(
                 f"target_ms budgets milliseconds and needs target_metric: latency (got {self.target_metric!r}); "
                 "set target_metric: latency, or budget with target_ratio"
+            )
+
+    def _check_targets(self) -> None:
+        object.__setattr__(self, "targets", parse_targets(self.targets))
+        if self.targets is None:
+            return
+        if self.target_metric == "latency" or self.target_ms is not None:
+            raise ConfigError(
+                "env.targets budgets flops or params; a latency search takes one target_ratio or target_ms"
             )
 
     def _check_reconstruct(self) -> None:
@@ -345,7 +362,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ) from None
         self.reward_fn: Reward = create_reward(self.config.reward, self.config.size_lambda)
         self.identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), _num_classes(model, self.graph))
-        self._embedding = LayerEmbedding(self.graph.groups, history=self.config.observe_history)
+        self._walls: dict[float, BudgetWall] = {self.config.target_ratio: self.wall}
+        if self.config.targets is not None:  # the tightest target must be reachable too
+            self._wall_for(smallest(self.config.targets))
+        self._embedding = LayerEmbedding(
+            self.graph.groups, history=self.config.observe_history, target=self.config.targets is not None
+        )
         self.observation_space = spaces.Box(0.0, 1.0, (self._embedding.size,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._calib, self._grad_batch = self._draw_calibration(train_loader)
@@ -502,25 +524,34 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         ]
         return reports, {"dense_latency_ms_estimated": self.cost_model.dense, "dense_latency_ms_measured": dense_ms}
 
-    def uniform_ratios(self) -> dict[str, float]:
-        """The smallest ratio, the same for every group, that meets the target (the uniform baseline)."""
+    def uniform_ratios(self, target: float | None = None) -> dict[str, float]:
+        """The smallest ratio, the same for every group, that meets the target (the uniform baseline).
+
+        Args:
+            target: One of ``config.targets`` (None: the current episode's target).
+        """
+        wall = self.wall if target is None else self._wall_for(target)
 
         def meets(ratio: float) -> bool:
-            return self.wall.meets(widths_for(self.graph, dict.fromkeys(self.group_names, ratio), self.config.round_to))
+            return wall.meets(widths_for(self.graph, dict.fromkeys(self.group_names, ratio), self.config.round_to))
 
         # max_ratio meets the target (the wall checked it at construction)
         ratio = smallest_ratio(meets, self.config.min_ratio, self.config.max_ratio)
         return dict.fromkeys(self.group_names, ratio)
 
-    def to_policy(self, ratios: Mapping[str, float], measured: Mapping[str, float] | None = None) -> Policy:
-        """A policy file object for ``ratios`` (for export and :func:`amc.apply_policy`)."""
+    def to_policy(
+        self, ratios: Mapping[str, float], measured: Mapping[str, float] | None = None, target: float | None = None
+    ) -> Policy:
+        """A policy file object for ``ratios`` (for export and :func:`amc.apply_policy`), budgeted ``target``
+        (None: the current episode's target)."""
+        budget = self.target if target is None else Target(self.config.target_metric, target)
         return Policy(
             self.identity,
             dict(ratios),
             "channel",
             self.config.criterion,
             self.config.round_to,
-            self.target,
+            budget,
             dict(measured or {}),
         )
 
@@ -540,10 +571,38 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Starts an episode at the first group; returns its observation and ``{"group": name}``."""
         super().reset(seed=seed)
+        self._start_target((options or {}).get("target"))
         self._step_index = 0
         self._kept = {}
         self._ratios = {}
-        return self._embedding.observation(0, 0.0, 0.0), {"group": self.group_names[0]}
+        info = {"group": self.group_names[0], "target": self.target.ratio}
+        return self._embedding.observation(0, 0.0, 0.0, None, self.target.ratio), info
+
+    def _start_target(self, target: float | None) -> None:
+        """Sets the episode's target: ``target`` (one of ``config.targets``), else drawn from ``np_random``."""
+        targets = self.config.targets
+        if targets is None:
+            if target is not None and target != self.config.target_ratio:
+                raise ConfigError(
+                    f"reset(options={{'target': {target}}}) needs env.targets listing it; this env budgets "
+                    f"{self.config.target_ratio} only"
+                )
+            return
+        if target is None:
+            if isinstance(targets, TargetRange):
+                target = float(self.np_random.uniform(targets.low, targets.high))
+            else:
+                target = float(targets[int(self.np_random.integers(len(targets)))])
+        if not contains(targets, float(target)):
+            raise ConfigError(f"target {target} is not one of env.targets {targets}")
+        self.wall = self._wall_for(float(target))
+        self.target = Target(self.config.target_metric, float(target))
+
+    def _wall_for(self, target: float) -> BudgetWall:
+        """The budget wall of ``target`` (built once, sharing the options of the first)."""
+        if target not in self._walls:
+            self._walls[target] = self.wall.with_target(target)
+        return self._walls[target]
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Decides the current group's ratio; evaluates and pays the reward after the last group."""
@@ -560,12 +619,16 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             "ratio": choice.ratio,
             "walled": choice.walled,
             "applied_action": self.ratio_to_action(choice.ratio),
+            "target": self.target.ratio,
         }
         terminated = self._step_index == len(self.group_names)
         reward = self._finish(info) if terminated else 0.0
-        return self._observation_after(self._kept, index, choice.ratio), reward, terminated, False, info
+        observation = self._observation_after(self._kept, index, choice.ratio, self.target.ratio)
+        return observation, reward, terminated, False, info
 
-    def walk(self, policy: Callable[[int, np.ndarray], np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
+    def walk(
+        self, policy: Callable[[int, np.ndarray], np.ndarray], count: int, target: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Plays ``count`` episodes up to their last decision, without pruning or evaluating anything.
 
         The observations and the budget wall depend only on the kept channel counts, so an agent can see where
@@ -576,6 +639,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             policy: ``policy(index, observations)`` gets the ``(count, features)`` observations of group
                 ``index`` and returns the ``count`` actions for it.
             count: Episodes walked side by side.
+            target: The episodes' target, one of ``config.targets`` (None: the current episode's target).
 
         Returns:
             The observations, ``(count, groups + 1, features)`` float32 (the one after the last step included),
@@ -585,25 +649,32 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         observations = np.zeros((count, n + 1, self._embedding.size), dtype=np.float32)
         applied = np.zeros((count, n), dtype=np.float32)
         kept: list[dict[str, int]] = [{} for _ in range(count)]
-        observations[:, 0] = self._embedding.observation(0, 0.0, 0.0)
+        if target is None:
+            target = self.target.ratio
+        elif self.config.targets is None or not contains(self.config.targets, target):
+            raise ConfigError(f"walk(target={target}): not one of env.targets {self.config.targets}")
+        wall = self._wall_for(target)
+        observations[:, 0] = self._embedding.observation(0, 0.0, 0.0, None, target)
         for index in range(n):
             actions = np.asarray(policy(index, observations[:, index].copy()), dtype=np.float64).reshape(count)
             for i in range(count):
-                choice = self._decide(kept[i], index, actions[i])
+                choice = self._decide(kept[i], index, actions[i], wall)
                 applied[i, index] = self.ratio_to_action(choice.ratio)
-                observations[i, index + 1] = self._observation_after(kept[i], index, choice.ratio)
+                observations[i, index + 1] = self._observation_after(kept[i], index, choice.ratio, target)
         return observations, applied
 
-    def _decide(self, kept: dict[str, int], index: int, action: np.ndarray | float) -> Choice:
+    def _decide(
+        self, kept: dict[str, int], index: int, action: np.ndarray | float, wall: BudgetWall | None = None
+    ) -> Choice:
         """The wall's decision for group ``index`` given the ``kept`` counts so far; records it in ``kept``."""
-        choice = self.wall.choose(kept, index, self._action_to_ratio(action))
+        choice = (wall or self.wall).choose(kept, index, self._action_to_ratio(action))
         kept[self.graph.groups[index].name] = choice.kept
         return choice
 
-    def _observation_after(self, kept: Mapping[str, int], index: int, ratio: float) -> np.ndarray:
+    def _observation_after(self, kept: Mapping[str, int], index: int, ratio: float, target: float) -> np.ndarray:
         """The observation once group ``index`` was decided with ``ratio`` (the last group's at the end)."""
         following = min(index + 1, len(self.group_names) - 1)
-        return self._embedding.observation(following, self._reduced(kept), ratio, kept)
+        return self._embedding.observation(following, self._reduced(kept), ratio, kept, target)
 
     # ------------------------------------------------------------------ internals
     def _finish(self, info: dict[str, Any]) -> float:

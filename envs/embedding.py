@@ -16,6 +16,8 @@ that group's channels removed so far (0 for the groups not decided yet; the inde
 AMC's eleven features summarise the past in two numbers, so a critic ``Q(s_t, a_t)`` cannot tell two
 episodes with the same FLOPs reduced apart; with the history, the last step's state and action are the whole
 policy, and the critic's value there is a model of the episode's reward (see :mod:`agents.proposals`).
+
+With several targets in one search (``env.targets``), the episode's target ratio is the last feature.
 """
 
 from __future__ import annotations
@@ -63,11 +65,12 @@ class LayerEmbedding:
         groups: The prunable groups in episode order.
     """
 
-    def __init__(self, groups: Sequence[PrunableGroup], history: bool = False) -> None:
+    def __init__(self, groups: Sequence[PrunableGroup], history: bool = False, target: bool = False) -> None:
         self._static = static_features(groups)
         self._names = [g.name for g in groups]
         self._channels = np.array([g.channels for g in groups], dtype=np.float64)
         self.history = history
+        self.target = target
         flops = np.array([g.flops for g in groups], dtype=np.float64)
         total = flops.sum() or 1.0
         # rest[i]: dense FLOPs of the groups after group i, over those of all groups
@@ -75,11 +78,16 @@ class LayerEmbedding:
 
     @property
     def size(self) -> int:
-        """Features per observation: the eleven of AMC, plus one per group with ``history``."""
-        return len(FEATURES) + (len(self._names) if self.history else 0)
+        """Features per observation: the eleven of AMC, plus one per group with ``history``, plus the target."""
+        return len(FEATURES) + (len(self._names) if self.history else 0) + int(self.target)
 
     def observation(
-        self, index: int, reduced: float, previous_action: float, decided: Mapping[str, int] | None = None
+        self,
+        index: int,
+        reduced: float,
+        previous_action: float,
+        decided: Mapping[str, int] | None = None,
+        target: float = 0.0,
     ) -> np.ndarray:
         """A fresh float32 observation for group ``index``.
 
@@ -88,10 +96,13 @@ class LayerEmbedding:
             reduced: Fraction of the dense FLOPs removed by the groups decided so far.
             previous_action: Pruning ratio applied to the previous group.
             decided: Kept channels of the groups decided so far, by name (used with ``history`` only).
+            target: The episode's target ratio (the last feature, with ``target`` only).
         """
         dynamic = np.array([reduced, self._rest[index], previous_action], dtype=np.float64)
         parts = [self._static[index], np.clip(dynamic, 0.0, 1.0)]
         if self.history:
             kept = np.array([(decided or {}).get(name, c) for name, c in zip(self._names, self._channels)])
             parts.append(np.clip(1.0 - kept / self._channels, 0.0, 1.0))
+        if self.target:
+            parts.append(np.array([min(max(target, 0.0), 1.0)]))
         return np.concatenate(parts).astype(np.float32)

@@ -63,6 +63,15 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         help="budget milliseconds per forward pass on this machine instead (env.target_ms; sets "
         "env.target_metric to latency): measured as env.latency says, below the dense model's latency",
     )
+    p.add_argument(
+        "--targets",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="search several budgets at once (env.targets), e.g. --targets 0.2 0.3 0.5 0.7: every episode gets one, "
+        "the agent sees it, and the search writes a best policy per target (best_policy_t<R>.json) and the Pareto "
+        "front of every episode (ddpg or random; a range is --set 'env.targets={low: 0.2, high: 0.7}')",
+    )
     _add_set_arg(p, "any field of the config")
     p.add_argument(
         "--workers",
@@ -154,6 +163,8 @@ def _with_overrides(config, args: argparse.Namespace):
         env["target_ratio"] = args.target_ratio
     if args.target_ms is not None:
         env.update(target_metric="latency", target_ms=args.target_ms)
+    if args.targets is not None:
+        env["targets"] = tuple(args.targets)
     if env:
         changes["env"] = config.env.replace(**env)
     return config.replace(**changes) if changes else config
@@ -173,6 +184,21 @@ def _print_summary(result) -> None:
             f"{selection['split_size']} held-out images: {summary['best']['selection_top1']:.2%} "
             f"(episode {selection['chosen_episode']}; the best on search-val alone was episode "
             f"{selection['best_reward_episode']})"
+        )
+    for entry in summary.get("targets", []):
+        if entry["episode"] is None:
+            print(f"target {entry['target']:<5g} no episode met it (turn uniform_first on, or search longer)")
+            continue
+        print(
+            f"target {entry['target']:<5g} best {entry['top1']:.2%} val, {entry['test_top1']:.2%} test "
+            f"(uniform {entry['uniform']['top1']:.2%} / {entry['uniform']['test_top1']:.2%}; episode "
+            f"{entry['episode']}, {entry['candidates']} episodes within budget) -> {result.out / entry['file']}"
+        )
+    if "front" in summary:
+        front = summary["front"]
+        print(
+            f"Pareto front of every episode: {len(front['policies'])} policies, hypervolume "
+            f"{front['hypervolume']:.4f} (search.json: front)"
         )
     if "latency_ms_measured" in summary["best"]:
         best, front = summary["best"], summary.get("pareto", [])
