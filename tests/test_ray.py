@@ -153,6 +153,19 @@ def test_parallel_proposal_search_plans_in_the_learner(trained_resnet20: Path, t
     _assert_identical(episodes, _search(config, tmp_path / "local", ray=False))
 
 
+def test_multi_target_search_on_workers_meets_each_episodes_target(trained_resnet20: Path, tmp_path: Path) -> None:
+    """Several targets on 2 workers: each worker resets to the plan's target; one worker equals in-process."""
+    config = _config(trained_resnet20 / "model.pt", 2, episodes=7, ddpg={"proposals": 4, "critics": 2})
+    config = config.replace(env=config.env.replace(targets=(0.3, 0.6)), uniform_first=True)
+    episodes = _search(config, tmp_path / "two", ray=None)
+    assert {e["target"] for e in episodes} == {0.3, 0.6}
+    assert all(e["flops_ratio"] <= e["target"] for e in episodes), "each episode meets its own target on every worker"
+    one = config.replace(workers=1)
+    _assert_identical(
+        _search(one, tmp_path / "one", ray=None), _search(one.replace(workers=0), tmp_path / "local", None)
+    )
+
+
 @pytest.mark.parametrize("bound", [0, 1, 3])
 def test_staleness_bound(trained_resnet20: Path, tmp_path: Path, bound: int) -> None:
     """Two workers with bound k: every learning episode is planned exactly k episodes behind the learner."""

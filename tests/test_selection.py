@@ -49,7 +49,7 @@ def test_top_distinct_skips_repeated_policies() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agent", ["random", "tpe", "ddpg"])
+@pytest.mark.parametrize("agent", ["random", "ddpg"])  # tpe's best goes through the same code as random's
 def test_search_returns_the_best_on_the_selection_split(agent: str, trained_resnet20: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
