@@ -248,7 +248,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     FLOPs of the groups still to decide (fractions of the dense FLOPs), and the previous pruning ratio;
     then the history: the pruning ratio of every group decided so far (0 for the others), one feature per
     group, so that the last observation and action are the whole policy (``observe_history: false`` gives
-    AMC's ``Box(0, 1, (11,))``). See :mod:`envs.embedding`.
+    AMC's ``Box(0, 1, (11,))``). With several targets (``config.targets``) one more feature ends it: the
+    episode's target ratio. See :mod:`envs.embedding`.
 
     ## Action
     ``Box(-1, 1, (1,), float32)``: mapped linearly to a pruning ratio in ``[min_ratio, max_ratio]``
@@ -260,7 +261,9 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     to it.
 
     ## Starting state
-    ``reset`` starts at the first group with nothing decided (FLOPs reduced 0, previous action 0).
+    ``reset`` starts at the first group with nothing decided (FLOPs reduced 0, previous action 0). With
+    ``config.targets``, ``reset(options={"target": t})`` sets the episode's target (one of them), else it is drawn
+    from the seeded ``np_random``; ``info["target"]`` says which.
 
     ## Reward
     0 at every step but the last; at the last step the configured reward from :mod:`envs.rewards`
