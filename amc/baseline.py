@@ -67,8 +67,11 @@ BASELINE_VERSION = 2
 
 
 def baseline_key(model_name: str, data_config: DataConfig, config: TrainConfig) -> str:
+    data = asdict(data_config)
+    if not data["selection_size"]:  # no selection split: the key of the baselines cached before it existed
+        del data["selection_size"]
     blob = json.dumps(
-        {"model": model_name, "data": asdict(data_config), "train": asdict(config), "version": BASELINE_VERSION},
+        {"model": model_name, "data": data, "train": asdict(config), "version": BASELINE_VERSION},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

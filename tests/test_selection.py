@@ -105,3 +105,22 @@ def test_without_a_selection_split_the_best_is_the_best_reward(trained_resnet20:
 def test_bad_selection_top_k_is_refused(bad) -> None:
     with pytest.raises(ConfigError, match="selection_top_k"):
         SearchConfig(selection_top_k=bad)
+
+
+def test_baselines_cached_before_the_selection_split_keep_their_key() -> None:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from amc.baseline import BASELINE_VERSION, baseline_key
+    from amc.train import TrainConfig
+
+    data, train = DataConfig("digits"), TrainConfig(epochs=15)
+    older = {k: v for k, v in asdict(data).items() if k != "selection_size"}  # DataConfig before the field
+    blob = json.dumps(
+        {"model": "resnet20", "data": older, "train": asdict(train), "version": BASELINE_VERSION}, sort_keys=True
+    )
+    assert baseline_key("resnet20", data, train) == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    assert baseline_key("resnet20", DataConfig("digits", selection_size=200), train) != baseline_key(
+        "resnet20", data, train
+    )

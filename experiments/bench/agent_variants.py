@@ -135,6 +135,7 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "amc-bench-baselines")
     parser.add_argument("--out", type=Path, default=RESULTS / "agent_variants.json")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # the dense baselines train as search_quality.py trains them: the same cached models
     for model in args.models:  # dense baselines trained here once, before the jobs start
         for seed in range(args.seeds):
             dense_config(model, seed, args.episodes, args.cache)

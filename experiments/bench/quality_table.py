@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc")
-SEARCHING = ("random", "tpe", "ddpg", "ddpg_amc")
+METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32")
+SEARCHING = ("random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32")
 
 
 def _pct(values: list[float]) -> str:
@@ -32,7 +32,7 @@ def method_table(model: str, table: dict) -> list[str]:
         head,
         "| --- |" + " --- |" * len(targets),
     ]
-    for method in METHODS:
+    for method in [m for m in METHODS if any(m in table[k] for k in targets)]:
         cells = []
         for key in targets:
             c = table[key].get(method)

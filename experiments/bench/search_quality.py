@@ -48,12 +48,15 @@ MODELS = {
     "resnet20": CONFIGS / "digits-resnet20-flops50.yaml",
     "mobilenetv2_small": CONFIGS / "digits-mobilenetv2-flops50.yaml",
 }
-METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc")
+METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32")
 SINGLE_EPISODE = ("uniform", "global", "sensitivity")
 # DDPG as AMC configures it (the defaults before critic-ranked proposals): warm-up of 50 uniform episodes, one
 # critic, the actor's noisy action played as is, AMC's observation (no history). A reference for what the
 # proposals and the history change. Each variant: (DDPG fields, env fields).
-DDPG_VARIANTS = {"ddpg_amc": ({**AMC_STYLE, "warmup_episodes": 50, "noise_sigma": 0.5}, {"observe_history": False})}
+DDPG_VARIANTS = {
+    "ddpg_amc": ({**AMC_STYLE, "warmup_episodes": 50, "noise_sigma": 0.5}, {"observe_history": False}),
+    "ddpg_p32": ({"proposals": 32}, {}),  # the default agent with 32 proposals (the default before the history)
+}
 VAL_AT = (30, 100, 300)
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 RESULTS = Path(__file__).parent / "results"
