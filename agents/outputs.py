@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.front_outputs import headline_target, target_outputs, within
+from agents.front_outputs import reports, target_outputs
 from agents.records import EpisodeRecord, SearchConfig, SearchResult, SearchState, staleness_summary
-from agents.selection import select
+from agents.selection import report
 from amc.files import write_json_atomic
 from amc.service.plots import policy_bars, search_curves
 
@@ -29,24 +29,14 @@ def write_outputs(
         max_staleness: The search's staleness bound (``config.max_staleness`` resolved; see
             :class:`agents.search.Search`), reported with the staleness observed.
     """
-    records, main_target = state.records, None
-    if config.env.targets is not None:  # best.json and best_policy.json: the first reported target's
-        main_target = headline_target(state.records, config.env.targets, config.env.target_metric)
-        records = within(state.records, config.env.target_metric, main_target)
-    selection = select(env, records, config.selection_top_k)
-    best = selection.chosen if selection is not None else max(records, key=lambda r: r.reward)
-    test = env.evaluate_ratios(best.ratios, "test")
-    uniform_ratios = env.uniform_ratios(main_target)
-    uniform_ratio = next(iter(uniform_ratios.values()))
-    uniform_val = env.evaluate_ratios(uniform_ratios, "val")
-    uniform_test = env.evaluate_ratios(uniform_ratios, "test")
-    uniform = {
-        "ratio": uniform_ratio,
-        "top1": uniform_val["top1"],
-        "test_top1": uniform_test["top1"],
-        "flops_ratio": uniform_val["flops_ratio"],
-        "params_ratio": uniform_val["params_ratio"],
-    }
+    per_target = reports(env, state.records, config) if config.env.targets is not None else None
+    # best and best_policy.json: the first reported budget an episode meets (each meets the loosest), or the target
+    headline = (
+        next(r for _, r in per_target if r is not None)
+        if per_target is not None
+        else report(env, state.records, config.selection_top_k)
+    )
+    best, test, selection, uniform = headline.best, headline.test, headline.selection, headline.uniform()
     measured = {
         "top1": best.top1,
         "test_top1": test["top1"],
@@ -55,7 +45,8 @@ def write_outputs(
         "flops_ratio": best.flops_ratio,
         "params_ratio": best.params_ratio,
     }
-    target = {"metric": config.env.target_metric, "ratio": main_target or env.config.target_ratio}
+    ratio = headline.budget if headline.budget is not None else env.config.target_ratio
+    target = {"metric": config.env.target_metric, "ratio": ratio}
     if config.env.target_ms is not None:
         target["ms"] = config.env.target_ms
     summary = {
@@ -82,19 +73,19 @@ def write_outputs(
     if selection is not None:
         summary["best"]["selection_top1"] = measured["selection_top1"] = selection.selection_top1
         summary["selection"] = selection.summary(env.split_size("selection"))
-    if config.env.targets is not None:
-        summary.update(target_outputs(env, state.records, config, out))
+    if per_target is not None:
+        summary.update(target_outputs(env, state.records, per_target, out))
     if config.env.target_metric == "latency":
         summary.update(latency_summary(env, state.records, best.episode, summary["episodes"]))
         summary["best"].update(summary.pop("best_latency"))
         measured.update({k: summary["best"][k] for k in ("latency_ms_estimated", "latency_ms_measured")})
         measured["dense_latency_ms_measured"] = summary["dense_latency_ms_measured"]
-    env.to_policy(best.ratios, measured, main_target).save(out / "best_policy.json")
+    env.to_policy(best.ratios, measured, headline.budget).save(out / "best_policy.json")
     write_json_atomic(out / "search.json", summary)
     policy_bars(
         out / "best_policy.png",
         best.ratios,
-        uniform_ratio,
+        uniform["ratio"],
         f"{config.env.model}: best policy ({config.agent}), {config.env.target_metric} <= {target['ratio']:.3g}",
     )
     search_curves(

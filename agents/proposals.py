@@ -108,8 +108,10 @@ def walk_proposals(
         return raw[:, index]
 
     observations, applied = env.walk(policy, count, target)
-    q = agent.q_values(observations[:, :-1].reshape(count * groups, -1), applied.reshape(-1))
-    per_step = q.reshape(len(q), count, groups)
-    per_critic = per_step[:, :, -1] if value_steps == "last" else per_step.mean(axis=2)  # (critics, count)
+    if value_steps == "last":  # only the last decision's state and action are valued
+        per_critic = agent.q_values(observations[:, groups - 1], applied[:, groups - 1])  # (critics, count)
+    else:
+        q = agent.q_values(observations[:, :-1].reshape(count * groups, -1), applied.reshape(-1))
+        per_critic = q.reshape(len(q), count, groups).mean(axis=2)
     predicted, spread = per_critic.mean(axis=0), per_critic.std(axis=0)
     return Proposals(raw, applied, predicted, spread, predicted + optimism * spread)

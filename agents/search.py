@@ -194,7 +194,7 @@ class Search:
         if config.env.targets is not None and not self.agent.multi_target:
             raise ConfigError(
                 f"agent {config.agent!r} searches one target at a time; env.targets (several in one search) needs "
-                f"{' or '.join(n for n in ('ddpg', 'random'))}, or run one search per target with env.target_ratio"
+                "ddpg or random, or run one search per target with env.target_ratio"
             )
         self.state = _load_checkpoint(out, self.agent)
         self.total = 1 if self.agent.single_episode else config.episodes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agents.records import EpisodeRecord
 
@@ -91,3 +92,81 @@ def select(env, records: Sequence[EpisodeRecord], top_k: int) -> Selection | Non
     )
     best = max(range(len(ranked)), key=lambda i: (candidates[i].selection_top1, candidates[i].reward, -i))
     return Selection(ranked[best], ranked[0], candidates)
+
+
+def cost_ratio(record: EpisodeRecord, metric: str) -> float:
+    """The record's cost as a fraction of the dense model's, in the search's target metric."""
+    return record.params_ratio if metric == "params" else record.flops_ratio
+
+
+def within(records: Sequence[EpisodeRecord], metric: str, budget: float) -> list[EpisodeRecord]:
+    """The records whose cost meets ``budget``."""
+    return [r for r in records if cost_ratio(r, metric) <= budget + 1e-12]
+
+
+@dataclass(frozen=True)
+class Reported:
+    """The policy a search reports for a budget, and the uniform policy of that budget.
+
+    Attributes:
+        budget: The budget (None: the search's one target).
+        best: The reported episode: the best by reward, or on the selection split when there is one.
+        selection: The re-ranking on the selection split (None without one).
+        candidates: Episodes that met the budget.
+        test: ``best`` evaluated on the test split (:meth:`envs.ChannelPruningEnv.evaluate_ratios`).
+        uniform_ratio: The uniform policy's ratio for the budget.
+        uniform_val: The uniform policy on search-val.
+        uniform_test: The uniform policy on test.
+    """
+
+    budget: float | None
+    best: EpisodeRecord
+    selection: Selection | None
+    candidates: int
+    test: dict[str, float]
+    uniform_ratio: float
+    uniform_val: dict[str, float]
+    uniform_test: dict[str, float]
+
+    def uniform(self) -> dict[str, float]:
+        """search.json's ``uniform``: ratio, search-val and test top-1, FLOPs and params ratios."""
+        return {
+            "ratio": self.uniform_ratio,
+            "top1": self.uniform_val["top1"],
+            "test_top1": self.uniform_test["top1"],
+            "flops_ratio": self.uniform_val["flops_ratio"],
+            "params_ratio": self.uniform_val["params_ratio"],
+        }
+
+
+def report(
+    env: Any, records: Sequence[EpisodeRecord], top_k: int, budget: float | None = None, metric: str = "flops"
+) -> Reported | None:
+    """The policy to report among ``records`` for ``budget``, evaluated on test beside that budget's uniform policy.
+
+    Args:
+        env: The search's :class:`envs.ChannelPruningEnv`.
+        records: The search's episodes.
+        top_k: Policies re-ranked on the selection split when the env has one.
+        budget: Only episodes whose ``metric`` ratio meets it (None: every episode, the env's own target).
+        metric: The budgeted metric (``flops`` or ``params``).
+
+    Returns:
+        The report, or None when no episode meets ``budget``.
+    """
+    candidates = list(records) if budget is None else within(records, metric, budget)
+    if not candidates:
+        return None
+    selection = select(env, candidates, top_k)
+    best = selection.chosen if selection is not None else max(candidates, key=lambda r: r.reward)
+    uniform = env.uniform_ratios(budget)
+    return Reported(
+        budget,
+        best,
+        selection,
+        len(candidates),
+        env.evaluate_ratios(best.ratios, "test"),
+        next(iter(uniform.values())),
+        env.evaluate_ratios(uniform, "val"),
+        env.evaluate_ratios(uniform, "test"),
+    )
