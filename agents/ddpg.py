@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -539,6 +539,39 @@ class AMCDDPG:
         polyak_update(model.critic.parameters(), model.critic_target.parameters(), cfg.tau)
         polyak_update(model.actor.parameters(), model.actor_target.parameters(), cfg.tau)
         return critic_loss.item(), actor_loss.item()
+
+    # ---------------------------------------------------------- warm start
+    def take_over(self, other: AMCDDPG) -> None:
+        """Starts from ``other``'s learning: its networks, optimizer states and reward baseline, and no warm-up.
+
+        The replay buffer, counters, noise and random generator stay this agent's own (a warm start fills the
+        replay with the other search's episodes relabelled to this one; see :mod:`agents.warm_start`).
+
+        Raises:
+            ConfigError: When the networks differ in shape (observation size, ``hidden`` or ``critics``).
+        """
+        mine, theirs = self._model.observation_space.shape, other.model.observation_space.shape
+        if mine != theirs:
+            raise ConfigError(
+                f"the other agent observes {theirs[0]} features and this one {mine[0]}: a warm start needs the same "
+                "model (its groups), env.observe_history alike, and one target or several in both searches"
+            )
+        shape = ("hidden", "critics")
+        if any(getattr(self.config, k) != getattr(other.config, k) for k in shape):
+            raise ConfigError(
+                "the other agent's networks have "
+                + ", ".join(f"ddpg.{k}={getattr(other.config, k)!r}" for k in shape)
+                + " and this one's "
+                + ", ".join(f"ddpg.{k}={getattr(self.config, k)!r}" for k in shape)
+                + ": set this search's to the other's to start from it"
+            )
+        self._model.policy.load_state_dict(other.model.policy.state_dict())
+        for name in ("actor", "critic"):
+            optimizer = getattr(self._model, name).optimizer
+            optimizer.load_state_dict(getattr(other.model, name).optimizer.state_dict())
+        self._apply_learning_rates()  # the loaded state carries the other's rates
+        self._baseline = other.baseline  # the critics predict rewards relative to it
+        self.config = replace(self.config, warmup_episodes=0)
 
     # ------------------------------------------------------- actor shipping
     def get_actor_state(self) -> dict[str, torch.Tensor]:

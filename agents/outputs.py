@@ -70,6 +70,8 @@ def write_outputs(
         "episodes": [dataclasses.asdict(r) for r in state.records],
         "mlflow_run_id": state.run_id,
     }
+    if state.warm_start is not None:
+        summary["warm_start"] = state.warm_start
     if selection is not None:
         summary["best"]["selection_top1"] = measured["selection_top1"] = selection.selection_top1
         summary["selection"] = selection.summary(env.split_size("selection"))

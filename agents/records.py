@@ -55,6 +55,11 @@ class SearchConfig:
         selection_top_k: When the data has a selection split (``env.data.selection_size``), the search
             re-evaluates its this many best distinct policies (by reward) on it at the end and returns the best
             there instead of the best on search-val (:mod:`agents.selection`).
+        init_from: Start from the agent of the ddpg search in this directory (its latest checkpoint): its networks,
+            its episodes relabelled to this search's target in the replay, its best policies played first, and no
+            warm-up (:mod:`agents.warm_start`). None: a cold start.
+        init_episodes: With ``init_from``, how many of the other search's best distinct policies this search plays
+            (bounded by its own budget wall) right after the uniform episode.
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -70,6 +75,8 @@ class SearchConfig:
     threads: int = 0
     max_staleness: int | str = "auto"
     selection_top_k: int = 10
+    init_from: str | None = None
+    init_episodes: int = 5
 
     def __post_init__(self) -> None:
         from agents.base import AGENTS
@@ -90,6 +97,16 @@ class SearchConfig:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(
                 f"selection_top_k must be an integer >= 1 (policies re-ranked on the selection split), got {k!r}"
+            )
+        n = self.init_episodes
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(
+                f"init_episodes must be an integer >= 0 (the other search's policies played first), got {n!r}"
+            )
+        if self.init_from is not None and self.agent != "ddpg":
+            raise ConfigError(
+                f"init_from starts a ddpg search from another one's agent; this search's agent is {self.agent!r}: "
+                "set agent: ddpg or drop init_from"
             )
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
@@ -169,6 +186,9 @@ class SearchState:
         agent_stats: Episode -> the agent's statistics of it (logged as ``agent_*`` metrics; finite values only).
         plans: Episode -> the :class:`agents.base.EpisodePlan` made for it and not yet learned from (a
             resumed search runs these plans instead of planning those episodes again).
+        warm_start: What a warm start took over (:func:`agents.warm_start.warm_start`; None: a cold start).
+        fingerprint: The env's evaluation fingerprint (:meth:`envs.ChannelPruningEnv.fingerprint`): another search
+            with the same one measured the same top-1 for the same widths (None: not known).
     """
 
     episode: int = 0
@@ -177,6 +197,8 @@ class SearchState:
     tracking_uri: str | None = None
     agent_stats: dict[int, dict[str, float]] = field(default_factory=dict)
     plans: dict[int, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
+    warm_start: dict[str, Any] | None = None
 
     @property
     def best(self) -> EpisodeRecord | None:

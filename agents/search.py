@@ -12,7 +12,6 @@ Outputs in the search directory:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -23,23 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import EpisodePlan, SearchAgent, create_agent, uniform_plan
+from agents.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from agents.front_outputs import report_targets
 from agents.outputs import write_outputs
 from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState, target_label
 from agents.rollout import EpisodeResult, EpisodeRunner, LocalRollouts
 from amc.config import flatten, save_yaml
 from amc.errors import ConfigError
-from amc.files import write_json_atomic, write_text_atomic
 from amc.progress import Progress
 from envs import ChannelPruningEnv
 
 log = logging.getLogger(__name__)
-CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_VERSION = 3
-"""Version of a checkpoint's ``state.json`` (1, without a version field: no per-episode agent statistics;
-2: no saved plans, and a random agent's one random stream in ``agent/rng.json``)."""
-PLANS_FILE = "plans.pt"
-"""The plans made and not yet learned from, next to ``state.json`` (its ``planned`` lists their episodes)."""
 
 
 def resolve_checkpoint(config: SearchConfig, cache_dir: Path | None = None, progress: bool = True) -> SearchConfig:
@@ -56,83 +49,6 @@ def resolve_checkpoint(config: SearchConfig, cache_dir: Path | None = None, prog
 
     ckpt = cached_baseline(config.env.model, config.env.data, config.baseline, cache_dir, progress=progress)
     return config.replace(env=config.env.replace(checkpoint=str(ckpt)))
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(out: Path, agent: SearchAgent, state: SearchState) -> None:
-    root = out / CHECKPOINT_DIR
-    target = root / f"ep-{state.episode:06d}"
-    tmp = root / f".tmp-{state.episode:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    agent.save(tmp / "agent")
-    plans = [state.plans[e] for e in sorted(state.plans)]
-    if plans:
-        import torch
-
-        tmp.mkdir(parents=True, exist_ok=True)
-        torch.save([dataclasses.asdict(p) for p in plans], tmp / PLANS_FILE)
-    write_json_atomic(
-        tmp / "state.json",
-        {
-            "version": CHECKPOINT_VERSION,
-            "episode": state.episode,
-            "run_id": state.run_id,
-            "tracking_uri": state.tracking_uri,
-            "records": [dataclasses.asdict(r) for r in state.records],
-            "agent_stats": {str(k): v for k, v in sorted(state.agent_stats.items())},
-            "planned": [p.episode for p in plans],
-        },
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    write_text_atomic(root / "LATEST", target.name + "\n")  # the switch to the new checkpoint is atomic
-    for old in root.glob("ep-*"):
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The latest checkpoint directory of the search in ``out`` and its state, or None."""
-    root = out / CHECKPOINT_DIR
-    latest = root / "LATEST"
-    if not latest.is_file():
-        return None
-    where = root / latest.read_text().strip()
-    data = json.loads((where / "state.json").read_text())
-    version = int(data.get("version", 1))
-    if version > CHECKPOINT_VERSION:
-        raise ConfigError(
-            f"{where} is a version {version} checkpoint, written by a newer amc-search (this one reads "
-            f"up to version {CHECKPOINT_VERSION}); upgrade amc-search to resume this search"
-        )
-    return where, data
-
-
-def _load_checkpoint(out: Path, agent: SearchAgent) -> SearchState:
-    found = _latest_checkpoint(out)
-    if found is None:
-        return SearchState()
-    where, data = found
-    agent.restore(where / "agent")
-    records = [EpisodeRecord(**r) for r in data["records"]]
-    state = SearchState(int(data["episode"]), records, data.get("run_id"), data.get("tracking_uri"), _agent_stats(data))
-    if data.get("planned"):
-        import torch
-
-        for fields in torch.load(where / PLANS_FILE, weights_only=True):
-            plan = EpisodePlan(**{**fields, "actions": tuple(fields["actions"])})
-            state.plans[plan.episode] = plan
-    return state
-
-
-def _agent_stats(data: Mapping[str, Any]) -> dict[int, dict[str, float]]:
-    return {int(k): {n: float(v) for n, v in stats.items()} for k, stats in data.get("agent_stats", {}).items()}
-
-
-def checkpointed_agent_stats(out: Path) -> dict[int, dict[str, float]]:
-    """The agent's statistics per episode stored in the latest checkpoint of the search in ``out`` (empty: none)."""
-    found = _latest_checkpoint(out)
-    return {} if found is None else _agent_stats(found[1])
 
 
 # --------------------------------------------------------------------------- the loop
@@ -196,7 +112,9 @@ class Search:
                 f"agent {config.agent!r} searches one target at a time; env.targets (several in one search) needs "
                 "ddpg or random, or run one search per target with env.target_ratio"
             )
-        self.state = _load_checkpoint(out, self.agent)
+        fresh = latest_checkpoint(out) is None
+        self.state = load_checkpoint(out, self.agent)
+        self.state.fingerprint = self.env.fingerprint()
         self.total = 1 if self.agent.single_episode else config.episodes
         self.workers = 0 if self.agent.single_episode else rollout_workers(config.workers)
         """Ray rollout actors (0: in-process)."""
@@ -204,11 +122,30 @@ class Search:
         self.max_staleness = config.staleness_bound(self.workers)
         """The staleness bound: plans that depend on learning are made this many episodes behind the learner."""
         self.pool: Any = None
-        self._uniform_targets: list[float | None] = []
-        """The first episodes play the uniform policy (``uniform_first``): of the target, or of each reported one."""
+        self._prefix: list[EpisodePlan] = []
+        """The first episodes' plans: the uniform policy (``uniform_first``: of the target, or of each reported
+        one), then with ``init_from`` the other search's best policies (:mod:`agents.warm_start`)."""
         if config.uniform_first and not self.agent.single_episode:
             targets = config.env.targets
-            self._uniform_targets = [None] if targets is None else list(report_targets(targets))
+            for target in [None] if targets is None else list(report_targets(targets)):
+                self._prefix.append(uniform_plan(self.env, len(self._prefix), target))
+        if config.init_from:
+            self._start_warm(fresh)
+
+    def _start_warm(self, fresh: bool) -> None:
+        """Takes over the other search's agent (before the first checkpoint) and plans its best policies."""
+        from agents.warm_start import load_source, seed_plans, warm_start
+
+        planned = max(self.state.plans, default=self.state.episode - 1) + 1
+        if not fresh and planned >= len(self._prefix) + self.config.init_episodes:
+            return  # taken over and played: the checkpoint holds the rest
+        source = load_source(self.config.init_from)
+        if fresh:
+            self.state.warm_start = warm_start(self.agent, self.env, source, self.state.fingerprint)
+        seeds = seed_plans(self.env, source.records, self.config.init_episodes, len(self._prefix), self.config.seed)
+        self._prefix.extend(seeds)
+        if fresh:
+            self.state.warm_start["seed_episodes"] = len(seeds)
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
         """Runs the remaining episodes, then writes search.json, best_policy.json and the plots."""
@@ -255,15 +192,19 @@ class Search:
         """Gives idle workers the planned episodes in episode order, then fixed plans made early."""
         while self.pool.free():
             if not self._queue:
-                if self._next_plan >= self.total or not self.agent.fixed_plan(self._next_plan):
+                if self._next_plan >= self.total or not self._fixed(self._next_plan):
                     return
                 self._plan_next()
             self.pool.submit(self.state.plans[self._queue.popleft()])
 
+    def _fixed(self, episode: int) -> bool:
+        """Whether the plan of ``episode`` does not depend on learning (it may be made early, for idle workers)."""
+        return episode < len(self._prefix) or self.agent.fixed_plan(episode)
+
     def _plan_next(self) -> None:
         episode = self._next_plan
-        if episode < len(self._uniform_targets):  # the simplest answer is a candidate: never return less
-            plan = uniform_plan(self.env, episode, self._uniform_targets[episode])
+        if episode < len(self._prefix):  # the simplest answer is a candidate: never return less
+            plan = self._prefix[episode]
             self.agent.adopt(plan)
         else:
             plan = self.agent.plan(episode)
@@ -292,7 +233,7 @@ class Search:
             self.checkpoint()
 
     def checkpoint(self) -> None:
-        _save_checkpoint(self.out, self.agent, self.state)
+        save_checkpoint(self.out, self.agent, self.state)
         if self.tracker is not None:
             self.tracker.flush()
 

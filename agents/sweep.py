@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.checkpoints import checkpointed_agent_stats
 from agents.outputs import log_final
 from agents.records import target_label
 from agents.search import (
     SearchConfig,
-    checkpointed_agent_stats,
     resolve_checkpoint,
     run_params,
     run_search,

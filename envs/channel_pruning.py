@@ -34,7 +34,7 @@ from amc.train import calibration_batches, evaluate, recalibrate_bn
 from envs.budget import BudgetWall, Choice, fewest_widths
 from envs.costs import COST_MODELS, CostModel, LatencyCost, create_cost_model
 from envs.embedding import LayerEmbedding
-from envs.evaluation import EvalBatch, fixed_size_batches, top1
+from envs.evaluation import EvalBatch, evaluation_fingerprint, fixed_size_batches, top1
 from envs.rewards import REWARDS, Outcome, Reward, create_reward
 from envs.targets import TargetRange, contains, parse_targets, smallest
 
@@ -374,6 +374,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(0.0, 1.0, (self._embedding.size,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._calib, self._grad_batch = self._draw_calibration(train_loader)
+        self._fingerprint: str | None = None
         self._loaders: dict[str, Iterable[Batch] | None] = {
             "val": val_loader,
             "test": test_loader,
@@ -472,16 +473,17 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ``top1``, ``flops``, ``params``, ``flops_ratio``, ``params_ratio``, ``cost_ratio`` and
             ``meets_target`` (1.0 or 0.0).
         """
-        widths = self._widths(ratios)
+        widths = self.widths(ratios)
         outcome = self._evaluate_widths(widths, split, "ratios").outcome
         return {**_outcome_dict(outcome), "meets_target": float(self.wall.meets(widths))}
 
     def evaluation(self, ratios: Mapping[str, float], split: str = "val") -> Evaluation:
         """Like :meth:`evaluate_ratios`, but returns the pruned, recalibrated model (yours to keep) with its outcome."""
-        evaluation = self._evaluate_widths(self._widths(ratios), split, "ratios")
+        evaluation = self._evaluate_widths(self.widths(ratios), split, "ratios")
         return Evaluation(copy.deepcopy(evaluation.model), evaluation.outcome)
 
-    def _widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
+    def widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
+        """The kept channels per group of per-group pruning ``ratios`` (missing groups stay dense)."""
         unknown = sorted(set(ratios) - set(self.group_names))
         if unknown:
             raise ConfigError(f"no prunable groups named {', '.join(unknown)}; groups: {', '.join(self.group_names)}")
@@ -542,6 +544,27 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         ratio = smallest_ratio(meets, self.config.min_ratio, self.config.max_ratio)
         return dict.fromkeys(self.group_names, ratio)
 
+    def fit_ratios(self, ratios: Mapping[str, float], target: float | None = None) -> dict[str, float]:
+        """``ratios`` at another budget: every group's action moved by one shift, the smallest that meets the target.
+
+        The policy keeps its shape (which groups it prunes more than others) and uses the budget: a policy over
+        the target is pruned more everywhere, one under it less. ``uniform_ratios`` is the special case of a
+        policy with one ratio in every group.
+
+        Args:
+            ratios: Pruning ratio per group (missing groups: 0).
+            target: One of ``config.targets`` (None: the current episode's target).
+        """
+        wall = self.wall if target is None else self._wall_for(target)
+        names = self.group_names
+        actions = np.array([self.ratio_to_action(ratios.get(n, 0.0)) for n in names])
+
+        def shifted(shift: float) -> dict[str, float]:
+            return {n: self._action_to_ratio(a) for n, a in zip(names, np.clip(actions + shift, -1.0, 1.0))}
+
+        # a shift of 2 puts every group at max_ratio, which meets the target (the wall checked it at construction)
+        return shifted(smallest_ratio(lambda s: wall.meets(self.widths(shifted(s))), -2.0, 2.0))
+
     def to_policy(
         self, ratios: Mapping[str, float], measured: Mapping[str, float] | None = None, target: float | None = None
     ) -> Policy:
@@ -557,6 +580,22 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             budget,
             dict(measured or {}),
         )
+
+    def fingerprint(self) -> str:
+        """A digest of what an episode's top-1 depends on besides its widths (:func:`envs.evaluation.evaluation_fingerprint`).
+
+        Two envs with the same fingerprint measure the same search-val top-1 for the same widths, so the episodes
+        of one search can stand in for episodes of the other (a warm start, :mod:`agents.warm_start`).
+        """
+        if self._fingerprint is None:
+            c = self.config
+            settings = {
+                k: getattr(c, k)
+                for k in ("criterion", "round_to", "seed", "reconstruct", "reconstruct_batches", "eval_batches")
+            }
+            tensors = list(self._calib) + (list(self._grad_batch) if self._grad_batch is not None else [])
+            self._fingerprint = evaluation_fingerprint(self.model, tensors, self._cached_batches("val"), settings)
+        return self._fingerprint
 
     def score_model(self, model: nn.Module, split: str = "val") -> float:
         """Re-estimates ``model``'s BatchNorm statistics on the fixed batches (in place) and returns its top-1."""

@@ -10,8 +10,10 @@ last one padded, cut that to ~0-13 ms. Padded images are evaluated but not count
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,3 +76,34 @@ def top1(model: nn.Module, batches: Sequence[EvalBatch]) -> float:
     if total == 0:
         raise ConfigError("the evaluation split is empty")
     return correct / total
+
+
+def evaluation_fingerprint(
+    model: nn.Module,
+    tensors: Iterable[torch.Tensor],
+    batches: Sequence[EvalBatch],
+    settings: Mapping[str, object],
+) -> str:
+    """A SHA-256 digest of what a pruned model's accuracy depends on besides its widths.
+
+    Two environments with the same digest give the same top-1 to the same widths: the dense weights and
+    buffers, the fixed calibration (and gradient) tensors, the real images and labels of the evaluation
+    batches, and the settings that prune, recalibrate and evaluate (JSON, keys sorted).
+    """
+    digest = hashlib.sha256()
+
+    def add(tensor: torch.Tensor) -> None:
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
+
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        add(value)
+    for tensor in tensors:
+        add(tensor)
+    for batch in batches:
+        add(batch.inputs[: batch.count])
+        add(batch.targets[: batch.count])
+    digest.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
+    return digest.hexdigest()

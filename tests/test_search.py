@@ -160,7 +160,8 @@ def test_resume_logs_every_metric_of_episodes_checkpointed_but_not_flushed(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    from agents.search import Search, _save_checkpoint
+    from agents.checkpoints import save_checkpoint
+    from agents.search import Search
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = _config(trained_resnet20 / "model.pt")
@@ -169,7 +170,7 @@ def test_resume_logs_every_metric_of_episodes_checkpointed_but_not_flushed(
 
     def die_between_checkpoint_and_flush(self: Search) -> None:
         if self.state.episode == 4:
-            _save_checkpoint(self.out, self.agent, self.state)  # episodes 2 and 3 are checkpointed ...
+            save_checkpoint(self.out, self.agent, self.state)  # episodes 2 and 3 are checkpointed ...
             raise Interrupt  # ... but their buffered metrics never reach MLflow
         checkpoint(self)
 
@@ -255,7 +256,7 @@ def test_sweep_runs_get_their_own_names(trained_resnet20: Path, tmp_path: Path) 
 
 
 def test_checkpoint_versions(tmp_path: Path) -> None:
-    from agents.search import checkpointed_agent_stats
+    from agents.checkpoints import checkpointed_agent_stats
 
     where = tmp_path / "checkpoint" / "ep-000002"
     where.mkdir(parents=True)

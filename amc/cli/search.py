@@ -90,6 +90,14 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--out", type=Path, help="search directory (default: runs/<config>-<agent>-s<seed>)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted search in DIR")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="DIR",
+        help="warm start: begin with the agent of the ddpg search in DIR (its networks, its episodes relabelled to "
+        "this budget in the replay, its best policies played first, no warm-up); for another target, a retrained "
+        "dense model of the same architecture, or another width (init_from)",
+    )
 
 
 @_search_args.run
@@ -107,6 +115,10 @@ def _search(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--resume continues with the search's own config; drop --config and --set "
                 "(only --episodes and --workers may change)"
+            )
+        if args.init_from is not None:
+            raise ConfigError(
+                "--resume continues a search, which keeps the agent it has; --init-from starts a new one: drop one"
             )
         stored = stored_config(args.resume) if (args.resume / "config.yaml").is_file() else None
         config = stored.replace(episodes=args.episodes) if stored is not None and args.episodes else stored
@@ -158,6 +170,8 @@ def _add_set_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 def _with_overrides(config, args: argparse.Namespace):
     changes = {k: getattr(args, k) for k in ("agent", "episodes", "seed", "workers") if getattr(args, k) is not None}
+    if args.init_from is not None:
+        changes["init_from"] = str(args.init_from.resolve())
     env = {}
     if args.target_ratio is not None:
         env["target_ratio"] = args.target_ratio
@@ -184,6 +198,13 @@ def _print_summary(result) -> None:
             f"{selection['split_size']} held-out images: {summary['best']['selection_top1']:.2%} "
             f"(episode {selection['chosen_episode']}; the best on search-val alone was episode "
             f"{selection['best_reward_episode']})"
+        )
+    warm = summary.get("warm_start")
+    if warm:
+        print(
+            f"warm start from {warm['from']} ({warm['source_episodes']} episodes): {warm['replay_episodes']} relabelled "
+            f"into the replay ({'same' if warm['same_evaluation'] else 'another'} dense model and search-val data), "
+            f"its {warm['seed_episodes']} best policies played first"
         )
     for entry in summary.get("targets", []):
         if entry["episode"] is None:
