@@ -237,6 +237,8 @@ def test_mismatched_policy_is_rejected_by_cli(trained_resnet20: Path, tmp_path: 
         (["search", "--config", "C", "--episodes", "0"], "episodes: 5\n", "episodes must be >= 1"),
         (["search", "--config", "missing.yaml"], None, "does not exist"),
         (["search", "--resume", "R"], None, "no search to resume"),
+        (["search", "--resume", "R", "--init-from", "R"], None, "drop one"),
+        (["search", "--config", "C", "--init-from", "R", "--agent", "tpe"], "episodes: 5\n", "set agent: ddpg"),
         (["search"], None, "pass --config"),
         (["sweep", "--config", "C"], "base: x.yaml\ngrid: {}\n", "non-empty grid"),
     ],

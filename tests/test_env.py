@@ -186,6 +186,21 @@ def test_walk_meets_what_step_meets_without_evaluating() -> None:
         assert infos[-1]["cost_ratio"] <= env.wall.target_ratio
 
 
+@pytest.mark.parametrize("target", [0.25, 0.6])
+def test_fit_ratios_keeps_the_policy_shape_and_uses_the_budget(target: float) -> None:
+    env = ChannelPruningEnv.from_config(EnvConfig(target_ratio=target, **TINY))
+    names = env.group_names
+    policy = {n: 0.6 * (i % 3) / 2 for i, n in enumerate(names)}  # 0, 0.3, 0.6, 0, ...: 40% of the FLOPs or so
+    fitted = env.fit_ratios(policy)
+    assert env.wall.meets(env.widths(fitted))
+    assert env.evaluate_ratios(fitted)["flops_ratio"] >= target - 0.05, "it uses the budget, over or under it"
+    shift = {round(env.ratio_to_action(fitted[n]) - env.ratio_to_action(policy[n]), 9) for n in names
+             if env.config.min_ratio < fitted[n] < env.config.max_ratio}  # fmt: skip
+    assert len(shift) == 1, "one shift of every action (groups pinned at a bound aside)"
+    uniform = env.fit_ratios(dict.fromkeys(names, 0.0))
+    assert env.widths(uniform) == env.widths(env.uniform_ratios()), "a uniform policy fits to the uniform baseline"
+
+
 def test_registered_and_made_with_gymnasium(checkpoint: str) -> None:
     env = gymnasium.make(ENV_ID, config=EnvConfig(checkpoint=checkpoint, **TINY))
     assert env.spec is not None and env.spec.id == ENV_ID

@@ -9,9 +9,9 @@ For each dense model (``--dense-seeds``) and search seed (``--search-seeds``), a
   same architecture, trained from another seed: only the networks and the fitted best policies carry over).
 
 Reported per scenario: the best-so-far search-val top-1 after 10 / 30 / 100 episodes (``val_at``), and
-``episodes_to_cold_best``: the episodes a warm search took to reach the cold search's final best (None where it
-did not within E), so ``saved`` = E minus that. The sources' own episodes are not counted (they were spent
-already, by the search being reused). Prints and writes JSON.
+``episodes_to_cold_at``: per run, the episodes a search took to reach the cold search's best after 30 / 100
+episodes (None where it did not within E); the episodes saved at N are N minus that. The sources' own episodes
+are not counted (they were spent already, by the search being reused). Prints and writes JSON.
 
     .venv/bin/python experiments/bench/warm_start.py                              # resnet20, 3 x 2 seeds, E=100
     .venv/bin/python experiments/bench/warm_start.py --episodes 20 --dense-seeds 2 --search-seeds 1 --out /tmp/w.json
@@ -103,27 +103,30 @@ def episodes_to(curve: list[float], level: float) -> int | None:
 
 
 def summarise(rows: list[dict], episodes: int) -> dict:
+    """Per model and scenario: ``val_at`` (mean best-so-far after N episodes) and ``episodes_to_cold_at`` (per run,
+    the episodes until its best-so-far reached the cold search's best after N episodes; None: not within
+    ``episodes``), with their medians (a run that did not get there counts as ``episodes + 1``)."""
     cold = {(r["model"], r["dense_seed"], r["search_seed"]): r["curve"] for r in rows if r["scenario"] == "cold"}
-    out: dict = {}
+    grouped: dict = {}
     for row in rows:
-        level = cold[(row["model"], row["dense_seed"], row["search_seed"])][-1]
-        row["episodes_to_cold_best"] = episodes_to(row["curve"], level)
-        out.setdefault(row["model"], {}).setdefault(row["scenario"], []).append(row)
+        grouped.setdefault(row["model"], {}).setdefault(row["scenario"], []).append(row)
+    at = [n for n in CHECKPOINTS if n <= episodes]
     summary: dict = {}
-    for model, scenarios in out.items():
+    for model, scenarios in grouped.items():
         for name, runs in scenarios.items():
-            reached = [r["episodes_to_cold_best"] for r in runs]
+            reached = {
+                str(n): [episodes_to(r["curve"], cold[(model, r["dense_seed"], r["search_seed"])][n - 1]) for r in runs]
+                for n in at
+            }
             summary.setdefault(model, {})[name] = {
                 "runs": len(runs),
-                "val_at": {
-                    str(n): statistics.fmean(r["curve"][n - 1] for r in runs) for n in CHECKPOINTS if n <= episodes
+                "val_at": {str(n): statistics.fmean(r["curve"][n - 1] for r in runs) for n in at},
+                "val_at_per_run": {str(n): [r["curve"][n - 1] for r in runs] for n in at},
+                "episodes_to_cold_at": reached,
+                "median_episodes_to_cold_at": {
+                    n: statistics.median(v if v is not None else episodes + 1 for v in values)
+                    for n, values in reached.items()
                 },
-                "val_at_per_run": {str(n): [r["curve"][n - 1] for r in runs] for n in CHECKPOINTS if n <= episodes},
-                "episodes_to_cold_best": reached,
-                "reached": sum(v is not None for v in reached),
-                "median_episodes_to_cold_best": statistics.median(
-                    v if v is not None else episodes + 1 for v in reached
-                ),
                 "seconds": statistics.fmean(r["seconds"] for r in runs),
             }
     return summary
@@ -160,17 +163,19 @@ def main() -> int:
                 at = "  ".join(f"@{n} {100 * row['curve'][n - 1]:.1f}" for n in CHECKPOINTS if n <= args.episodes)
                 print(
                     f"{row['model']} dense {row['dense_seed']} seed {row['search_seed']} {row['scenario']:>11}: {at}  "
-                    f"cold's best after {reach if reach is not None else '-'} episodes ({row['seconds']:.0f} s)",
+                    f"cold's final best after {reach if reach is not None else '-'} episodes ({row['seconds']:.0f} s)",
                     flush=True,
                 )
     summary = summarise(rows, args.episodes)
     for model, scenarios in summary.items():
         for name, entry in scenarios.items():
             at = "  ".join(f"@{n} {100 * v:.1f}" for n, v in entry["val_at"].items())
-            print(
-                f"{model} {name:>11}: {at}  reached cold's final best in {entry['reached']}/{entry['runs']} runs, "
-                f"median {entry['median_episodes_to_cold_best']} episodes"
+            reach = "  ".join(
+                f"@{n} in {sum(v is not None for v in values)}/{entry['runs']} runs, median "
+                f"{entry['median_episodes_to_cold_at'][n]:g} episodes"
+                for n, values in entry["episodes_to_cold_at"].items()
             )
+            print(f"{model} {name:>11}: {at}  reached cold's best {reach}")
     settings = {k: getattr(args, k) for k in ("target", "from_targets", "dense_seeds", "search_seeds", "episodes")}
     write_json_atomic(args.out, {**settings, "models": summary, "runs": rows})
     print(f"wrote {args.out}")
