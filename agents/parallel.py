@@ -6,7 +6,7 @@ into the object store once and shared by all workers. The search loop (:class:`a
 decides which plan runs when (see its docstring); the pool runs plans and hands back results as they
 finish. The learner's actor weights go through the object store too: one ``ray.put`` per weights version
 (:attr:`agents.base.EpisodePlan.weights_version`), shared by every plan that uses it, each worker
-fetching a version once. An episode lost with a dead worker is run again, with the same plan, on a
+fetching a version once. Workers get only what an episode reads (:func:`worker_payload`). An episode lost with a dead worker is run again, with the same plan, on a
 restarted actor.
 """
 
@@ -42,12 +42,33 @@ def rollout_workers(workers: int | str) -> int:
 
 def build_env(payload: dict) -> Any:
     """The channel-pruning env for a payload of ``ws`` (engine workspace), ``env_config`` and optionally
-    ``cost_model`` (the learner's, so that every worker budgets against the same measured latency table)."""
+    ``cost_model`` (the learner's, so that every worker budgets against the same measured latency table) and
+    ``calibration`` (the learner's calibration batches; see :func:`worker_payload`)."""
     from envs import ChannelPruningEnv
 
     return ChannelPruningEnv.from_workspace(
-        payload["ws"], payload["env_config"], payload.get("cost_model"), payload.get("progress", True)
+        payload["ws"],
+        payload["env_config"],
+        payload.get("cost_model"),
+        payload.get("progress", True),
+        payload.get("calibration"),
     )
+
+
+def worker_payload(payload: dict, env: Any) -> dict:
+    """What a rollout worker reads, from the learner's ``payload`` and its env ``env``: the dense model and its traced
+    groups, the env config and cost model, ``env``'s calibration batches, and the search-val images as tensors.
+
+    An episode reads nothing else: the training split (only its calibration batches), the test and the selection
+    splits (evaluated by the learner at the end) stay out of the object store, and a data set read through
+    transforms or from a larger array ships only the search-val images it yields.
+    """
+    from torch.utils.data import TensorDataset
+
+    ws = payload["ws"]
+    val = TensorDataset(*env.split_tensors("val"))
+    data = dataclasses.replace(ws.data, train=None, val=val, test=None, selection=None)
+    return {**payload, "ws": dataclasses.replace(ws, data=data), "calibration": env.calibration}
 
 
 class _Worker:
@@ -73,6 +94,12 @@ class _Worker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def peak_rss_mb(self) -> float:
+        """The most resident memory this worker's process has used, in MiB (Linux ``ru_maxrss`` is in KiB)."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class RolloutPool:
@@ -124,6 +151,10 @@ class RolloutPool:
     def pid(self, index: int) -> int:
         """The process id of worker ``index`` (on its node); answered even while the worker plays an episode."""
         return self.ray.get(self._pids[index])
+
+    def peak_rss_mb(self) -> list[float]:
+        """Each worker's peak resident memory so far, in MiB (see :func:`worker_payload` for what it holds)."""
+        return self.ray.get([actor.peak_rss_mb.remote() for actor in self.actors])
 
     def busy(self) -> dict[int, int]:
         """Worker index -> the episode it is playing."""

@@ -161,9 +161,10 @@ class Search:
     def _run_episodes(self) -> None:
         """Plans, plays and learns from the remaining episodes (see the class docstring for the schedule)."""
         if self.uses_ray:
-            from agents.parallel import RolloutPool
+            from agents.parallel import RolloutPool, worker_payload
 
-            self.pool = RolloutPool(self.payload, max(1, self.workers), self.config.ddpg, self.config.threads)
+            payload = worker_payload(self.payload, self.env)
+            self.pool = RolloutPool(payload, max(1, self.workers), self.config.ddpg, self.config.threads)
         else:
             self.pool = LocalRollouts(self.env, self.config.ddpg)
         self._queue: deque[int] = deque(sorted(self.state.plans))  # planned, not yet handed to a worker

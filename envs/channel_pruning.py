@@ -39,6 +39,8 @@ from envs.rewards import REWARDS, Outcome, Reward, create_reward
 from envs.targets import TargetRange, contains, parse_targets, smallest
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Calibration = tuple[list[torch.Tensor], Batch | None]
+"""The fixed BatchNorm calibration inputs and the batch of gradient-based criteria (None without one)."""
 
 
 class InvalidActionError(AmcError, ValueError):
@@ -296,6 +298,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         cost_model: The cost model of ``config.target_metric`` for ``graph`` if already built (parallel
             workers get the learner's, so that a measured latency table is built once and shared).
         progress: Show the progress and cost of building a latency table (see :mod:`amc.latency`).
+        calibration: The fixed calibration inputs and gradient batch another env of the same config drew
+            (:attr:`calibration`; parallel workers get the learner's); ``train_loader`` is then not read (None).
 
     Raises:
         BudgetError: when the target is out of reach even with every group at ``max_ratio``.
@@ -317,6 +321,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         graph: ModelGraph | None = None,
         cost_model: CostModel | None = None,
         progress: bool = True,
+        calibration: Calibration | None = None,
     ) -> None:
         self.config = config if config is not None else EnvConfig()
         self.model = model
@@ -373,7 +378,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         )
         self.observation_space = spaces.Box(0.0, 1.0, (self._embedding.size,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-        self._calib, self._grad_batch = self._draw_calibration(train_loader)
+        self._calib, self._grad_batch = calibration if calibration is not None else self._draw_calibration(train_loader)
         self._fingerprint: str | None = None
         self._loaders: dict[str, Iterable[Batch] | None] = {
             "val": val_loader,
@@ -405,32 +410,55 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     @classmethod
     def from_workspace(
-        cls, ws: Workspace, config: EnvConfig, cost_model: CostModel | None = None, progress: bool = True
+        cls,
+        ws: Workspace,
+        config: EnvConfig,
+        cost_model: CostModel | None = None,
+        progress: bool = True,
+        calibration: Calibration | None = None,
     ) -> Self:
         """The env over an engine workspace (model, data, traced groups); used by parallel rollout workers.
 
         ``cost_model``: an already built cost model of ``ws.graph`` (None: built here, showing ``progress``).
+        ``calibration``: another env's :attr:`calibration` (None: drawn from the training split). A split the
+        workspace's data does not hold (None: a rollout worker's, see :func:`agents.parallel.worker_payload`) has
+        no loader.
         """
-        train = ws.data.loader("train", config.bn_batch_size, shuffle=True, seed=config.seed)
-        val = ws.data.loader("val", config.eval_batch_size)
-        test = ws.data.loader("test", config.eval_batch_size)
-        selection = ws.data.loader("selection", config.eval_batch_size) if ws.data.selection is not None else None
+
+        def loader(split: str, batch: int, **kwargs: Any) -> Any:
+            return ws.data.loader(split, batch, **kwargs) if getattr(ws.data, split) is not None else None
+
+        train = (
+            None if calibration is not None else loader("train", config.bn_batch_size, shuffle=True, seed=config.seed)
+        )
         env = cls(
             ws.model,
             train,
-            val,
+            loader("val", config.eval_batch_size),
             ws.example_inputs(),
             config,
-            test_loader=test,
-            selection_loader=selection,
+            test_loader=loader("test", config.eval_batch_size),
+            selection_loader=loader("selection", config.eval_batch_size),
             graph=ws.graph,
             cost_model=cost_model,
             progress=progress,
+            calibration=calibration,
         )
         env.identity = ws.identity
         return env
 
-    def _draw_calibration(self, train_loader: Iterable[Batch]) -> tuple[list[torch.Tensor], Batch | None]:
+    @property
+    def calibration(self) -> Calibration:
+        """The fixed BatchNorm calibration inputs and the batch of gradient-based criteria (None without one)."""
+        return list(self._calib), self._grad_batch
+
+    def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels ``split`` is evaluated on, in order (``eval_batches`` applied), as two tensors."""
+        batches = self._cached_batches(split)
+        inputs = torch.cat([b.inputs[: b.count] for b in batches])
+        return inputs, torch.cat([b.targets[: b.count] for b in batches])
+
+    def _draw_calibration(self, train_loader: Iterable[Batch]) -> Calibration:
         """The fixed BatchNorm calibration inputs, and a batch for gradient-based criteria."""
         calib = calibration_batches(train_loader, self.config.bn_batches) if self.config.bn_batches else []
         grad_batch = None

@@ -68,6 +68,34 @@ def in_process(trained_resnet20: Path):
     return run
 
 
+@pytest.mark.parametrize("criterion", ["l2", "taylor"])
+def test_workers_get_only_what_episodes_read(trained_resnet20: Path, criterion: str) -> None:
+    """The worker payload holds no training, test or selection split, and plays exactly the learner's episodes."""
+    import pickle
+
+    from agents.parallel import worker_payload
+    from amc.data import DataConfig
+
+    config = _config(trained_resnet20 / "model.pt", 2)
+    env_config = config.env.replace(criterion=criterion, data=DataConfig("digits", selection_size=50))
+    ws = build_workspace(env_config.model, env_config.data, env_config.checkpoint)
+    full = {"ws": ws, "env_config": env_config}
+    learner = build_env(full)
+    payload = worker_payload(full, learner)
+    data = payload["ws"].data
+    assert data.train is None and data.test is None and data.selection is None
+    assert len(data.val) == 64, "search-val as evaluated: eval_batches 1 of 64 images"
+    assert len(pickle.dumps(payload)) < len(pickle.dumps(full)) - 1000 * 16 * 16 * 4, "the splits stay home"
+    worker = build_env(pickle.loads(pickle.dumps(payload)))
+    assert worker.fingerprint() == learner.fingerprint(), "the same calibration, gradient batch and search-val"
+    agent = RandomAgent(SEED)
+    for episode in range(3):
+        assert (
+            EpisodeRunner(worker).run(agent.plan(episode)).record
+            == EpisodeRunner(learner).run(agent.plan(episode)).record
+        )
+
+
 def _assert_same_episodes(records: list[dict], in_process) -> None:
     for got in records:
         want = in_process(got["episode"])

@@ -20,6 +20,13 @@ slower than one (OpenMP threads wait on each other): measure on a quiet machine,
     .venv/bin/python experiments/bench/ray_scaling.py                    # 1 and 2 workers
     .venv/bin/python experiments/bench/ray_scaling.py --workers 1 2 4 8  # on a 16-core machine
     .venv/bin/python experiments/bench/ray_scaling.py --quick            # a short check (writes *_quick.json)
+    .venv/bin/python experiments/bench/ray_scaling.py --payload-memory   # only the payload section (below)
+
+``--payload-memory`` measures what a worker holds on a CIFAR-10-sized data set instead (``synthetic``, 50,000
+3x32x32 images of which 10,000 search-val, an untrained ResNet-20: accuracy is meaningless, memory is not):
+2 workers play 2 random episodes with the whole workspace as payload (``full``, what workers got before) and
+with :func:`agents.parallel.worker_payload` (``slim``); ``payload_mb`` (pickled) and ``worker_peak_mb`` (each
+worker's peak resident memory) go into the JSON's ``payload_memory``, the other sections left as they are.
 """
 
 from __future__ import annotations
@@ -128,6 +135,38 @@ def _print_ddpg(label: str, r: dict[str, Any]) -> None:
     )
 
 
+def payload_memory(workers: int, samples: int, val_size: int) -> dict[str, Any]:
+    """Pickled payload size and each worker's peak memory with the full workspace and with the worker payload."""
+    import pickle
+
+    from agents.base import RandomAgent
+    from agents.ddpg import DDPGConfig
+    from agents.parallel import RolloutPool, build_env, worker_payload
+    from amc.data import DataConfig
+    from amc.engine import build_workspace
+    from envs import EnvConfig
+
+    data = DataConfig("synthetic", num_samples=samples, val_size=val_size, input_size=32)
+    env_config = EnvConfig(model="resnet20", data=data, target_ratio=0.5)
+    full = {"ws": build_workspace("resnet20", data), "env_config": env_config, "progress": False}
+    env = build_env(full)
+    result: dict[str, Any] = {"samples": samples, "val_size": val_size, "workers": workers}
+    for name, payload in (("full", full), ("slim", worker_payload(full, env))):
+        pool = RolloutPool(payload, workers, DDPGConfig(), threads=1)
+        try:
+            for episode in range(workers):
+                pool.submit(RandomAgent(0).plan(episode))
+            for _ in range(workers):
+                pool.next_result()
+            peaks = pool.peak_rss_mb()
+        finally:
+            pool.shutdown()
+        result[name] = {"payload_mb": len(pickle.dumps(payload)) / 2**20, "worker_peak_mb": peaks}
+        print(f"{name} payload: {result[name]['payload_mb']:.0f} MiB pickled, worker peak {peaks} MiB", flush=True)
+    result["payload_has_train"] = {"full": True, "slim": False}
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (0: in-process)")
@@ -138,7 +177,21 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: CPUs / workers)")
     parser.add_argument("--quick", action="store_true", help="a short check: few episodes of each phase")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: results/ray_scaling.json)")
+    parser.add_argument("--payload-memory", action="store_true", help="only measure worker memory (see above)")
     args = parser.parse_args()
+    if args.payload_memory:
+        import ray
+
+        out = args.out or RESULTS / "ray_scaling.json"
+        ray.init(address="local", num_cpus=max(local_cpus(), 2), include_dashboard=False, log_to_driver=False)
+        try:
+            section = {**payload_memory(2, 50_000, 10_000), "measured": time.strftime("%Y-%m-%d")}
+        finally:
+            ray.shutdown()
+        results = json.loads(out.read_text()) if out.is_file() else {}
+        write_json_atomic(out, {**results, "payload_memory": section})
+        print(f"wrote {out}")
+        return 0
     global THREADS
     THREADS = args.threads
     if args.quick:
