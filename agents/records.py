@@ -137,7 +137,7 @@ class SearchConfig:
         note says so. Other agents, and budgets with room, are returned unchanged with no note.
         """
         warmup = self.ddpg.warmup_episodes
-        if self.agent != "ddpg" or warmup <= self.episodes // 2:
+        if self.agent != "ddpg" or self.init_from or warmup <= self.episodes // 2:  # a warm start has no warm-up
             return self, None
         scaled = self.episodes // 4
         note = (
