@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -213,7 +214,14 @@ def finetune(
 
 
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A copy of ``model``'s state_dict that ``load_state_dict`` restores exactly, its ``_metadata`` included
+    (the per-module versions that torchvision's MNASNet, ViT and others read when loading)."""
+    state = model.state_dict()
+    copy = OrderedDict((k, v.detach().clone()) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        copy._metadata = metadata  # type: ignore[attr-defined]
+    return copy
 
 
 @torch.no_grad()

@@ -128,6 +128,20 @@ def test_harmful_finetune_returns_starting_weights(pruned_half: tuple[Workspace,
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items()), "BN statistics included"
 
 
+def test_keep_best_restores_a_model_that_reads_its_state_dict_version() -> None:
+    """torchvision's MNASNet refuses a state_dict without its version metadata; the kept copy carries it."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchvision.models import mnasnet0_5
+
+    torch.manual_seed(0)
+    model = mnasnet0_5(num_classes=3)
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,)))
+    report = finetune(
+        model, DataLoader(data, batch_size=4), epochs=1, lr=10.0, progress=False, val_loader=DataLoader(data, 4)
+    )
+    assert report.selected and len(report.history) == 2  # kept weights (the start or the epoch) restored
+
+
 def test_finetune_without_val_keeps_last_epoch(pruned_half: tuple[Workspace, nn.Module]) -> None:
     ws, start = pruned_half
     model, weights = copy.deepcopy(start), _state(start)
