@@ -1,4 +1,5 @@
-"""A search's checkpoints: the agent, the episode records, the agent's statistics and the plans not yet learned from.
+"""A search directory's state: its checkpoints (the agent, the episode records, the agent's statistics, the plans not yet
+learned from) and its stored config (what ``--resume`` continues with).
 
 ``<search dir>/checkpoint/ep-NNNNNN/`` holds the latest one (``LATEST`` names it; the switch is atomic):
 ``agent/`` (what :meth:`agents.base.SearchAgent.save` writes), ``state.json`` (counters, records, statistics,
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import EpisodePlan, SearchAgent
-from agents.records import EpisodeRecord, SearchState
+from agents.records import EpisodeRecord, SearchConfig, SearchState
 from amc.errors import ConfigError
 from amc.files import write_json_atomic, write_text_atomic
 
@@ -107,3 +108,29 @@ def checkpointed_agent_stats(out: Path) -> dict[int, dict[str, float]]:
     """The agent's statistics per episode stored in the latest checkpoint of the search in ``out`` (empty: none)."""
     found = latest_checkpoint(out)
     return {} if found is None else _agent_stats(found[1])
+
+
+LEGACY_WORKERS = {0: "auto", 1: 0}
+"""``workers`` of a search directory written before ``max_staleness`` existed, in today's terms (it then meant
+0: one Ray actor per local CPU, 1: in-process; N > 1 is unchanged)."""
+
+
+def stored_config(out: Path) -> SearchConfig:
+    """The config of the search in ``out`` (its ``config.yaml``, which ``--resume`` continues with).
+
+    A ``config.yaml`` without ``max_staleness`` was written by an older amc-search, which counted
+    ``workers`` differently (see :data:`LEGACY_WORKERS`); its workers are read in today's terms, so the
+    search resumes on the same workers with the same schedule. One whose ``env`` has no ``observe_history``
+    was written before the history joined the observation: it resumes with AMC's observation, which its saved
+    agent was built for.
+    """
+    from amc.config import parse_yaml
+
+    path = out / "config.yaml"
+    config = SearchConfig.from_yaml(path)
+    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    if "max_staleness" not in raw and config.workers in LEGACY_WORKERS:
+        config = config.replace(workers=LEGACY_WORKERS[config.workers])
+    if "observe_history" not in (raw.get("env") or {}):
+        config = config.replace(env=config.env.replace(observe_history=False))
+    return config

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import EpisodePlan, SearchAgent, create_agent, uniform_plan
-from agents.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from agents.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, stored_config
 from agents.front_outputs import report_targets
 from agents.outputs import write_outputs
 from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState, target_label
@@ -297,32 +297,6 @@ def with_running_best(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Ma
 
 def _fmt(noise: float | None) -> str:
     return "-" if noise is None else f"{noise:.3f}"
-
-
-LEGACY_WORKERS = {0: "auto", 1: 0}
-"""``workers`` of a search directory written before ``max_staleness`` existed, in today's terms (it then meant
-0: one Ray actor per local CPU, 1: in-process; N > 1 is unchanged)."""
-
-
-def stored_config(out: Path) -> SearchConfig:
-    """The config of the search in ``out`` (its ``config.yaml``, which ``--resume`` continues with).
-
-    A ``config.yaml`` without ``max_staleness`` was written by an older amc-search, which counted
-    ``workers`` differently (see :data:`LEGACY_WORKERS`); its workers are read in today's terms, so the
-    search resumes on the same workers with the same schedule. One whose ``env`` has no ``observe_history``
-    was written before the history joined the observation: it resumes with AMC's observation, which its saved
-    agent was built for.
-    """
-    from amc.config import parse_yaml
-
-    path = out / "config.yaml"
-    config = SearchConfig.from_yaml(path)
-    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
-    if "max_staleness" not in raw and config.workers in LEGACY_WORKERS:
-        config = config.replace(workers=LEGACY_WORKERS[config.workers])
-    if "observe_history" not in (raw.get("env") or {}):
-        config = config.replace(env=config.env.replace(observe_history=False))
-    return config
 
 
 def check_out_dir(out: Path, resume: bool) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from agents.base import EpisodePlan, SearchAgent, plan_target
-from agents.checkpoints import latest_checkpoint
+from agents.checkpoints import latest_checkpoint, stored_config
 from agents.records import EpisodeRecord
 from agents.selection import top_distinct
 from amc.errors import ConfigError
@@ -71,8 +71,6 @@ def load_source(path: str | Path) -> Source:
     Raises:
         ConfigError: When ``path`` holds no search, a search of another agent, or no checkpoint yet.
     """
-    from agents.search import stored_config
-
     out = Path(path)
     if not (out / "config.yaml").is_file():
         raise ConfigError(
