@@ -25,8 +25,9 @@ slower than one (OpenMP threads wait on each other): measure on a quiet machine,
 ``--payload-memory`` measures what a worker holds on a CIFAR-10-sized data set instead (``synthetic``, 50,000
 3x32x32 images of which 10,000 search-val, an untrained ResNet-20: accuracy is meaningless, memory is not):
 2 workers play 2 random episodes with the whole workspace as payload (``full``, what workers got before) and
-with :func:`agents.parallel.worker_payload` (``slim``); ``payload_mb`` (pickled) and ``worker_peak_mb`` (each
-worker's peak resident memory) go into the JSON's ``payload_memory``, the other sections left as they are.
+with :func:`agents.parallel.worker_payload` (``slim``), and the worker payload of 64 images (``tiny``: what a worker
+holds besides the data); ``payload_mb`` (pickled) and ``worker_peak_mb`` (each worker's peak resident memory) go
+into the JSON's ``payload_memory``, the other sections left as they are.
 """
 
 from __future__ import annotations
@@ -146,12 +147,16 @@ def payload_memory(workers: int, samples: int, val_size: int) -> dict[str, Any]:
     from amc.engine import build_workspace
     from envs import EnvConfig
 
-    data = DataConfig("synthetic", num_samples=samples, val_size=val_size, input_size=32)
-    env_config = EnvConfig(model="resnet20", data=data, target_ratio=0.5)
-    full = {"ws": build_workspace("resnet20", data), "env_config": env_config, "progress": False}
-    env = build_env(full)
+    def payloads(samples: int, val_size: int) -> tuple[dict, dict]:
+        data = DataConfig("synthetic", num_samples=samples, val_size=val_size, input_size=32)
+        env_config = EnvConfig(model="resnet20", data=data, target_ratio=0.5)
+        full = {"ws": build_workspace("resnet20", data), "env_config": env_config, "progress": False}
+        return full, worker_payload(full, build_env(full))
+
+    full, slim = payloads(samples, val_size)
     result: dict[str, Any] = {"samples": samples, "val_size": val_size, "workers": workers}
-    for name, payload in (("full", full), ("slim", worker_payload(full, env))):
+    # tiny: 64 images in all, the same model and code: what a worker holds besides the data
+    for name, payload in (("full", full), ("slim", slim), ("tiny", payloads(64, 16)[1])):
         pool = RolloutPool(payload, workers, DDPGConfig(), threads=1)
         try:
             for episode in range(workers):
