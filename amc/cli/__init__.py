@@ -22,6 +22,8 @@ from amc.cli.commands import COMMANDS
 from amc.errors import AmcError
 
 log = logging.getLogger("amc")
+COMPUTE_COMMANDS = ("train", "prune", "sensitivity", "search", "sweep")
+"""Commands that train, prune or evaluate: they take the CPUs other work leaves free (:mod:`amc.threads`)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     warnings.formatwarning = lambda msg, cat, *a, **k: f"amc: warning: {msg}\n"
+    if args.command in COMPUTE_COMMANDS:
+        from amc.threads import choose_threads
+
+        note = choose_threads()
+        if note:
+            log.info(note)
     try:
         return COMMANDS[args.command][1](args)
     except AmcError as exc:

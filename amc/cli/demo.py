@@ -59,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the demo; bad input exits 2 with one line (nothing is written)."""
     from amc.errors import AmcError
+    from amc.threads import choose_threads
 
     args = build_parser().parse_args(argv)
+    note = choose_threads()
+    if note:
+        print(f"demo: {note}", file=sys.stderr)
     try:
         return _demo(args)
     except AmcError as exc:
