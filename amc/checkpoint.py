@@ -20,6 +20,7 @@ from amc.files import atomic_path
 from amc.models import ModelSpec, create_model
 from amc.policy import Policy
 from amc.pruning import History, replay_history
+from amc.train import state_copy
 
 MODEL_FORMAT = "amc-model"
 MODEL_FORMAT_VERSION = 1
@@ -57,7 +58,7 @@ def save_model(
         },
         "policy": policy.to_dict() if policy is not None else None,
         "history": [[n, bool(o), list(idx)] for n, o, idx in history],
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state_copy(model, "cpu"),  # with its _metadata: models that read module versions reload
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -192,7 +192,7 @@ def finetune(
         raise ConfigError(f"warm-up must be a fraction of the steps in [0, 1), got {warmup}")
     config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
     history = [evaluate(model, val_loader)] if val_loader is not None else []
-    best_state = _copy_state(model) if val_loader is not None else None
+    best_state = state_copy(model) if val_loader is not None else None
     if epochs:
         torch.manual_seed(seed)
         total = epochs * len(train_loader)
@@ -203,7 +203,7 @@ def finetune(
             if val_loader is not None:
                 history.append(evaluate(model, val_loader))
                 if history[-1] >= max(history[:-1]):
-                    best_state = _copy_state(model)
+                    best_state = state_copy(model)
         bar.close()
     model.eval()
     if best_state is None:
@@ -213,11 +213,14 @@ def finetune(
     return FinetuneReport(epochs, history[0], history[best], best, tuple(history))
 
 
-def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of ``model``'s state_dict that ``load_state_dict`` restores exactly, its ``_metadata`` included
-    (the per-module versions that torchvision's MNASNet, ViT and others read when loading)."""
+def state_copy(model: nn.Module, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s state_dict (on ``device``; None: where it is) that ``load_state_dict`` restores exactly,
+    its ``_metadata`` included: the per-module versions that torchvision's MNASNet, ViT and others read when loading,
+    and which ``torch.save`` / ``torch.load(weights_only=True)`` keep."""
     state = model.state_dict()
-    copy = OrderedDict((k, v.detach().clone()) for k, v in state.items())
+    copy = OrderedDict(
+        (k, v.detach().to(device) if device is not None else v.detach().clone()) for k, v in state.items()
+    )
     metadata = getattr(state, "_metadata", None)
     if metadata is not None:
         copy._metadata = metadata  # type: ignore[attr-defined]

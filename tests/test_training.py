@@ -142,6 +142,24 @@ def test_keep_best_restores_a_model_that_reads_its_state_dict_version() -> None:
     assert report.selected and len(report.history) == 2  # kept weights (the start or the epoch) restored
 
 
+def test_a_saved_model_that_reads_its_state_dict_version_reloads(tmp_path: Path) -> None:
+    """amc's model file keeps the state_dict's metadata, so torchvision's MNASNet loads back (pruned or not)."""
+    from amc.checkpoint import load_model, save_model
+    from amc.groups import ModelGraph
+    from amc.models import ModelSpec, create_model
+
+    spec = ModelSpec("torchvision:mnasnet0_5", 3, 10, 64)
+    torch.manual_seed(0)
+    model = create_model(spec).eval()
+    x = torch.randn(2, 3, 64, 64)
+    graph = ModelGraph(model, x[:1])
+    result = prune_channels(model, graph, widths_for(graph, {g.name: 0.5 for g in graph}))
+    path = save_model(tmp_path / "m.pt", result.model, spec, history=result.history)
+    loaded = load_model(path).model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model.eval()(x))
+
+
 def test_finetune_without_val_keeps_last_epoch(pruned_half: tuple[Workspace, nn.Module]) -> None:
     ws, start = pruned_half
     model, weights = copy.deepcopy(start), _state(start)

@@ -7,7 +7,11 @@ classes, the smallest square input of 64 / 96 / 128 / 224 pixels the model accep
 * prunes every group at the same ratio (default 0.5) with :func:`amc.pruning.prune_channels`,
 * checks the analytic cost table: ``graph.estimate(widths)`` equals the count on the pruned model,
 * replays the saved pruning history onto a fresh dense model with the same weights
-  (:func:`amc.pruning.replay_history`) and checks that both give identical outputs.
+  (:func:`amc.pruning.replay_history`) and checks that both give identical outputs,
+* runs what a user gets from there: one epoch of fine-tuning with keep-best (:func:`amc.train.finetune`, one
+  batch of 2 random images as both training and validation data), saves the model file
+  (:func:`amc.checkpoint.save_model`) and loads it back (:func:`amc.checkpoint.load_model`), and checks that the
+  reloaded model gives the fine-tuned model's outputs.
 
 A model is ``pruned`` when all of this holds, ``refused`` when amc-search raised one of its own errors
 (:class:`amc.errors.AmcError`, whose message names the operator / module), and ``failed`` otherwise (a
@@ -108,6 +112,7 @@ def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -
         replay_history(fresh, x, result.history)
         with torch.no_grad():
             same = torch.equal(fresh(x), result.model(x))
+        reloaded = _finetune_save_reload(name, size, result)
     except AmcError as exc:
         return ZooResult(
             name,
@@ -133,6 +138,8 @@ def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -
         problems.append(f"estimate {graph.estimate(widths)} != counted {counted}")
     if not same:
         problems.append("the replayed model's outputs differ from the pruned model's")
+    if not reloaded:
+        problems.append("the reloaded model's outputs differ from the fine-tuned model's")
     return ZooResult(
         name,
         "failed" if problems else "pruned",
@@ -144,6 +151,28 @@ def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -
         seconds,
         "; ".join(problems),
     )
+
+
+def _finetune_save_reload(name: str, size: int, result) -> bool:
+    """One fine-tuning epoch with keep-best on 2 random images, saved and loaded back: the same outputs?"""
+    import tempfile
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from amc.checkpoint import load_model, save_model
+    from amc.train import finetune
+
+    gen = torch.Generator().manual_seed(2)
+    data = TensorDataset(torch.randn(2, 3, size, size, generator=gen), torch.randint(0, 10, (2,), generator=gen))
+    loader = DataLoader(data, batch_size=2)
+    finetune(result.model, loader, epochs=1, lr=0.01, progress=False, val_loader=loader)
+    spec = ModelSpec(f"torchvision:{name}", 3, 10, size)
+    x = data.tensors[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_model(Path(tmp) / "model.pt", result.model, spec, history=result.history)
+        loaded = load_model(path).model.eval()
+    with torch.no_grad():
+        return torch.equal(loaded(x), result.model.eval()(x))
 
 
 def _check_in_child(name: str, ratio: float, conn: multiprocessing.connection.Connection) -> None:
