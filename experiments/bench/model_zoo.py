@@ -171,8 +171,8 @@ def _finetune_save_reload(name: str, size: int, result) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         path = save_model(Path(tmp) / "model.pt", result.model, spec, history=result.history)
         loaded = load_model(path).model.eval()
-    with torch.no_grad():
-        return torch.equal(loaded(x), result.model.eval()(x))
+    with torch.no_grad():  # exactly equal, NaN where NaN (one step on 2 random images can blow up; not the point)
+        return torch.allclose(loaded(x), result.model.eval()(x), rtol=0.0, atol=0.0, equal_nan=True)
 
 
 def _check_in_child(name: str, ratio: float, conn: multiprocessing.connection.Connection) -> None:
