@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from amc.threads import choose_threads
 
     args = build_parser().parse_args(argv)
-    note = choose_threads()
-    if note:
-        print(f"demo: {note}", file=sys.stderr)
+    choose_threads()  # on a busy machine, fewer torch threads (amc.threads); its note is for `amc -v` only
     try:
         return _demo(args)
     except AmcError as exc:
