@@ -1,7 +1,8 @@
 """A sample of the torchvision model-zoo walk (``experiments/bench/model_zoo.py`` walks all of them).
 
-Each model either prunes uniformly at 0.5, with the analytic cost exact and the pruning history
-replaying to identical outputs, or is refused with an :class:`amc.errors.AmcError` naming the module /
+Each model either prunes uniformly at 0.5, with the analytic cost exact, the pruning history
+replaying to identical outputs, and one fine-tuning epoch with keep-best saved and reloaded to identical
+outputs, or is refused with an :class:`amc.errors.AmcError` naming the module /
 operator. The full table is ``experiments/bench/results/model_zoo.json``.
 """
 
