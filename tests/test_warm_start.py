@@ -124,3 +124,17 @@ def test_refusals_name_what_to_fix(source: Path, trained_resnet20: Path, tmp_pat
     wider = _config(ckpt, 0.5, init_from=str(source))
     with pytest.raises(ConfigError, match="hidden"):
         Search(wider.replace(ddpg=DDPGConfig(hidden=(64, 64))), tmp_path / "d", progress=False)
+
+
+def test_a_multi_target_search_relabels_each_episode_at_its_own_target(trained_resnet20: Path, tmp_path: Path) -> None:
+    ckpt = trained_resnet20 / "model.pt"
+    front = _config(ckpt, 0.6, episodes=6)
+    front = front.replace(env=front.env.replace(targets=(0.4, 0.6)))
+    run_search(front, tmp_path / "front", track=False, progress=False)
+    warm = _config(ckpt, 0.6, init_from=str(tmp_path / "front"))
+    search = Search(warm.replace(env=warm.env.replace(targets=(0.4, 0.6, 0.8))), tmp_path / "w", progress=False)
+    assert search.state.warm_start["replay_episodes"] == 6, "every episode's own target is one of the new ones"
+    buffer, groups = search.agent.impl.replay_buffer, len(search.env.group_names)
+    records = _records(tmp_path / "front")
+    assert np.allclose(buffer.observations[0 : 6 * groups : groups, 0, -1], [r["target"] for r in records])
+    assert np.allclose(buffer.rewards[groups - 1 : 6 * groups : groups, 0], [r["reward"] for r in records], atol=1e-6)
