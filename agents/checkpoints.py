@@ -81,16 +81,26 @@ def latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
     return where, data
 
 
-def load_checkpoint(out: Path, agent: SearchAgent) -> SearchState:
-    """Restores ``agent`` from the latest checkpoint of the search in ``out`` and returns the state (fresh: none)."""
+def read_checkpoint(out: Path) -> tuple[Path, SearchState, dict[str, Any]] | None:
+    """The latest checkpoint of the search in ``out``: its directory, the state it holds without the plans, and
+    its ``state.json`` (None: no checkpoint)."""
     found = latest_checkpoint(out)
     if found is None:
-        return SearchState()
+        return None
     where, data = found
-    agent.restore(where / "agent")
     records = [EpisodeRecord(**r) for r in data["records"]]
     state = SearchState(int(data["episode"]), records, data.get("run_id"), data.get("tracking_uri"), _agent_stats(data))
     state.fingerprint, state.warm_start = data.get("fingerprint"), data.get("warm_start")
+    return where, state, data
+
+
+def load_checkpoint(out: Path, agent: SearchAgent) -> SearchState:
+    """Restores ``agent`` from the latest checkpoint of the search in ``out`` and returns the state (fresh: none)."""
+    found = read_checkpoint(out)
+    if found is None:
+        return SearchState()
+    where, state, data = found
+    agent.restore(where / "agent")
     if data.get("planned"):
         import torch
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.base import EpisodePlan, SearchAgent, create_agent, uniform_plan
-from agents.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, stored_config
+from agents.checkpoints import load_checkpoint, save_checkpoint, stored_config
 from agents.front_outputs import report_targets
 from agents.outputs import write_outputs
 from agents.records import EpisodeRecord, Hook, SearchConfig, SearchResult, SearchState, target_label
@@ -112,7 +112,6 @@ class Search:
                 f"agent {config.agent!r} searches one target at a time; env.targets (several in one search) needs "
                 "ddpg or random, or run one search per target with env.target_ratio"
             )
-        fresh = latest_checkpoint(out) is None
         self.state = load_checkpoint(out, self.agent)
         self.state.fingerprint = self.env.fingerprint()
         self.total = 1 if self.agent.single_episode else config.episodes
@@ -130,22 +129,22 @@ class Search:
             for target in [None] if targets is None else list(report_targets(targets)):
                 self._prefix.append(uniform_plan(self.env, len(self._prefix), target))
         if config.init_from:
-            self._start_warm(fresh)
+            self._start_warm()
 
-    def _start_warm(self, fresh: bool) -> None:
+    def _start_warm(self) -> None:
         """Takes over the other search's agent (before the first checkpoint) and plans its best policies."""
         from agents.warm_start import load_source, seed_plans, warm_start
 
+        fresh = self.state.episode == 0  # checkpoints are written after episodes
         planned = max(self.state.plans, default=self.state.episode - 1) + 1
         if not fresh and planned >= len(self._prefix) + self.config.init_episodes:
             return  # taken over and played: the checkpoint holds the rest
         source = load_source(self.config.init_from)
-        if fresh:
-            self.state.warm_start = warm_start(self.agent, self.env, source, self.state.fingerprint)
         seeds = seed_plans(self.env, source.records, self.config.init_episodes, len(self._prefix), self.config.seed)
         self._prefix.extend(seeds)
         if fresh:
-            self.state.warm_start["seed_episodes"] = len(seeds)
+            taken = warm_start(self.agent, self.env, source, self.state.fingerprint)
+            self.state.warm_start = {**taken, "seed_episodes": len(seeds)}
 
     def run(self, on_episode: Hook | None = None) -> SearchResult:
         """Runs the remaining episodes, then writes search.json, best_policy.json and the plots."""

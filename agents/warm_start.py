@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import EpisodePlan, SearchAgent, plan_target
-from agents.checkpoints import latest_checkpoint, stored_config
+from agents.base import DDPGAgent, EpisodePlan, plan_target
+from agents.checkpoints import read_checkpoint, stored_config
 from agents.records import EpisodeRecord
 from agents.selection import top_distinct
 from amc.errors import ConfigError
@@ -50,7 +50,6 @@ class Source:
 
     Attributes:
         out: Its search directory.
-        agent: Its ``config.yaml`` agent name.
         agent_dir: Its latest checkpoint's saved agent.
         episode: Episodes in that checkpoint.
         records: Their records.
@@ -58,7 +57,6 @@ class Source:
     """
 
     out: Path
-    agent: str
     agent_dir: Path
     episode: int
     records: list[EpisodeRecord]
@@ -83,15 +81,14 @@ def load_source(path: str | Path) -> Source:
             f"init_from {out}: that is a {agent} search; a warm start takes a ddpg search's agent "
             "(actor, critics, replay)"
         )
-    found = latest_checkpoint(out)
+    found = read_checkpoint(out)
     if found is None:
         raise ConfigError(
             f"init_from {out}: the search has no checkpoint yet (one is written every checkpoint_every episodes); "
             "let it run longer or lower its checkpoint_every"
         )
-    where, data = found
-    records = [EpisodeRecord(**r) for r in data["records"]]
-    return Source(out, agent, where / "agent", int(data["episode"]), records, data.get("fingerprint"))
+    where, state, _ = found
+    return Source(out, where / "agent", state.episode, state.records, state.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -103,14 +100,12 @@ class Relabelled:
         observations: This env's observations of its policy, ``(groups + 1, features)``.
         actions: The actions the wall applied (its own, unchanged), ``(groups,)``.
         reward: Its reward at this search's target.
-        target: Its target in this search (None: the search's one target).
     """
 
     episode: int
     observations: np.ndarray
     actions: np.ndarray
     reward: float
-    target: float | None
 
 
 def _by_target(env: Any, records: list[EpisodeRecord]) -> dict[float | None, list[EpisodeRecord]]:
@@ -135,7 +130,7 @@ def relabel(env: Any, records: list[EpisodeRecord]) -> list[Relabelled]:
     names = env.group_names
     kept: list[Relabelled] = []
     for target, group in _by_target(env, records).items():
-        missing = [n for n in names if n not in group[0].ratios] if group else []
+        missing = [n for n in names if n not in group[0].ratios]
         if missing:
             raise ConfigError(
                 f"the other search's policies have no ratio for {', '.join(missing[:3])}: it searched another model"
@@ -147,7 +142,7 @@ def relabel(env: Any, records: list[EpisodeRecord]) -> list[Relabelled]:
             if np.max(np.abs(applied[k] - asked[k])) > 1e-6:  # the new wall would change the policy
                 continue
             outcome = dataclasses.replace(env.outcome(env.widths(record.ratios), record.top1), target_ratio=ratio)
-            kept.append(Relabelled(record.episode, observations[k], applied[k], float(env.reward_fn(outcome)), target))
+            kept.append(Relabelled(record.episode, observations[k], applied[k], float(env.reward_fn(outcome))))
     return sorted(kept, key=lambda e: e.episode)
 
 
@@ -169,11 +164,12 @@ def seed_plans(env: Any, records: list[EpisodeRecord], count: int, first: int, s
     return plans
 
 
-def warm_start(agent: SearchAgent, env: Any, source: Source, fingerprint: str) -> dict[str, Any]:
+def warm_start(agent: DDPGAgent, env: Any, source: Source, fingerprint: str) -> dict[str, Any]:
     """Gives ``agent`` (a fresh DDPG agent) the networks of ``source`` and its relabelled replay.
 
     Args:
-        agent: This search's agent, before its first episode.
+        agent: This search's agent (``SearchConfig`` refuses ``init_from`` for another agent than ddpg),
+            before its first episode.
         env: This search's env.
         source: The search to start from (:func:`load_source`).
         fingerprint: This env's :meth:`envs.ChannelPruningEnv.fingerprint`.
@@ -182,11 +178,8 @@ def warm_start(agent: SearchAgent, env: Any, source: Source, fingerprint: str) -
         search.json's ``warm_start``: where from, its episodes, whether both measure alike, and the episodes
         relabelled into the replay.
     """
-    from agents.base import DDPGAgent
     from agents.ddpg import AMCDDPG
 
-    if not isinstance(agent, DDPGAgent):
-        raise ConfigError("init_from starts a ddpg search from another one's agent; set agent: ddpg")
     try:
         agent.impl.take_over(AMCDDPG.load(source.agent_dir))
     except ConfigError as exc:

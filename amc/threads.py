@@ -2,9 +2,10 @@
 
 torch's default is one thread per CPU, and its OpenMP threads spin while they wait for each other: on cores that
 other processes keep busy, a step then waits for threads that are not running. Measured with
-``experiments/bench/shared_machine.py`` (ResNet-20 SGD steps, 2 CPUs, 4 competing busy processes): 2 threads ran
-17x slower than idle, 1 thread 2.9x (the load's fair share is ~2.5x). ``OMP_WAIT_POLICY=PASSIVE`` also avoids the
-collapse (3.5x) but costs ~35% when the machine is idle, so the commands choose the thread count instead: the
+``experiments/bench/shared_machine.py --load 4`` (ResNet-20 SGD steps, 2 CPUs, 4 competing busy processes;
+``results/shared_machine.json``): 2 threads ran 20x slower than idle, 1 thread 2.3x (the load's fair share is
+~2.5x). ``OMP_WAIT_POLICY=PASSIVE`` also avoids the collapse (4.0x) but ran 43% slower than the default when the
+machine was idle (15.2 against 26.7 steps/s), so the commands choose the thread count instead: the
 CPUs that were not busy in a short sample when the command started (:func:`fair_threads`). Set
 ``OMP_NUM_THREADS`` (or call ``torch.set_num_threads``) to choose yourself.
 """

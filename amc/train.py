@@ -214,9 +214,10 @@ def finetune(
 
 
 def state_copy(model: nn.Module, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
-    """A copy of ``model``'s state_dict (on ``device``; None: where it is) that ``load_state_dict`` restores exactly,
-    its ``_metadata`` included: the per-module versions that torchvision's MNASNet, ViT and others read when loading,
-    and which ``torch.save`` / ``torch.load(weights_only=True)`` keep."""
+    """``model``'s state_dict that ``load_state_dict`` restores exactly, its ``_metadata`` included: the per-module
+    versions that torchvision's MNASNet, ViT and others read when loading, and which ``torch.save`` /
+    ``torch.load(weights_only=True)`` keep. Without ``device`` the tensors are cloned (a copy to restore later);
+    with it they are moved there, which copies only tensors that are elsewhere (enough to save them)."""
     state = model.state_dict()
     copy = OrderedDict(
         (k, v.detach().to(device) if device is not None else v.detach().clone()) for k, v in state.items()

@@ -29,24 +29,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from front_quality import MODELS, dense_config  # the same cached dense models (this directory is on sys.path)
 
-from agents.search import SearchConfig, resolve_checkpoint, run_search
+from agents.search import SearchConfig, run_search
 from amc.files import write_json_atomic
-from amc.train import TrainConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-MODELS = {
-    "resnet20": CONFIGS / "digits-resnet20-flops50.yaml",
-    "mobilenetv2_small": CONFIGS / "digits-mobilenetv2-flops50.yaml",
-}
 RESULTS = Path(__file__).parent / "results"
 CHECKPOINTS = (10, 30, 100, 300)
-
-
-def dense_config(model: str, seed: int, cache: Path) -> SearchConfig:
-    base = SearchConfig.from_yaml(MODELS[model]).replace(workers=0, agent="ddpg")
-    baseline = TrainConfig(**{**vars(base.baseline), "seed": seed})
-    return resolve_checkpoint(base.replace(baseline=baseline), cache, progress=False)
 
 
 def _search(config: SearchConfig, out: Path) -> list[float]:
