@@ -22,26 +22,55 @@ from amc.checkpoint import save_model
 from amc.cost import count_cost
 from amc.data import DataConfig, load_data
 from amc.engine import spec_for
+from amc.errors import ConfigError
 from amc.files import write_json_atomic
 from amc.models import create_model
 from amc.progress import format_duration
-from amc.train import TrainConfig, evaluate, train
+from amc.train import TrainConfig, evaluate, state_copy, train
+
+
+def kept_epoch_file(epoch: int) -> str:
+    """File name of the dense weights kept after ``epoch`` (beside ``model.pt``), for weight rewinding."""
+    return f"epoch{epoch}.pt"
 
 
 def train_baseline(
-    model_name: str, data_config: DataConfig, config: TrainConfig, out: Path, device: str = "cpu", progress: bool = True
+    model_name: str,
+    data_config: DataConfig,
+    config: TrainConfig,
+    out: Path,
+    device: str = "cpu",
+    progress: bool = True,
+    keep_epoch: int | None = None,
 ) -> dict:
-    """Trains a dense model and writes ``out/model.pt`` and ``out/report.json``; returns the report."""
+    """Trains a dense model and writes ``out/model.pt`` and ``out/report.json``; returns the report.
+
+    Args:
+        keep_epoch: Also write the weights after this epoch (0: the initial weights) to
+            ``out/`` :func:`kept_epoch_file`, for ``amc prune --rewind-weights``; the report names it.
+    """
+    if keep_epoch is not None and not 0 <= keep_epoch < config.epochs:
+        raise ConfigError(
+            f"--keep-epoch {keep_epoch} is not an epoch before the last: use 0 (the initial weights) to "
+            f"{config.epochs - 1}"
+        )
     data = load_data(data_config)
     spec = spec_for(model_name, data)
     torch.manual_seed(config.seed)
     model = create_model(spec).to(device)
+    kept: dict[int, dict] = {}
+
+    def keep(epoch: int, current: torch.nn.Module) -> None:
+        if epoch == keep_epoch:
+            kept[epoch] = state_copy(current)
+
     train(
         model,
         data.loader("train", config.batch_size, shuffle=True, seed=config.seed),
         config,
         desc=f"train {model_name}",
         progress=progress,
+        after_epoch=keep,
     )
     model.cpu().eval()
     cost = count_cost(model, spec.example_inputs())
@@ -56,6 +85,11 @@ def train_baseline(
         "data_config": asdict(data_config),
     }
     out.mkdir(parents=True, exist_ok=True)
+    if keep_epoch is not None:
+        early = create_model(spec)
+        early.load_state_dict(kept[keep_epoch])
+        save_model(out / kept_epoch_file(keep_epoch), early.eval(), spec)
+        report["kept_epoch"] = {"epoch": keep_epoch, "file": kept_epoch_file(keep_epoch)}
     save_model(out / "model.pt", model, spec)
     write_json_atomic(out / "report.json", report)
     return report

@@ -6,9 +6,11 @@ policy needs only this package.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,8 +22,25 @@ from amc.errors import BudgetError, ConfigError
 from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
 from amc.policy import ModelIdentity, Policy, Target
-from amc.pruning import DEFAULT_CRITERION, PruneResult, kept_channels, prune_channels, sparsify, widths_for
-from amc.train import FINETUNE_LR, FinetuneReport, calibration_batches, evaluate, finetune, recalibrate_bn
+from amc.pruning import (
+    DEFAULT_CRITERION,
+    History,
+    PruneResult,
+    kept_channels,
+    prune_channels,
+    sparsify,
+    widths_for,
+)
+from amc.retrain import Retraining
+from amc.train import (
+    FINETUNE_LR,
+    Distillation,
+    FinetuneReport,
+    calibration_batches,
+    evaluate,
+    finetune,
+    recalibrate_bn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +268,11 @@ class FinetuneSchedule:
         seed: Seed of the data order.
         warmup: Fraction of each round's steps spent on the linear learning-rate warm-up.
         device: Torch device of the fine-tuning (pruning, BN recalibration and evaluation stay on the CPU).
+        distill: Fine-tune with the dense model as a teacher (:class:`amc.train.Distillation`).
+        distill_weight: Weight of the teacher's term in [0, 1] (0: labels only).
+        distill_temperature: Softening temperature of the teacher's and the student's outputs.
+        retrain: Restart the pruned architecture instead of fine-tuning it (weight rewinding or from scratch,
+            :mod:`amc.retrain`); its own schedule replaces ``epochs``, ``lr`` and the warm-up. One-shot only.
     """
 
     epochs: int = 5
@@ -260,8 +284,17 @@ class FinetuneSchedule:
     seed: int = 0
     warmup: float = 0.1
     device: str = "cpu"
+    distill: bool = False
+    distill_weight: float = 0.5
+    distill_temperature: float = 4.0
+    retrain: Retraining | None = None
 
     def __post_init__(self) -> None:
+        if self.retrain is not None and (self.iterative > 1 or self.lr_rewind):
+            raise ConfigError(
+                "weight rewinding / from-scratch retraining is one-shot with its own schedule; drop --iterative "
+                "and --lr-rewind"
+            )
         if self.iterative < 1:
             raise ConfigError(f"--iterative must be >= 1 (1 is one-shot), got {self.iterative}")
         if self.epochs < 0:
@@ -327,21 +360,13 @@ def prune_and_finetune(
     policy.check_matches(ws.identity, ws.graph.names)
     policy.check_complete(ws.graph.names)  # amc prune --allow-partial completes the policy before this
     splits = _Splits.of(ws, schedule.seed, schedule.bn_batches)
+    teacher = copy.deepcopy(ws.model).to(schedule.device) if schedule.distill else None
     if policy.granularity != "channel":
         model = prune_with_policy(ws.model, policy, ws.example_inputs(), splits.calib_batch, ws.graph).model
         before = _accuracies(model, splits)
-        report = finetune_sparse(
-            model.to(schedule.device),
-            splits.train,
-            schedule.epochs,
-            schedule.peak_lr,
-            schedule.seed,
-            progress,
-            val_loader=splits.val,
-            warmup=schedule.warmup,
-        )
-        model.cpu()
-        return PruneResult(model, ws.graph.dense_widths(), []), _finetune_summary(model, splits, before, [report])
+        model = _restart(model, [], ws, schedule)
+        reports = [_recover(model, splits, schedule, schedule.epochs, 0, progress, teacher, sparse=True)]
+        return PruneResult(model, ws.graph.dense_widths(), []), _finetune_summary(model, splits, before, reports)
     final = widths_for(ws.graph, policy.ratios, policy.round_to)
     model, history, before, reports = ws.model, [], None, []
     for step, epochs in enumerate(schedule.round_epochs(), start=1):
@@ -357,21 +382,47 @@ def prune_and_finetune(
             recalibrate_bn(model, splits.calib)
         if before is None:
             before = _accuracies(model, splits)
-        if epochs:
-            reports.append(
-                finetune(
-                    model.to(schedule.device),
-                    splits.train,
-                    epochs,
-                    schedule.peak_lr,
-                    seed=schedule.seed + step,
-                    progress=progress,
-                    val_loader=splits.val,
-                    warmup=schedule.warmup,
-                )
-            )
-            model.cpu()
+        model = _restart(model, history, ws, schedule)
+        if epochs or schedule.retrain is not None:
+            reports.append(_recover(model, splits, schedule, epochs, step, progress, teacher))
     return PruneResult(model, final, history), _finetune_summary(model, splits, before, reports)
+
+
+def _restart(model: nn.Module, history: History, ws: Workspace, schedule: FinetuneSchedule) -> nn.Module:
+    """The pruned ``model`` itself, or its architecture restarted as ``schedule.retrain`` says."""
+    if schedule.retrain is None:
+        return model
+    return schedule.retrain.starting_model(model, history, ws.example_inputs())
+
+
+def _recover(
+    model: nn.Module,
+    splits: _Splits,
+    schedule: FinetuneSchedule,
+    epochs: int,
+    step: int,
+    progress: bool,
+    teacher: nn.Module | None,
+    sparse: bool = False,
+) -> FinetuneReport:
+    """One round of fine-tuning (or retraining) of ``model`` in place on ``schedule.device``, keeping its best epoch."""
+    retrain = schedule.retrain
+    distill = Distillation(teacher, schedule.distill_weight, schedule.distill_temperature) if teacher else None
+    run = finetune_sparse if sparse else finetune
+    report = run(
+        model.to(schedule.device),
+        splits.train,
+        retrain.epochs if retrain else epochs,
+        retrain.schedule.lr if retrain else schedule.peak_lr,
+        seed=schedule.seed + step,
+        progress=progress,
+        val_loader=splits.val,
+        warmup=schedule.warmup,
+        distill=distill,
+        lr_factor=retrain.lr_factor(len(splits.train)) if retrain else None,
+    )
+    model.cpu()
+    return report
 
 
 def _accuracies(model: nn.Module, splits: _Splits) -> tuple[float, float]:
@@ -400,15 +451,13 @@ def finetune_sparse(
     lr: float,
     seed: int,
     progress: bool,
-    *,
-    val_loader: DataLoader | None = None,
-    warmup: float = 0.1,
+    **kwargs: Any,
 ) -> FinetuneReport:
-    """Fine-tunes a sparse model while keeping its zeroed weights at zero (see :func:`amc.train.finetune`)."""
+    """Fine-tunes a sparse model while keeping its zeroed weights at zero; ``kwargs`` as :func:`amc.train.finetune`'s."""
     masks = [(p, p != 0) for p in model.parameters() if p.dim() > 1]
     hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in masks]
     try:
-        report = finetune(model, loader, epochs, lr, seed=seed, progress=progress, val_loader=val_loader, warmup=warmup)
+        report = finetune(model, loader, epochs, lr, seed=seed, progress=progress, **kwargs)
     finally:
         for h in hooks:
             h.remove()

@@ -35,11 +35,11 @@ def group_importance(
     """
     crit = CRITERIA.get(criterion)
     work = copy.deepcopy(model).eval()
+    if crit.needs_batch and calib_batch is None:
+        raise ConfigError(f"criterion {criterion!r} needs a calibration batch of (inputs, targets)")
     if crit.needs_gradients:
-        if calib_batch is None:
-            raise ConfigError(f"criterion {criterion!r} needs a calibration batch of (inputs, targets)")
         _accumulate_gradients(work, calib_batch)
-    importance = crit.factory()
+    importance = crit.importance(work, calib_batch)
     names = {id(m): n for n, m in work.named_modules()}
     dg = tp.DependencyGraph().build_dependency(work, graph.example_inputs, verbose=False)
     classifier = work.get_submodule(graph.classifier)

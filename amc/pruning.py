@@ -19,6 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from amc.apoz import apoz_importance
 from amc.errors import ConfigError
 from amc.groups import PRUNABLE_TYPES, ModelGraph, PrunableGroup, is_depthwise
 from amc.registry import Registry
@@ -35,11 +36,29 @@ class Criterion:
         name: Registry name.
         factory: Builds the Torch-Pruning importance object.
         needs_gradients: Whether the criterion reads gradients (a calibration batch is then required).
+        from_activations: For an activation-based criterion: measures the model on a batch of inputs and returns
+            the importance (``factory`` is then None).
     """
 
     name: str
-    factory: Callable[[], tp.importance.Importance]
+    factory: Callable[[], tp.importance.Importance] | None
     needs_gradients: bool = False
+    from_activations: Callable[[nn.Module, torch.Tensor], tp.importance.Importance] | None = None
+
+    @property
+    def needs_batch(self) -> bool:
+        """Whether the criterion reads a calibration batch (gradients or activations)."""
+        return self.needs_gradients or self.from_activations is not None
+
+    def importance(
+        self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tp.importance.Importance:
+        """The Torch-Pruning importance for ``model`` (the copy that will be pruned; its gradients already
+        accumulated for a gradient-based criterion); an activation-based one is measured on ``batch``'s inputs."""
+        if self.from_activations is not None:
+            return self.from_activations(model, _required_batch(self.name, batch)[0])
+        assert self.factory is not None  # every registered criterion has one of the two
+        return self.factory()
 
 
 CRITERIA: Registry[Criterion] = Registry("importance criterion")
@@ -51,6 +70,7 @@ CRITERIA.register("l1", Criterion("l1", lambda: tp.importance.GroupMagnitudeImpo
 CRITERIA.register("l2", Criterion("l2", lambda: tp.importance.GroupMagnitudeImportance(p=2)))
 CRITERIA.register("bn_scale", Criterion("bn_scale", lambda: tp.importance.BNScaleImportance()))
 CRITERIA.register("taylor", Criterion("taylor", lambda: tp.importance.GroupTaylorImportance(), True))
+CRITERIA.register("apoz", Criterion("apoz", None, from_activations=apoz_importance))
 
 
 def kept_channels(channels: int, ratio: float, round_to: int = 1) -> int:
@@ -200,9 +220,10 @@ def prune_channels(
     pruned.eval()
     if crit.needs_gradients:
         _accumulate_gradients(pruned, _required_batch(criterion, calib_batch))
+    importance = crit.importance(pruned, calib_batch)
     dg = tp.DependencyGraph().build_dependency(pruned, graph.example_inputs, verbose=False)
     names = {id(m): n for n, m in pruned.named_modules()}
-    return _prune_groups(pruned, dg, names, graph, widths, crit.factory())
+    return _prune_groups(pruned, dg, names, graph, widths, importance)
 
 
 def _required_batch(
@@ -279,6 +300,10 @@ class ChannelPruner:
             _accumulate_gradients(self._model, _required_batch(criterion, calib_batch))
             self._grads = {id(p): p.grad.detach().clone() for p in self._model.parameters() if p.grad is not None}
             self._model.zero_grad(set_to_none=True)
+        # an activation-based importance is measured once, on the dense working copy
+        self._importance = (
+            self._criterion.importance(self._model, calib_batch) if self._criterion.from_activations else None
+        )
         self._dg = tp.DependencyGraph().build_dependency(self._model, graph.example_inputs, verbose=False)
         self._names = {id(m): n for n, m in self._model.named_modules()}
         self._state = _TracedState(self._model, self._dg)
@@ -292,7 +317,8 @@ class ChannelPruner:
             for p in self._model.parameters():
                 grad = self._grads.get(id(p))
                 p.grad = None if grad is None else grad.clone()
-        return _prune_groups(self._model, self._dg, self._names, self.graph, widths, self._criterion.factory())
+        importance = self._importance or self._criterion.importance(self._model)
+        return _prune_groups(self._model, self._dg, self._names, self.graph, widths, importance)
 
 
 class _IndexMappings:

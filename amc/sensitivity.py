@@ -46,7 +46,7 @@ def sensitivity(
     val = ws.data.loader("val", 256)
     calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=seed + 1), bn_batches)
     grad_batch = None
-    if CRITERIA.get(criterion).needs_gradients:
+    if CRITERIA.get(criterion).needs_batch:
         grad_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=seed + 2)))
     dense_top1 = evaluate(copy.deepcopy(ws.model).to(device), val)
     rows = []

@@ -76,6 +76,52 @@ def _sgd(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(model, inputs, targets) -> scalar``: what one training step minimises."""
+
+
+def label_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``model``'s logits against the labels."""
+    return nn.functional.cross_entropy(model(inputs), targets)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a teacher (the dense model) during fine-tuning (Hinton et al., 2015).
+
+    The loss is ``(1 - weight) * CE(student, labels) + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
+
+    Attributes:
+        teacher: The teacher model (run in eval mode, never trained).
+        weight: Weight of the teacher term in [0, 1]; 0 is plain fine-tuning.
+        temperature: Softening temperature T of both distributions (> 0).
+    """
+
+    teacher: nn.Module
+    weight: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigError(f"distillation weight must be in [0, 1] (0: labels only), got {self.weight}")
+        if not self.temperature > 0:
+            raise ConfigError(f"distillation temperature must be > 0, got {self.temperature}")
+
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs)
+        with torch.no_grad():
+            teacher = self.teacher.eval()(inputs)
+        t = self.temperature
+        soft = nn.functional.kl_div(
+            nn.functional.log_softmax(logits / t, dim=1),
+            nn.functional.log_softmax(teacher / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        hard = nn.functional.cross_entropy(logits, targets)
+        return (1.0 - self.weight) * hard + self.weight * (t * t) * soft
+
+
 def _train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -83,13 +129,14 @@ def _train_epoch(
     sched: torch.optim.lr_scheduler.LRScheduler,
     bar: Progress,
     epoch: int,
+    loss_fn: LossFn = label_loss,
 ) -> None:
     """One pass over ``loader`` in train mode, one optimizer and scheduler step per batch."""
     device = _device_of(model)
     model.train()
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), targets.to(device)
-        loss = nn.functional.cross_entropy(model(inputs), targets)
+        loss = loss_fn(model, inputs, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -104,9 +151,21 @@ def _bar(total: int, desc: str, progress: bool) -> Progress:
 
 
 def train(
-    model: nn.Module, loader: DataLoader, config: TrainConfig, desc: str = "train", progress: bool = True
+    model: nn.Module,
+    loader: DataLoader,
+    config: TrainConfig,
+    desc: str = "train",
+    progress: bool = True,
+    after_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Trains ``model`` in place with SGD and a cosine schedule; returns it."""
+    """Trains ``model`` in place with SGD and a cosine schedule; returns it.
+
+    Args:
+        after_epoch: Called with ``(epoch, model)`` before training (epoch 0) and after each epoch (1 to
+            ``config.epochs``), e.g. to keep an early epoch's weights for rewinding.
+    """
+    if after_epoch is not None:
+        after_epoch(0, model)
     if config.epochs == 0:
         return model
     torch.manual_seed(config.seed)
@@ -115,6 +174,8 @@ def train(
     bar = _bar(total, desc, progress)
     for epoch in range(config.epochs):
         _train_epoch(model, loader, opt, sched, bar, epoch)
+        if after_epoch is not None:
+            after_epoch(epoch + 1, model)
     bar.close()
     model.eval()
     return model
@@ -163,6 +224,8 @@ def finetune(
     *,
     val_loader: DataLoader | None = None,
     warmup: float = 0.1,
+    distill: Distillation | None = None,
+    lr_factor: LrLambda | None = None,
 ) -> FinetuneReport:
     """Fine-tunes a (pruned) model in place: SGD, a short linear warm-up, then cosine decay to zero.
 
@@ -184,6 +247,9 @@ def finetune(
         progress: Show progress (a bar on a terminal, else a line every few seconds; see :mod:`amc.progress`).
         val_loader: Split to select the best epoch on; None turns selection off.
         warmup: Fraction of the steps spent on the linear warm-up, in [0, 1).
+        distill: Learn from a teacher's softened outputs as well as from the labels; None: labels only.
+        lr_factor: The learning-rate multiplier per step (e.g. the rest of a training schedule, to retrain);
+            None: the warm-up and cosine decay above.
 
     Returns:
         What was trained and chosen; the model itself is changed in place.
@@ -196,10 +262,10 @@ def finetune(
     if epochs:
         torch.manual_seed(seed)
         total = epochs * len(train_loader)
-        opt, sched = _sgd(model, config, warmup_cosine_factor(total, int(warmup * total)))
+        opt, sched = _sgd(model, config, lr_factor or warmup_cosine_factor(total, int(warmup * total)))
         bar = _bar(total, "fine-tune", progress)
         for epoch in range(epochs):
-            _train_epoch(model, train_loader, opt, sched, bar, epoch)
+            _train_epoch(model, train_loader, opt, sched, bar, epoch, distill or label_loss)
             if val_loader is not None:
                 history.append(evaluate(model, val_loader))
                 if history[-1] >= max(history[:-1]):

@@ -462,7 +462,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         """The fixed BatchNorm calibration inputs, and a batch for gradient-based criteria."""
         calib = calibration_batches(train_loader, self.config.bn_batches) if self.config.bn_batches else []
         grad_batch = None
-        if CRITERIA.get(self.config.criterion).needs_gradients:
+        if CRITERIA.get(self.config.criterion).needs_batch:
             inputs, targets = next(iter(train_loader))
             grad_batch = (inputs, targets)
         return calib, grad_batch

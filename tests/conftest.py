@@ -16,13 +16,16 @@ torch.set_num_threads(1)  # small models: one thread is fastest and avoids conte
 
 # Measured: 15 epochs of ResNet-20 on digits (16x16) reach 98.7% test top-1 (seed 0).
 BASELINE_EPOCHS = 15
+KEPT_EPOCH = 10
+"""The epoch whose weights the session baseline keeps (epoch10.pt) for weight rewinding."""
 
 
 @pytest.fixture(scope="session")
 def trained_resnet20(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with model.pt and report.json of a trained dense ResNet-20 on digits."""
     out = tmp_path_factory.mktemp("baseline")
-    train_baseline("resnet20", DataConfig("digits"), TrainConfig(epochs=BASELINE_EPOCHS), out, progress=False)
+    config = TrainConfig(epochs=BASELINE_EPOCHS)
+    train_baseline("resnet20", DataConfig("digits"), config, out, progress=False, keep_epoch=KEPT_EPOCH)
     return out
 
 

@@ -118,6 +118,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--lr", type=_positive_float, default=0.1, help="initial learning rate, cosine schedule (default: 0.1)"
     )
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per training step (default: 64)")
+    p.add_argument(
+        "--keep-epoch",
+        type=non_negative_int,
+        metavar="K",
+        help="also keep the weights after epoch K (0: the initial ones) as epochK.pt, for amc prune --rewind-weights",
+    )
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, report.json)")
 
 
@@ -128,7 +134,9 @@ def _train(args: argparse.Namespace) -> int:
 
     _check_device(args.device)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    report = train_baseline(args.model, _data_config(args), config, args.out, device=args.device)
+    report = train_baseline(
+        args.model, _data_config(args), config, args.out, device=args.device, keep_epoch=args.keep_epoch
+    )
     print(
         f"dense {args.model} on {args.data}: test top-1 {report['top1']:.2%}, {report['flops'] / 1e6:.2f} MFLOPs, "
         f"{report['params'] / 1e3:.1f}k params -> {args.out / 'model.pt'}"
@@ -176,6 +184,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lr-rewind", action="store_true", help="rewind to the training learning rate (0.1) for fine-tuning"
     )
+    _add_recovery(p)
     p.add_argument(
         "--bn-batches",
         type=non_negative_int,
@@ -192,6 +201,58 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
         "ONNX) (default: torch)",
     )
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, policy.json, report.json)")
+
+
+def _add_recovery(p: argparse.ArgumentParser) -> None:
+    """Flags that choose how the pruned model recovers: distillation, weight rewinding, from scratch."""
+    restart = p.add_mutually_exclusive_group()
+    restart.add_argument(
+        "--rewind-weights",
+        action="store_true",
+        help="lottery-ticket rewinding: restart the kept channels from the dense weights of the epoch kept by "
+        "`amc train --keep-epoch K` and train with the rest of its schedule (instead of fine-tuning)",
+    )
+    restart.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="re-initialise the pruned architecture and train it with the dense model's full schedule "
+        "(from the checkpoint's report.json)",
+    )
+    p.add_argument("--distill", action="store_true", help="fine-tune with the dense model as a teacher")
+    p.add_argument(
+        "--distill-weight",
+        type=_fraction,
+        default=0.5,
+        help="with --distill: weight of the teacher's term, in [0, 1] (default: 0.5)",
+    )
+    p.add_argument(
+        "--distill-temperature",
+        type=_positive_float,
+        default=4.0,
+        help="with --distill: softening temperature (default: 4)",
+    )
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def _retraining(args: argparse.Namespace):
+    """The :class:`amc.retrain.Retraining` that --rewind-weights / --from-scratch ask for (None: fine-tune)."""
+    if not (args.rewind_weights or args.from_scratch):
+        return None
+    from amc.retrain import retraining_for
+
+    flag = "--rewind-weights" if args.rewind_weights else "--from-scratch"
+    if not args.checkpoint:
+        raise ConfigError(f"{flag} needs the dense model's --checkpoint (its report.json holds the training schedule)")
+    return retraining_for("rewind" if args.rewind_weights else "scratch", args.checkpoint)
 
 
 @_prune_args.run
@@ -219,6 +280,10 @@ def _prune(args: argparse.Namespace) -> int:
         bn_batches=args.bn_batches,
         seed=args.seed,
         device=args.device,
+        distill=args.distill,
+        distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
+        retrain=_retraining(args),
     )
     result, acc = prune_and_finetune(ws, policy, schedule)
     from amc.train import evaluate
@@ -242,12 +307,27 @@ def _prune(args: argparse.Namespace) -> int:
             "latency_backend": args.latency_backend,
             "iterative": args.iterative,
             "finetune_epochs": args.finetune_epochs,
+            "recovery": _recovery_record(schedule),
             "widths": result.widths,
         }
     )
     _save_pruned(args.out, ws, policy, result, report)
     _print_table(report)
     return 0
+
+
+def _recovery_record(schedule) -> dict:
+    """How the pruned model recovered, for report.json."""
+    record: dict = {"method": "finetune", "lr": schedule.peak_lr, "epochs": schedule.epochs}
+    if schedule.retrain is not None:
+        r = schedule.retrain
+        method = "weight_rewind" if r.method == "rewind" else "from_scratch"
+        record = {"method": method, "lr": r.schedule.lr, "epochs": r.epochs, "start_epoch": r.start_epoch}
+    elif schedule.lr_rewind:
+        record["method"] = "lr_rewind"
+    if schedule.distill:
+        record["distill"] = {"weight": schedule.distill_weight, "temperature": schedule.distill_temperature}
+    return record
 
 
 def _complete_policy(policy: Policy, ws: Workspace, allow_partial: bool) -> Policy:

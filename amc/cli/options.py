@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 
-CRITERION_NAMES = ("bn_scale", "l1", "l2", "taylor")
+CRITERION_NAMES = ("apoz", "bn_scale", "l1", "l2", "taylor")
 """``amc.pruning.CRITERIA.names()``, the choices of every ``--criterion`` (a test compares the two)."""
 DEFAULT_CRITERION = "l2"
 """``amc.pruning.DEFAULT_CRITERION`` (a test compares the two)."""
@@ -72,7 +72,7 @@ def add_criterion(p: argparse.ArgumentParser | argparse._ArgumentGroup, what: st
         default=DEFAULT_CRITERION,
         choices=CRITERION_NAMES,
         help=f"importance criterion {what} (default: {DEFAULT_CRITERION}; taylor reads the gradients of one "
-        "training batch)",
+        "training batch, apoz the activations' zeros on one)",
     )
 
 

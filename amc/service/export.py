@@ -391,7 +391,7 @@ def select_channels(policy: Policy, dense: DenseSource) -> ChannelSelection:
     from amc.pruning import CRITERIA, prune_channels, widths_for
 
     _require_channel(policy)
-    model, graph, calib_batch, calibration = _dense_for(policy, dense, CRITERIA.get(policy.criterion).needs_gradients)
+    model, graph, calib_batch, calibration = _dense_for(policy, dense, CRITERIA.get(policy.criterion).needs_batch)
     digest = weights_digest(model)
     widths = widths_for(graph, policy.ratios, policy.round_to)
     result = prune_channels(model, graph, widths, policy.criterion, calib_batch)
@@ -420,14 +420,14 @@ def select_channels(policy: Policy, dense: DenseSource) -> ChannelSelection:
 def _dense_for(
     policy: Policy,
     dense: DenseSource,
-    needs_gradients: bool,
+    needs_batch: bool,
 ) -> tuple[nn.Module, ModelGraph, Batch | None, dict[str, Any] | None]:
     """The dense model and its groups (built as ``amc prune`` builds them), the gradient batch and its record."""
     from amc.engine import build_workspace, identity_of
     from amc.groups import ModelGraph
 
     spec = _spec_of(policy)
-    if needs_gradients:  # exactly `amc prune`'s workspace and batch
+    if needs_batch:  # exactly `amc prune`'s workspace and batch
         ws = build_workspace(spec.name, dense.data, str(dense.checkpoint))
         model, graph, identity = ws.model, ws.graph, ws.identity
         batch = _gradient_batch(ws, dense.seed)
