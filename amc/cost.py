@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,9 +186,7 @@ def latency_stats(
     With ``config.backend`` ``onnxruntime`` the model is exported to ONNX and one run of its ONNX Runtime
     session (:func:`amc.onnx_latency.onnx_runner`) is timed the same way: a warm-up, then blocked runs.
     """
-    # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on machines without CUDA: not
-    # the user's concern when timing a forward pass
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    _quiet_benchmark_import()
     from torch.utils import benchmark
 
     config.check_available()
@@ -199,10 +197,7 @@ def latency_stats(
         run = onnx_runner(
             model, torch.randn(config.batch_size, *input_shape, dtype=config.torch_dtype), threads, config.device
         )
-        run()  # warm-up
-        return _stats(
-            _blocks(benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads), config.min_run_time)
-        )
+        return time_call(run, threads, config.min_run_time)
     device = torch.device(config.device)
     if device.type != "cpu" or config.dtype != "float32":
         model = copy.deepcopy(model)  # measure a copy: the caller's model stays where and what it was
@@ -223,6 +218,21 @@ BLOCKS = 16
 another process interrupted on a busy machine, where one long block (``blocked_autorange``'s choice for a
 small model) takes every interruption into its mean."""
 QUARTILES = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+
+
+def _quiet_benchmark_import() -> None:
+    # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on machines without CUDA: not
+    # the user's concern when timing a forward pass
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def time_call(run: Callable[[], Any], threads: int, min_run_time: float) -> LatencyStats:
+    """Times ``run()`` as every latency here is timed: one warm-up call, then :func:`_blocks`' blocked runs."""
+    _quiet_benchmark_import()
+    from torch.utils import benchmark
+
+    run()  # warm-up
+    return _stats(_blocks(benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads), min_run_time))
 
 
 def _blocks(timer: Any, min_run_time: float) -> list[float]:

@@ -200,7 +200,27 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
         help="what runs the latency measurement: torch (eager PyTorch) or onnxruntime (the model exported to "
         "ONNX) (default: torch)",
     )
+    _add_quantize(p)
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, policy.json, report.json)")
+
+
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also write the model as ONNX (model.onnx) and quantized to INT8 (model.int8.onnx, ONNX Runtime "
+        "static quantization: QDQ, per-channel weights); report.json gains their sizes, top-1 and latency",
+    )
+    _add_calib_batches(p)
+
+
+def _add_calib_batches(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calib-batches",
+        type=positive_int,
+        default=4,
+        help="training batches of 64 images that calibrate the activation ranges (default: 4)",
+    )
 
 
 def _add_recovery(p: argparse.ArgumentParser) -> None:
@@ -311,9 +331,22 @@ def _prune(args: argparse.Namespace) -> int:
             "widths": result.widths,
         }
     )
+    if args.quantize:
+        report.update(_quantized(result.model, ws.model, ws.spec.example_inputs(), ws.data, args))
     _save_pruned(args.out, ws, policy, result, report)
     _print_table(report)
     return 0
+
+
+def _quantized(model, dense, example_inputs, data, args: argparse.Namespace) -> dict:
+    """Writes ``model`` as float and INT8 ONNX files into ``args.out``; returns report.json's INT8 fields."""
+    from amc.cost import LatencyConfig
+    from amc.quantize import calibration_inputs, int8_report, quantize_int8
+
+    calib = calibration_inputs(data, args.calib_batches, args.seed)
+    quantized = quantize_int8(model, example_inputs, calib, args.out)
+    latency = LatencyConfig(args.latency_batch, args.latency_threads)
+    return int8_report(quantized, dense, example_inputs, data.loader("test", 256), latency)
 
 
 def _recovery_record(schedule) -> dict:
@@ -369,9 +402,70 @@ def _print_table(r: dict) -> None:
         rows.append(
             ("latency (ms)", f"{r['dense_latency_ms']:.3f}", f"{r['latency_ms']:.3f} ({r['latency_ratio']:.1%})")
         )
+    rows += _int8_rows(r)
     width = max(len(a) for a, _, _ in rows)
     for a, b, c in rows:
         print(f"{a:<{width}}  {b:>14}  {c:>22}")
+
+
+def _int8_rows(r: dict) -> list[tuple[str, str, str]]:
+    """The INT8 rows of the table (none without --quantize)."""
+    if "int8_top1" not in r:
+        return []
+    sizes = r["size_bytes"]
+    rows = [
+        ("top-1 (test), ONNX float / INT8", "", f"{r['onnx_top1']:.2%} / {r['int8_top1']:.2%}"),
+        (
+            "ONNX file KB, float / INT8",
+            f"{r['dense_size_bytes'] / 1e3:.1f}",
+            f"{sizes['float'] / 1e3:.1f} / {sizes['int8'] / 1e3:.1f}",
+        ),
+        ("INT8 compression vs dense float32", "", f"{r['compression']:.1f}x"),
+    ]
+    if "int8_latency_ms" in r:
+        rows.append(("ONNX Runtime ms, float / INT8", "", f"{r['onnx_latency_ms']:.3f} / {r['int8_latency_ms']:.3f}"))
+    return rows
+
+
+# --------------------------------------------------------------------------- quantize
+@command("quantize", "quantize a saved model (dense or pruned) to INT8 ONNX and report size, top-1 and latency")
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_file", metavar="MODEL.pt", help="model file from `amc train` or `amc prune`")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="data set of the model: digits (embedded, default), cifar10, imagefolder, synthetic",
+    )
+    p.add_argument("--data-dir", default=None, help="directory of a data set on disk (cifar10, imagefolder)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the calibration batches (default: 0)")
+    p.add_argument("--latency-batch", type=positive_int, default=1, help="batch size for latency (default: 1)")
+    p.add_argument("--latency-threads", type=positive_int, default=1, help="CPU threads for latency (default: 1)")
+    _add_quantize(p)
+    p.add_argument(
+        "--out", required=True, type=_out_dir, help="output directory (model.onnx, model.int8.onnx, report.json)"
+    )
+
+
+@_quantize_args.run
+def _quantize(args: argparse.Namespace) -> int:
+    from amc.checkpoint import load_model
+    from amc.data import DataConfig, load_data
+    from amc.models import create_model
+
+    saved = load_model(args.model_file)
+    data = load_data(DataConfig(name=args.data, root=args.data_dir, input_size=saved.spec.input_size))
+    if (data.in_channels, data.num_classes) != (saved.spec.in_channels, saved.spec.num_classes):
+        raise ConfigError(
+            f"{args.model_file} takes {saved.spec.in_channels}-channel inputs into {saved.spec.num_classes} classes; "
+            f"data set {args.data} has {data.in_channels} and {data.num_classes}: pass the model's --data"
+        )
+    report = {"model": saved.spec.name, "data": data.name, "model_file": str(args.model_file)}
+    report.update(_quantized(saved.model, create_model(saved.spec), saved.spec.example_inputs(), data, args))
+    _write_report(args.out, report)
+    for a, b, c in _int8_rows({**report}):
+        print(f"{a:<34}  {b:>10}  {c:>22}")
+    print(f"wrote {args.out / 'model.int8.onnx'} and {args.out / 'report.json'}")
+    return 0
 
 
 # --------------------------------------------------------------------------- sensitivity

@@ -1,0 +1,251 @@
+"""INT8 after pruning: post-training static quantization of a model through ONNX Runtime.
+
+The model is exported to ONNX (float32, dynamic batch size), then quantized by
+``onnxruntime.quantization.quantize_static``: QDQ format (QuantizeLinear / DequantizeLinear pairs around
+every quantized operator, what TensorRT and ONNX Runtime's CPU and GPU providers read), per-channel symmetric
+INT8 weights, UINT8 activations whose ranges are calibrated (min / max) on batches of the training split. The
+quantized file is written beside the float one; both are measured by the same ONNX Runtime session settings
+as the ``onnxruntime`` latency backend (:mod:`amc.onnx_latency`).
+
+ONNX Runtime rather than PyTorch's PT2E flow: its output is the file users deploy (ONNX Runtime, TensorRT),
+it runs INT8 kernels on the CPU here without a compiler, and the same session times the float and INT8
+models. A PT2E model runs INT8 only once lowered (``torch.compile`` with the x86 Inductor backend); in eager
+mode it simulates quantization in float32, so neither its size nor its latency would be the deployed one.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from amc.cost import LatencyConfig, time_call
+from amc.data import DataBundle
+from amc.errors import ConfigError
+from amc.files import atomic_path
+
+QUANTIZE_MODES = ("int8",)
+"""What ``amc prune --quantize`` and ``amc quantize`` produce."""
+FLOAT_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+"""Activation-range calibrations (ONNX Runtime's ``CalibrationMethod``): the observed min / max, the 99.999th
+percentile of the absolute values, or the range minimising the KL divergence of the quantized histogram."""
+DEFAULT_CALIBRATION = "minmax"
+CALIBRATION_BATCHES = 4
+"""Training batches of 64 images the INT8 activation ranges are calibrated on by default."""
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A model exported to ONNX and its INT8 quantization.
+
+    Attributes:
+        float_path: The float32 ONNX file.
+        int8_path: The INT8 (QDQ) ONNX file.
+        calibration_images: Images the activation ranges were calibrated on.
+    """
+
+    float_path: Path
+    int8_path: Path
+    calibration_images: int
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes of the two files: ``{"float": n, "int8": n}``."""
+        return {"float": self.float_path.stat().st_size, "int8": self.int8_path.stat().st_size}
+
+
+def export_float(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> Path:
+    """Writes ``model`` (eval mode, CPU, float32) as ONNX with a dynamic batch size, atomically."""
+    model = model.eval().cpu()
+    with warnings.catch_warnings(), atomic_path(path) as tmp, torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: see amc.onnx_latency
+        torch.onnx.export(
+            model,
+            (example_inputs[:1].cpu().float(),),
+            str(tmp),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return compact_names(path)
+
+
+def compact_names(path: Path) -> Path:
+    """Rewrites the ONNX file at ``path`` with short tensor names, no node names and no inferred shapes.
+
+    The exporter and the quantizer name every tensor and node after its module path (``/layer1/layer1.0/conv1/
+    Conv_output_0_QuantizeLinear``); on a small INT8 model these names are a third of the file. The graph's
+    input and output keep their names, so the file is used exactly as before.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    keep = {v.name for v in (*graph.input, *graph.output)}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return short.setdefault(name, format(len(short), "x"))
+
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    del graph.value_info[:]
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
+
+
+class _Batches:
+    """ONNX Runtime's CalibrationDataReader over fixed input batches."""
+
+    def __init__(self, batches: Sequence[torch.Tensor]) -> None:
+        self._batches = iter([{"input": b.detach().cpu().float().numpy()} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_int8(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    calibration: Sequence[torch.Tensor],
+    out: Path,
+    method: str = DEFAULT_CALIBRATION,
+) -> Quantized:
+    """Exports ``model`` to ``out/model.onnx`` and writes its INT8 quantization to ``out/model.int8.onnx``.
+
+    Args:
+        model: The float model (left unchanged but for its eval mode).
+        example_inputs: An input batch of the model's shape (its first image is used to export).
+        calibration: Input batches the activation ranges are calibrated on (e.g. from the training split).
+        out: Output directory.
+        method: How activation ranges are calibrated (:data:`CALIBRATION_METHODS`).
+
+    Raises:
+        ConfigError: Without calibration batches, with an unknown method, or without onnxruntime.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"unknown calibration {method!r}; choose one of: {', '.join(CALIBRATION_METHODS)}")
+    if not calibration:
+        raise ConfigError("INT8 quantization needs calibration batches of inputs (e.g. --bn-batches >= 1)")
+    from amc.onnx_latency import runtime
+
+    runtime()  # a clear error with the install line when onnxruntime is missing
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    out.mkdir(parents=True, exist_ok=True)
+    float_path = export_float(model, example_inputs, out / FLOAT_FILE)
+    int8_path = out / INT8_FILE
+    with atomic_path(int8_path) as tmp, _quiet_root_logger():
+        quantize_static(
+            str(float_path),
+            str(tmp),
+            _Batches(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+        )
+    compact_names(int8_path)
+    return Quantized(float_path, int8_path, sum(int(b.shape[0]) for b in calibration))
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs advice on the root logger ("consider pre-processing"): not the user's concern."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def calibration_inputs(data: DataBundle, batches: int = CALIBRATION_BATCHES, seed: int = 0) -> list[torch.Tensor]:
+    """``batches`` batches of 64 training images drawn with ``seed``: what INT8 activation ranges are calibrated on."""
+    from amc.train import calibration_batches
+
+    if batches < 1:
+        raise ConfigError(f"INT8 calibration needs at least one batch, got {batches}")
+    return calibration_batches(data.loader("train", 64, shuffle=True, seed=seed + 3), batches)
+
+
+def onnx_session(path: Path, threads: int = 1) -> Any:
+    """An ONNX Runtime session of the file at ``path``, set up as the ``onnxruntime`` latency backend's."""
+    from amc.onnx_latency import session
+
+    return session(path.read_bytes(), threads)
+
+
+def onnx_top1(path: Path, loader: Iterable, threads: int = 1) -> float:
+    """Top-1 accuracy (fraction) of the ONNX model at ``path`` on ``loader``'s (inputs, targets) batches."""
+    sess = onnx_session(path, threads)
+    correct = total = 0
+    for inputs, targets in loader:
+        (logits,) = sess.run(None, {"input": inputs.cpu().float().numpy()})
+        correct += int((logits.argmax(1) == targets.numpy()).sum())
+        total += int(targets.numel())
+    if total == 0:
+        raise ConfigError("the evaluation split is empty")
+    return correct / total
+
+
+def onnx_latency_ms(path: Path, input_shape: tuple[int, ...], config: LatencyConfig) -> float:
+    """Median milliseconds of one run of the ONNX model at ``path`` (batch ``config.batch_size``, CPU)."""
+    threads = config.effective_threads()
+    sess = onnx_session(path, threads)
+    x = torch.randn(config.batch_size, *input_shape).numpy()
+    return time_call(lambda: sess.run(None, {"input": x}), threads, config.min_run_time).median_ms
+
+
+def dense_float_bytes(model: nn.Module, example_inputs: torch.Tensor) -> int:
+    """Bytes of ``model``'s float32 ONNX file, exported as :func:`export_float` exports (the reference size)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return export_float(model, example_inputs, Path(tmp) / FLOAT_FILE).stat().st_size
+
+
+def int8_report(
+    quantized: Quantized,
+    dense: nn.Module,
+    example_inputs: torch.Tensor,
+    test_loader: Iterable,
+    latency: LatencyConfig | None,
+) -> dict[str, Any]:
+    """``report.json``'s INT8 fields: both files' sizes, the compression against the dense float32 ONNX file,
+    float and INT8 top-1 through ONNX Runtime and, with ``latency``, both files' latency under ONNX Runtime."""
+    sizes = quantized.sizes()
+    dense_bytes = dense_float_bytes(dense, example_inputs)
+    report: dict[str, Any] = {
+        "size_bytes": sizes,
+        "dense_size_bytes": dense_bytes,
+        "compression": dense_bytes / sizes["int8"],
+        "onnx_top1": onnx_top1(quantized.float_path, test_loader),
+        "int8_top1": onnx_top1(quantized.int8_path, test_loader),
+        "int8_calibration_images": quantized.calibration_images,
+        "int8_files": {"float": quantized.float_path.name, "int8": quantized.int8_path.name},
+    }
+    if latency is not None:
+        shape = tuple(example_inputs.shape[1:])
+        report["onnx_latency_ms"] = onnx_latency_ms(quantized.float_path, shape, latency)
+        report["int8_latency_ms"] = onnx_latency_ms(quantized.int8_path, shape, latency)
+    return report
