@@ -15,6 +15,8 @@ mode it simulates quantization in float32, so neither its size nor its latency w
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import warnings
@@ -171,12 +173,14 @@ def quantize_int8(
 
 @contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """ONNX Runtime's quantizer logs advice on the root logger ("consider pre-processing"): not the user's concern."""
+    """ONNX Runtime's quantizer logs advice on the root logger ("consider pre-processing") and prints its histogram
+    calibrations' progress on stdout: not the user's concern, and stdout may be a report piped to a file."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
 from amc.pruning import prune_channels, widths_for
 from amc.retrain import Retraining, retraining_for
-from amc.train import Distillation, TrainConfig, finetune
+from amc.train import Distillation, TrainConfig, finetune, recalibrate_bn
 from tests.conftest import KEPT_EPOCH
 
 
@@ -118,7 +119,6 @@ def test_from_scratch_reinitialises_every_kept_weight(trained_resnet20: Path) ->
 
 
 def test_rewinding_without_a_kept_epoch_says_how_to_get_one(tmp_path: Path, trained_resnet20: Path) -> None:
-    import json
     import shutil
 
     shutil.copy(trained_resnet20 / "model.pt", tmp_path / "model.pt")
@@ -129,3 +129,30 @@ def test_rewinding_without_a_kept_epoch_says_how_to_get_one(tmp_path: Path, trai
         retraining_for("rewind", tmp_path / "model.pt")
     with pytest.raises(ConfigError, match="early epoch"):
         Retraining("rewind", TrainConfig())
+
+
+def test_int8_quantization_is_deterministic_close_to_float_and_reported(tmp_path: Path, trained_resnet20: Path) -> None:
+    from amc.cli import main
+    from amc.quantize import calibration_inputs, onnx_top1, quantize_int8
+
+    data = load_data(DataConfig("digits"))
+    dense = load_model(trained_resnet20 / "model.pt").model
+    graph = ModelGraph(dense, torch.zeros(1, 1, 16, 16))
+    pruned = prune_channels(dense, graph, widths_for(graph, {g: 0.3 for g in graph.names})).model
+    recalibrate_bn(pruned, calibration_inputs(data, 4, seed=0))
+    example = torch.zeros(1, 1, 16, 16)
+    first = quantize_int8(pruned, example, calibration_inputs(data, 2, seed=1), tmp_path / "a")
+    again = quantize_int8(pruned, example, calibration_inputs(data, 2, seed=1), tmp_path / "b")
+    assert first.int8_path.read_bytes() == again.int8_path.read_bytes()
+    sizes = first.sizes()
+    assert sizes["int8"] * 3 < sizes["float"]
+    val = data.loader("val", 256)
+    float_top1, int8_top1 = onnx_top1(first.float_path, val), onnx_top1(first.int8_path, val)
+    assert float_top1 > 0.5 and abs(float_top1 - int8_top1) < 0.05
+
+    out = tmp_path / "cli"
+    assert main(["quantize", str(trained_resnet20 / "model.pt"), "--calib-batches", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "model.int8.onnx").stat().st_size == report["size_bytes"]["int8"]
+    assert report["compression"] > 3 and report["int8_latency_ms"] > 0 and report["onnx_latency_ms"] > 0
+    assert report["int8_top1"] > 0.5
