@@ -500,6 +500,31 @@ def sparsify(model: nn.Module, graph: ModelGraph, ratios: Mapping[str, float], g
     return sparse
 
 
+def sparsity_ratios(graph: ModelGraph, widths: Mapping[str, int]) -> dict[str, float]:
+    """The per-group sparsity that a sparsity search's width configuration stands for: ``1 - kept / channels``.
+
+    A search over sparsity (``EnvConfig.granularity`` ``unstructured`` or ``nm``) decides kept channel counts as a
+    channel search does; group ``g`` keeping ``k`` of its ``C`` channels means ``1 - k / C`` of its layers'
+    weights zeroed (for ``nm``: 2:4 sparsity wherever ``k < C``). These ratios are what the policy holds and
+    :func:`sparsify` applies, so the search's count and the applied model agree.
+    """
+    return {g.name: 1.0 - int(widths.get(g.name, g.channels)) / g.channels for g in graph}
+
+
+def zeroed_weights(numel: int, cols: int, ratio: float, granularity: str) -> int:
+    """How many of a ``numel``-weight layer's weights (``cols`` inputs per output) :func:`sparsify` zeroes at
+    ``ratio`` (not counting weights that were zero already)."""
+    if ratio <= 0:
+        return 0
+    if granularity == "unstructured":
+        return int(round(ratio * numel))
+    if granularity == "nm":
+        rows = numel // cols
+        full, rest = divmod(cols, 4)
+        return numel - rows * (2 * full + min(rest, 2))
+    raise ConfigError(f"granularity {granularity!r} is not a sparsity granularity; use unstructured or nm")
+
+
 def _two_of_four(weight: torch.Tensor) -> torch.Tensor:
     """Keeps the 2 largest-magnitude weights of every 4 consecutive inputs of each output."""
     flat = weight.reshape(weight.shape[0], -1)

@@ -28,7 +28,16 @@ from amc.engine import Workspace, build_workspace, smallest_ratio
 from amc.errors import AmcError, BudgetError, ConfigError
 from amc.groups import ModelGraph
 from amc.policy import ModelIdentity, Policy, Target
-from amc.pruning import CRITERIA, DEFAULT_CRITERION, ChannelPruner, prune_channels, widths_for
+from amc.pruning import (
+    CRITERIA,
+    DEFAULT_CRITERION,
+    GRANULARITIES,
+    ChannelPruner,
+    prune_channels,
+    sparsify,
+    sparsity_ratios,
+    widths_for,
+)
 from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 from envs.budget import BudgetWall, Choice, fewest_widths
@@ -103,6 +112,11 @@ class EnvConfig:
             (:mod:`envs.targets`). The episode's target is the last feature of the observation and the budget
             wall holds the episode to it; ``target_ratio`` is the target until the first :meth:`reset`. FLOPs
             and params budgets only.
+        granularity: What a group's decision removes: ``channel`` (whole channels: AMC's acceleration mode),
+            or ``unstructured`` / ``nm`` (AMC's compression mode: the group's layers sparsified, keeping
+            ``kept / channels`` of their weights by magnitude, or 2:4 sparsity wherever a group is pruned at all;
+            see :func:`amc.pruning.sparsity_ratios`). The sparse granularities budget the non-zero parameters:
+            ``target_metric: params``.
     """
 
     model: str = "resnet20"
@@ -128,6 +142,7 @@ class EnvConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     observe_history: bool = True
     targets: tuple[float, ...] | TargetRange | None = None
+    granularity: str = "channel"
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Mapping):  # from YAML / JSON: {name: digits, ...}
@@ -171,6 +186,7 @@ class EnvConfig:
         if not isinstance(self.observe_history, bool):
             raise ConfigError(f"observe_history must be true or false, got {self.observe_history!r}")
         self._check_targets()
+        self._check_granularity()
         COST_MODELS.get(self.target_metric)
         REWARDS.get(self.reward)
         CRITERIA.get(self.criterion)
@@ -197,6 +213,24 @@ class EnvConfig:
             raise ConfigError(
                 "env.targets budgets flops or params; a latency search takes one target_ratio or target_ms"
             )
+
+    def _check_granularity(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"granularity {self.granularity!r} is unknown; use one of {', '.join(GRANULARITIES)}")
+        if self.granularity == "channel":
+            return
+        if self.target_metric != "params":
+            raise ConfigError(
+                f"granularity {self.granularity} zeroes weights: it makes no {self.target_metric} claim; budget the "
+                "non-zero parameters with target_metric: params"
+            )
+        if self.reconstruct:
+            raise ConfigError("reconstruct refits layers after channel removal; turn it off for a sparsity search")
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the search decides per-layer sparsity (``unstructured`` / ``nm``) rather than channels."""
+        return self.granularity != "channel"
 
     def _check_reconstruct(self) -> None:
         if not isinstance(self.reconstruct, bool):
@@ -337,8 +371,13 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
                     self.graph.groups, self.config.min_ratio, self.config.max_ratio, self.config.round_to
                 ),
                 progress=progress,
+                granularity=self.config.granularity,
             )
-        elif cost_model.metric != self.config.target_metric or cost_model.graph.names != self.graph.names:
+        elif (
+            cost_model.metric != self.config.target_metric
+            or cost_model.graph.names != self.graph.names
+            or getattr(cost_model, "granularity", "channel") != self.config.granularity
+        ):
             raise ConfigError(
                 f"the cost model passed measures {cost_model.metric!r} of a model with other groups; the env "
                 f"budgets {self.config.target_metric!r} of its own"
@@ -599,10 +638,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         """A policy file object for ``ratios`` (for export and :func:`amc.apply_policy`), budgeted ``target``
         (None: the current episode's target)."""
         budget = self.target if target is None else Target(self.config.target_metric, target)
+        if self.config.sparse:  # the sparsity the widths stand for: what sparsify applies and the search counted
+            ratios = sparsity_ratios(self.graph, self.widths(ratios))
         return Policy(
             self.identity,
             dict(ratios),
-            "channel",
+            self.config.granularity,
             self.config.criterion,
             self.config.round_to,
             budget,
@@ -621,6 +662,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
                 k: getattr(c, k)
                 for k in ("criterion", "round_to", "seed", "reconstruct", "reconstruct_batches", "eval_batches")
             }
+            if c.sparse:
+                settings["granularity"] = c.granularity
             tensors = list(self._calib) + (list(self._grad_batch) if self._grad_batch is not None else [])
             self._fingerprint = evaluation_fingerprint(self.model, tensors, self._cached_batches("val"), settings)
         return self._fingerprint
@@ -771,6 +814,10 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
         The model is the working copy of the ``role`` pruner, reused by its next call.
         """
+        if self.config.sparse:
+            with single_threaded():
+                sparse = sparsify(self.model, self.graph, sparsity_ratios(self.graph, widths), self.config.granularity)
+            return Evaluation(sparse, self.outcome(widths, self.score_model(sparse, split)))
         pruner = self._pruner(role)
         with single_threaded():
             result = pruner.prune(widths)
@@ -783,8 +830,11 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         return Evaluation(pruned, self.outcome(widths, self.score_model(pruned, split)))
 
     def outcome(self, widths: Mapping[str, int], accuracy: float) -> Outcome:
-        """What the reward sees of a model pruned to ``widths`` that scored ``accuracy``: exact costs and ratios."""
+        """What the reward sees of a model pruned to ``widths`` that scored ``accuracy``: exact costs and ratios
+        (for a sparsity search: the non-zero parameters, and the dense FLOPs, which zeroed weights do not lower)."""
         cost, dense = self.graph.estimate(widths), self.graph.dense_cost
+        if self.config.sparse:
+            cost = Cost(dense.flops, int(self.cost_model.cost(widths)))
         return Outcome(
             top1=float(accuracy),
             flops=int(cost.flops),

@@ -31,6 +31,7 @@ from amc.cost import LatencyConfig
 from amc.errors import ConfigError
 from amc.groups import ModelGraph
 from amc.latency import LatencyTable, fastest_latency
+from amc.pruning import sparsity_ratios, zeroed_weights
 from amc.registry import Registry
 
 
@@ -83,12 +84,57 @@ class FlopsCost(CostModel):
 
 @COST_MODELS.register("params")
 class ParamsCost(CostModel):
-    """Exact parameter count, from the graph's analytic cost table."""
+    """Exact parameter count, from the graph's analytic cost table.
+
+    With ``granularity`` ``unstructured`` or ``nm`` (a search over per-layer sparsity), :meth:`create` gives a
+    :class:`SparseParamsCost`: the non-zero parameters instead.
+    """
 
     metric = "params"
 
+    @classmethod
+    def create(
+        cls, graph: ModelGraph, model: nn.Module | None = None, *, granularity: str = "channel", **options: Any
+    ) -> CostModel:
+        if granularity == "channel":
+            return cls(graph)
+        if model is None:
+            raise ConfigError("the sparse params cost model reads the dense model's layer shapes: pass model=")
+        return SparseParamsCost(graph, model, granularity)
+
     def _cost(self, widths: Mapping[str, int]) -> float:
         return float(self.graph.estimate(widths).params)
+
+
+class SparseParamsCost(ParamsCost):
+    """Non-zero parameters once each group's layers are sparsified (:func:`amc.pruning.sparsify`) at the sparsity
+    its width stands for (:func:`amc.pruning.sparsity_ratios`): exact for dense weights without zeros (an
+    upper bound otherwise), monotone in every group's width.
+
+    Args:
+        graph: The traced dense model.
+        model: The dense model (its layers' weight shapes).
+        granularity: ``unstructured`` or ``nm``.
+    """
+
+    def __init__(self, graph: ModelGraph, model: nn.Module, granularity: str) -> None:
+        self.granularity = granularity
+        self._layers = {
+            g.name: [
+                (model.get_submodule(m).weight.numel(), model.get_submodule(m).weight[0].numel()) for m in g.modules
+            ]
+            for g in graph
+        }
+        super().__init__(graph)
+
+    def _cost(self, widths: Mapping[str, int]) -> float:
+        ratios = sparsity_ratios(self.graph, widths)
+        zeroed = sum(
+            zeroed_weights(numel, cols, ratios[name], self.granularity)
+            for name, layers in self._layers.items()
+            for numel, cols in layers
+        )
+        return float(self.graph.dense_cost.params - zeroed)
 
 
 @COST_MODELS.register("latency")

@@ -333,9 +333,23 @@ def _prune(args: argparse.Namespace) -> int:
     )
     if args.quantize:
         report.update(_quantized(result.model, ws.model, ws.spec.example_inputs(), ws.data, args))
+    if policy.granularity != "channel":
+        report.update(_sparse_export(result.model, ws.model, args.out))
     _save_pruned(args.out, ws, policy, result, report)
     _print_table(report)
     return 0
+
+
+def _sparse_export(model, dense, out: Path) -> dict:
+    """Writes the sparse model as ``model.sparse.npz`` (masks and non-zero values); report.json's size fields."""
+    import tempfile
+
+    from amc.sparse_export import save_sparse
+
+    sparse_bytes = save_sparse(out / "model.sparse.npz", model)
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_bytes = save_sparse(Path(tmp) / "dense.npz", dense)
+    return {"sparse_file": "model.sparse.npz", "sparse_bytes": sparse_bytes, "dense_npz_bytes": dense_bytes}
 
 
 def _quantized(model, dense, example_inputs, data, args: argparse.Namespace) -> dict:
@@ -398,6 +412,10 @@ def _print_table(r: dict) -> None:
         ("params", f"{r['dense_params']:,}", f"{r['params']:,} ({r['params_ratio']:.1%})"),
         ("non-zero params", "", f"{r['nonzero_params']:,}"),
     ]
+    if "sparse_bytes" in r:
+        rows.append(
+            ("weights file KB (sparse .npz)", f"{r['dense_npz_bytes'] / 1e3:.1f}", f"{r['sparse_bytes'] / 1e3:.1f}")
+        )
     if "latency_ms" in r:
         rows.append(
             ("latency (ms)", f"{r['dense_latency_ms']:.3f}", f"{r['latency_ms']:.3f} ({r['latency_ratio']:.1%})")
