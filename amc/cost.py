@@ -59,9 +59,10 @@ def count_cost(model: nn.Module, example_inputs: torch.Tensor) -> Cost:
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 """Data types latency can be measured in (model weights and inputs)."""
-LATENCY_BACKENDS = ("torch", "onnxruntime")
-"""What runs the forward passes latency is measured on: eager PyTorch, or the model exported to ONNX and run
-by ONNX Runtime (:mod:`amc.onnx_latency`)."""
+LATENCY_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+"""What runs the forward passes latency is measured on: eager PyTorch, the model exported to ONNX and run by
+ONNX Runtime (:mod:`amc.onnx_latency`), or that ONNX model quantized to INT8 first (:mod:`amc.quantize`), so that
+a latency budget is met by the model as deployed after ``amc prune --quantize int8``."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,11 @@ class LatencyConfig:
             raise ConfigError(f"latency device {self.device!r} is unknown; use cpu, cuda or cuda:N")
         if self.backend not in LATENCY_BACKENDS:
             raise ConfigError(f"backend {self.backend!r} is unknown; use one of {', '.join(LATENCY_BACKENDS)}")
+        if self.backend == "onnxruntime-int8" and (self.dtype != "float32" or self.device != "cpu"):
+            raise ConfigError(
+                "backend onnxruntime-int8 quantizes a float32 model and measures it on the CPU; use dtype: float32 "
+                "and device: cpu"
+            )
         if self.backend == "onnxruntime" and self.dtype == "bfloat16":
             raise ConfigError(
                 "dtype 'bfloat16' cannot be measured with backend onnxruntime (it has no bfloat16 convolutions); "
@@ -132,7 +138,7 @@ class LatencyConfig:
     def check_available(self) -> None:
         """Raises ConfigError when the device does not exist on this machine (a CUDA device without a GPU), or
         the backend cannot run on it (``onnxruntime`` not installed, or without its CUDA provider)."""
-        if self.backend == "onnxruntime":
+        if self.backend.startswith("onnxruntime"):
             from amc.onnx_latency import check_available
 
             check_available(self.device)
@@ -191,12 +197,11 @@ def latency_stats(
 
     config.check_available()
     threads = config.effective_threads()
-    if config.backend == "onnxruntime":
+    if config.backend.startswith("onnxruntime"):
         from amc.onnx_latency import onnx_runner
 
-        run = onnx_runner(
-            model, torch.randn(config.batch_size, *input_shape, dtype=config.torch_dtype), threads, config.device
-        )
+        example = torch.randn(config.batch_size, *input_shape, dtype=config.torch_dtype)
+        run = onnx_runner(model, example, threads, config.device, int8=config.backend == "onnxruntime-int8")
         return time_call(run, threads, config.min_run_time)
     device = torch.device(config.device)
     if device.type != "cpu" or config.dtype != "float32":

@@ -174,7 +174,7 @@ def device_fingerprint(config: LatencyConfig) -> dict[str, Any]:
         "device": config.device,
         "gpu": gpu,
         "backend": config.backend,
-        "onnxruntime": runtime_version() if config.backend == "onnxruntime" else None,
+        "onnxruntime": runtime_version() if config.backend.startswith("onnxruntime") else None,
         "version": TABLE_VERSION,
     }
 

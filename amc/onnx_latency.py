@@ -107,8 +107,12 @@ def session(onnx_model: bytes, threads: int, device: str = "cpu") -> Any:
     return ort.InferenceSession(onnx_model, sess_options=options, providers=providers)
 
 
-def exported_session(model: nn.Module, example: torch.Tensor, threads: int, device: str = "cpu") -> Any:
-    """``model`` exported at ``example``'s shape and dtype (on the CPU) and loaded in a :func:`session`.
+def exported_session(
+    model: nn.Module, example: torch.Tensor, threads: int, device: str = "cpu", int8: bool = False
+) -> Any:
+    """``model`` exported at ``example``'s shape and dtype (on the CPU) and loaded in a :func:`session`; with
+    ``int8`` quantized first (:func:`amc.quantize.quantize_bytes`, activation ranges calibrated on ``example``:
+    the ranges change the values, not the kernels that are timed).
 
     The caller's model is not modified: a copy is exported unless its parameters are already on the CPU in
     ``example``'s dtype, and its train/eval mode is restored.
@@ -123,13 +127,19 @@ def exported_session(model: nn.Module, example: torch.Tensor, threads: int, devi
             onnx_model = export_onnx(model.eval(), example)
     finally:
         model.train(was_training)
+    if int8:
+        from amc.quantize import quantize_bytes
+
+        onnx_model = quantize_bytes(onnx_model, [example])
     return session(onnx_model, threads, device)
 
 
-def onnx_runner(model: nn.Module, example: torch.Tensor, threads: int, device: str = "cpu") -> Callable[[], Any]:
-    """One run of ``model``'s exported graph on ``example`` as a call without arguments, which
-    :func:`amc.cost.latency_stats` times (on a ``cuda`` device: input and outputs bound on the GPU)."""
-    sess = exported_session(model, example, threads, device)
+def onnx_runner(
+    model: nn.Module, example: torch.Tensor, threads: int, device: str = "cpu", int8: bool = False
+) -> Callable[[], Any]:
+    """One run of ``model``'s exported graph (quantized to INT8 with ``int8``) on ``example`` as a call without
+    arguments, which :func:`amc.cost.latency_stats` times (on a ``cuda`` device: input and outputs bound on the GPU)."""
+    sess = exported_session(model, example, threads, device, int8)
     x = example.detach().cpu().numpy()
     if not device.startswith("cuda"):
         return functools.partial(sess.run, None, {"input": x})

@@ -147,19 +147,28 @@ def quantize_int8(
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration {method!r}; choose one of: {', '.join(CALIBRATION_METHODS)}")
     if not calibration:
-        raise ConfigError("INT8 quantization needs calibration batches of inputs (e.g. --bn-batches >= 1)")
+        raise ConfigError("INT8 quantization needs calibration batches of inputs (--calib-batches >= 1)")
+    out.mkdir(parents=True, exist_ok=True)
+    float_path = export_float(model, example_inputs, out / FLOAT_FILE)
+    int8_path = out / INT8_FILE
+    with atomic_path(int8_path) as tmp:
+        quantize_file(float_path, tmp, calibration, method)
+    return Quantized(float_path, int8_path, sum(int(b.shape[0]) for b in calibration))
+
+
+def quantize_file(
+    float_path: Path, int8_path: Path, calibration: Sequence[torch.Tensor], method: str = DEFAULT_CALIBRATION
+) -> Path:
+    """Quantizes the float ONNX file at ``float_path`` into ``int8_path`` as the module docstring says."""
     from amc.onnx_latency import runtime
 
     runtime()  # a clear error with the install line when onnxruntime is missing
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    out.mkdir(parents=True, exist_ok=True)
-    float_path = export_float(model, example_inputs, out / FLOAT_FILE)
-    int8_path = out / INT8_FILE
-    with atomic_path(int8_path) as tmp, _quiet_root_logger():
+    with _quiet_root_logger():
         quantize_static(
             str(float_path),
-            str(tmp),
+            str(int8_path),
             _Batches(calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
@@ -167,8 +176,15 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
         )
-    compact_names(int8_path)
-    return Quantized(float_path, int8_path, sum(int(b.shape[0]) for b in calibration))
+    return compact_names(int8_path)
+
+
+def quantize_bytes(float_model: bytes, calibration: Sequence[torch.Tensor]) -> bytes:
+    """An in-memory float ONNX model quantized to INT8 (for latency measurements of the INT8 model)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / FLOAT_FILE, Path(tmp) / INT8_FILE
+        source.write_bytes(float_model)
+        return quantize_file(source, target, calibration).read_bytes()
 
 
 @contextmanager

@@ -119,6 +119,30 @@ def test_table_under_onnxruntime_is_monotone_and_cached_apart_from_torch(
     assert again.report.measured == 0 and again.layers == table.layers
 
 
+def test_int8_backend_times_the_quantized_graph_and_keeps_its_own_table(trained_resnet20: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from amc.onnx_latency import export_onnx
+    from amc.quantize import quantize_bytes
+
+    ws = build_workspace("resnet20", DataConfig("digits"), str(trained_resnet20 / "model.pt"))
+    int8 = LatencyConfig(min_run_time=0.002, grid=3, backend="onnxruntime-int8")
+    example = torch.stack([ws.data.val[i][0] for i in range(8)])  # real digits: the trained model is sure of them
+    with torch.no_grad():
+        quantized = quantize_bytes(export_onnx(ws.model.eval(), example), [example])
+    ops = {node.op_type for node in onnx.load_from_string(quantized).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    session = exported_session(ws.model, example, 1, int8=True)
+    (output,) = session.run(None, {"input": example.numpy()})
+    with torch.no_grad():
+        reference = ws.model(example).numpy()
+    assert (output.argmax(1) == reference.argmax(1)).mean() >= 0.75  # an INT8 approximation of the same model
+    assert measure_latency(ws.model, tuple(ws.spec.input_shape), int8) > 0
+    assert cache_file(int8, tmp_path) != cache_file(QUICK, tmp_path)
+    with pytest.raises(ConfigError, match="onnxruntime-int8"):
+        LatencyConfig(backend="onnxruntime-int8", device="cuda")
+
+
 # --------------------------------------------------------------------------- bad settings
 def test_unknown_backend_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"backend 'tvm' is unknown; use one of torch, onnxruntime"):

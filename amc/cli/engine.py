@@ -197,8 +197,8 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
         "--latency-backend",
         choices=LATENCY_BACKEND_NAMES,
         default="torch",
-        help="what runs the latency measurement: torch (eager PyTorch) or onnxruntime (the model exported to "
-        "ONNX) (default: torch)",
+        help="what runs the latency measurement: torch (eager PyTorch), onnxruntime (the model exported to "
+        "ONNX) or onnxruntime-int8 (that ONNX model quantized to INT8) (default: torch)",
     )
     _add_quantize(p)
     p.add_argument("--out", required=True, type=_out_dir, help="output directory (model.pt, policy.json, report.json)")

@@ -13,7 +13,7 @@ CRITERION_NAMES = ("apoz", "bn_scale", "l1", "l2", "taylor")
 """``amc.pruning.CRITERIA.names()``, the choices of every ``--criterion`` (a test compares the two)."""
 DEFAULT_CRITERION = "l2"
 """``amc.pruning.DEFAULT_CRITERION`` (a test compares the two)."""
-LATENCY_BACKEND_NAMES = ("torch", "onnxruntime")
+LATENCY_BACKEND_NAMES = ("torch", "onnxruntime", "onnxruntime-int8")
 """``amc.cost.LATENCY_BACKENDS``, the choices of ``--latency-backend`` (a test compares the two)."""
 
 TRACKING_URI_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
