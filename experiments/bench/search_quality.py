@@ -58,7 +58,7 @@ DDPG_VARIANTS = {
     "ddpg_p32": ({"proposals": 32}, {}),  # the default agent with 32 proposals (the default before the history)
 }
 VAL_AT = (30, 100, 300)
-CRITERIA = ("l1", "l2", "bn_scale", "taylor")
+CRITERIA = ("l1", "l2", "bn_scale", "taylor", "apoz")
 RESULTS = Path(__file__).parent / "results"
 
 
