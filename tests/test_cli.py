@@ -168,6 +168,17 @@ def test_sensitivity_with_a_gradient_criterion(tmp_path: Path) -> None:
             "argument --criterion: invalid choice: 'magic'",
         ),
         (["sensitivity", "--checkpoint", "missing.pt", "--out", "X"], "does not exist"),
+        (
+            ["prune", "--model", "resnet20", "--uniform", "0.5", "--rewind-weights", "--out", "X"],
+            "--rewind-weights needs the dense model's --checkpoint",
+        ),
+        (
+            ["prune", "--model", "resnet20", "--uniform", "0.5", "--rewind-weights", "--from-scratch", "--out", "X"],
+            "not allowed with argument",
+        ),
+        (["prune", "--model", "resnet20", "--uniform", "0.5", "--distill-weight", "2", "--out", "X"], "in [0, 1]"),
+        (["train", "--model", "resnet20", "--epochs", "2", "--keep-epoch", "2", "--out", "X"], "--keep-epoch 2"),
+        (["quantize", "missing.pt", "--out", "X"], "does not exist"),
         (["sensitivity", "--model", "resnet20", "--checkpoint", "x.pt", "--ratios", "0.5,2", "--out", "X"], "--ratios"),
     ],
 )

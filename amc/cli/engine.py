@@ -285,6 +285,7 @@ def _prune(args: argparse.Namespace) -> int:
     if args.allow_partial and not args.policy:
         raise ConfigError("--allow-partial only applies to --policy (a --uniform policy covers every group); drop it")
     policy = load_policy(args.policy) if args.policy else None
+    retrain = _retraining(args)
     if not args.checkpoint:
         warnings.warn("no --checkpoint given: pruning a randomly initialised model", stacklevel=1)
     ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
@@ -303,7 +304,7 @@ def _prune(args: argparse.Namespace) -> int:
         distill=args.distill,
         distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature,
-        retrain=_retraining(args),
+        retrain=retrain,
     )
     result, acc = prune_and_finetune(ws, policy, schedule)
     from amc.train import evaluate
