@@ -155,9 +155,11 @@ def latency_summary(
         }
         for r in front
     ]
+    check = getattr(env.cost_model.table, "check", None)
     return {
         "best_latency": measured[best_episode],
         **dense,
+        "latency_table_check": check.to_dict() if check is not None else None,
         "pareto": pareto,
         "latency_estimate": {
             "policies": len(errors),

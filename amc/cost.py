@@ -79,9 +79,13 @@ class LatencyConfig:
         grid: Widths measured per channel axis of each layer by the latency cost model
             (:mod:`amc.latency`), which interpolates between them; at least 2.
         backend: What runs the forward passes (:data:`LATENCY_BACKENDS`): ``torch`` (eager PyTorch, as
-            ``amc prune`` outputs run) or ``onnxruntime`` (the model exported to ONNX, run by an ONNX Runtime
+            ``amc prune`` outputs run), ``onnxruntime`` (the model exported to ONNX, run by an ONNX Runtime
             session with its default graph optimisations and ``threads`` intra-op threads; see
-            :mod:`amc.onnx_latency`).
+            :mod:`amc.onnx_latency`) or ``onnxruntime-int8`` (that ONNX model quantized to INT8 first, CPU and
+            float32 only; see :mod:`amc.quantize`).
+        rebuild: Measure the latency table again instead of reading its cached entries (the new figures replace
+            them); a table is also measured again when it disagrees with whole models measured when it is loaded
+            (:mod:`amc.latency_check`).
 
     Raises:
         ConfigError: on a non-positive ``min_run_time`` or ``batch_size``, a negative ``threads``, an unknown
@@ -97,6 +101,7 @@ class LatencyConfig:
     dtype: str = "float32"
     grid: int = 5
     backend: str = "torch"
+    rebuild: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.min_run_time, bool) or not self.min_run_time > 0 or not math.isfinite(self.min_run_time):
@@ -110,6 +115,8 @@ class LatencyConfig:
         ):
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.rebuild, bool):
+            raise ConfigError(f"rebuild must be true or false, got {self.rebuild!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"latency dtype {self.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
         if not _DEVICE.fullmatch(str(self.device)):

@@ -537,6 +537,8 @@ class LatencyTable:
     activations: dict[str, int]
     residual: Residual
     report: BuildReport
+    check: Any = None
+    """The check against whole models measured now (:class:`amc.latency_check.TableCheck`; None until checked)."""
     _memo: dict[tuple[int, ...], float] = field(default_factory=dict, repr=False)
 
     def estimate(self, widths: Mapping[str, int]) -> float:
@@ -562,6 +564,7 @@ class LatencyTable:
         progress: bool = True,
         measure: Measure | None = None,
         desc: str | None = None,
+        refresh: bool = False,
     ) -> LatencyTable:
         """Measures (or reads from the cache) every entry the estimate needs.
 
@@ -576,6 +579,8 @@ class LatencyTable:
             progress: Show progress and print the build's cost on stderr.
             measure: Measures one module (None: :func:`fastest_latency`; tests count calls with their own).
             desc: What the progress line calls the build.
+            refresh: Measure every entry and whole model again instead of reading the cache (the new figures
+                replace the cached ones).
 
         Raises:
             ConfigError: when the device does not exist on this machine.
@@ -585,6 +590,9 @@ class LatencyTable:
         measure = measure or fastest_latency
         start = time.monotonic()
         cache = EntryCache(config, cache_dir)
+        if refresh:
+            cache.entries.clear()
+            cache.models.clear()
         low = dict(fewest) if fewest is not None else {g.name: _smallest(g.channels, g.multiple) for g in graph}
         steps = calibration_widths(graph, low)
         lo_channels = graph.layer_channels(low)

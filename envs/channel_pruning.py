@@ -576,7 +576,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         the policies see the same machine load).
 
         Returns:
-            Per policy ``latency_ms_estimated`` and ``latency_ms_measured``; and ``dense_latency_ms_estimated``
+            Per policy ``latency_ms_estimated`` and ``latency_ms_measured``, and the same as ratios to the dense
+            model's (``latency_ratio_estimated`` / ``latency_ratio_measured``); and ``dense_latency_ms_estimated``
             and ``dense_latency_ms_measured``.
 
         Raises:
@@ -591,7 +592,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             ]
         measured, dense_ms = self.cost_model.measure_many(self.model, pruned, rounds)
         reports = [
-            {"latency_ms_estimated": self.cost_model.cost(w), "latency_ms_measured": ms}
+            {
+                "latency_ms_estimated": self.cost_model.cost(w),
+                "latency_ms_measured": ms,
+                "latency_ratio_estimated": self.cost_model.ratio(w),
+                "latency_ratio_measured": ms / dense_ms,
+            }
             for w, ms in zip(widths, measured)
         ]
         return reports, {"dense_latency_ms_estimated": self.cost_model.dense, "dense_latency_ms_measured": dense_ms}

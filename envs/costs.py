@@ -31,6 +31,7 @@ from amc.cost import LatencyConfig
 from amc.errors import ConfigError
 from amc.groups import ModelGraph
 from amc.latency import LatencyTable, fastest_latency
+from amc.latency_check import trusted_table
 from amc.pruning import sparsity_ratios, zeroed_weights
 from amc.registry import Registry
 
@@ -181,7 +182,7 @@ class LatencyCost(CostModel):
         if model is None:
             raise ConfigError("the latency cost model measures the dense model's layers: pass model=")
         config = latency if latency is not None else LatencyConfig()
-        return cls(graph, LatencyTable.build(model, graph, config, fewest, cache_dir, progress))
+        return cls(graph, trusted_table(model, graph, config, fewest, cache_dir, progress))
 
     @property
     def config(self) -> LatencyConfig:

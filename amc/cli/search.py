@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -62,6 +63,12 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="budget milliseconds per forward pass on this machine instead (env.target_ms; sets "
         "env.target_metric to latency): measured as env.latency says, below the dense model's latency",
+    )
+    p.add_argument(
+        "--rebuild-latency",
+        action="store_true",
+        help="measure the latency table again instead of reading it from the cache (env.latency.rebuild); a "
+        "cached table is also measured again when whole models measured now disagree with it",
     )
     p.add_argument(
         "--targets",
@@ -179,6 +186,8 @@ def _with_overrides(config, args: argparse.Namespace):
         env.update(target_metric="latency", target_ms=args.target_ms)
     if args.targets is not None:
         env["targets"] = tuple(args.targets)
+    if getattr(args, "rebuild_latency", False):
+        env["latency"] = dataclasses.replace(config.env.latency, rebuild=True)
     if env:
         changes["env"] = config.env.replace(**env)
     return config.replace(**changes) if changes else config
