@@ -21,7 +21,15 @@ from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
 from amc.policy import ModelIdentity, Policy, Target
 from amc.pruning import DEFAULT_CRITERION, PruneResult, kept_channels, prune_channels, sparsify, widths_for
-from amc.train import FINETUNE_LR, FinetuneReport, calibration_batches, evaluate, finetune, recalibrate_bn
+from amc.train import (
+    CALIBRATION_BATCH_SIZE,
+    FINETUNE_LR,
+    FinetuneReport,
+    draw_calibration,
+    evaluate,
+    finetune,
+    recalibrate_bn_seeded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +290,17 @@ class FinetuneSchedule:
         return [base + (1 if i < extra else 0) for i in range(self.iterative)]
 
 
+def workspace_calibration(
+    ws: Workspace, seed: int, bn_batches: int
+) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The BatchNorm calibration inputs and the gradient criteria's batch that a search with ``env.seed = seed``
+    scores its policies with (:func:`amc.train.draw_calibration`), so ``amc prune`` reproduces its figures."""
+    loader = ws.data.loader("train", CALIBRATION_BATCH_SIZE, shuffle=True, seed=seed)
+    calib, grad = draw_calibration(loader, bn_batches, gradient_batch=True)
+    assert grad is not None  # drawn when asked for
+    return calib, grad
+
+
 @dataclass(frozen=True)
 class _Splits:
     """The loaders one prune-and-fine-tune run uses."""
@@ -294,8 +313,7 @@ class _Splits:
 
     @classmethod
     def of(cls, ws: Workspace, seed: int, bn_batches: int) -> _Splits:
-        calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=seed + 1), bn_batches)
-        calib_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=seed + 2)))
+        calib, calib_batch = workspace_calibration(ws, seed, bn_batches)
         return cls(
             ws.data.loader("train", 64, shuffle=True, seed=seed),
             ws.data.loader("val", 256),
@@ -311,12 +329,12 @@ def _step_widths(graph: ModelGraph, final: Mapping[str, int], step: int, steps: 
 
 
 def prune_and_finetune(
-    ws: Workspace, policy: Policy, schedule: FinetuneSchedule, progress: bool = True
+    ws: Workspace, policy: Policy, schedule: FinetuneSchedule, progress: bool = True, label: str = "fine-tune"
 ) -> tuple[PruneResult, dict[str, float]]:
     """Applies ``policy`` to the workspace's dense model (one-shot or iterative) and fine-tunes.
 
     Fine-tuning selects its best epoch on the search-val split (never test) and never returns weights
-    that are worse there than the pruned starting point.
+    that are worse there than the pruned starting point. ``label`` names the fine-tuning in the progress lines.
 
     Returns:
         The final pruned model and its accuracies: ``top1_before_finetune`` / ``val_top1_before_finetune``
@@ -339,6 +357,7 @@ def prune_and_finetune(
             progress,
             val_loader=splits.val,
             warmup=schedule.warmup,
+            label=label,
         )
         model.cpu()
         return PruneResult(model, ws.graph.dense_widths(), []), _finetune_summary(model, splits, before, [report])
@@ -354,7 +373,7 @@ def prune_and_finetune(
         )
         model, history = result.model, history + result.history
         if schedule.bn_batches:
-            recalibrate_bn(model, splits.calib)
+            recalibrate_bn_seeded(model, splits.calib, schedule.seed)
         if before is None:
             before = _accuracies(model, splits)
         if epochs:
@@ -368,6 +387,7 @@ def prune_and_finetune(
                     progress=progress,
                     val_loader=splits.val,
                     warmup=schedule.warmup,
+                    label=label,
                 )
             )
             model.cpu()
@@ -403,12 +423,15 @@ def finetune_sparse(
     *,
     val_loader: DataLoader | None = None,
     warmup: float = 0.1,
+    label: str = "fine-tune",
 ) -> FinetuneReport:
     """Fine-tunes a sparse model while keeping its zeroed weights at zero (see :func:`amc.train.finetune`)."""
     masks = [(p, p != 0) for p in model.parameters() if p.dim() > 1]
     hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in masks]
     try:
-        report = finetune(model, loader, epochs, lr, seed=seed, progress=progress, val_loader=val_loader, warmup=warmup)
+        report = finetune(
+            model, loader, epochs, lr, seed=seed, progress=progress, val_loader=val_loader, warmup=warmup, label=label
+        )
     finally:
         for h in hooks:
             h.remove()
@@ -455,4 +478,5 @@ __all__ = [
     "spec_for",
     "uniform_policy",
     "uniform_ratio_for",
+    "workspace_calibration",
 ]

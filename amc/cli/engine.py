@@ -140,7 +140,11 @@ def _train(args: argparse.Namespace) -> int:
 @command("prune", "apply a per-group pruning policy, fine-tune and report")
 def _prune_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p)
-    p.add_argument("--checkpoint", help="dense model file (model.pt from `amc train`); without it the model is random")
+    p.add_argument(
+        "--checkpoint",
+        help="dense model file (model.pt from `amc train`; default with --policy: the dense model its search or "
+        "export recorded; without one the model is random)",
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--policy", type=Path, help="policy JSON (from `amc search` or written by hand)")
     which.add_argument("--uniform", type=_ratio, metavar="R", help="prune every group by the same ratio R")
@@ -204,6 +208,8 @@ def _prune(args: argparse.Namespace) -> int:
     if args.allow_partial and not args.policy:
         raise ConfigError("--allow-partial only applies to --policy (a --uniform policy covers every group); drop it")
     policy = load_policy(args.policy) if args.policy else None
+    if policy is not None and not args.checkpoint:
+        args.checkpoint = _policy_checkpoint(args.policy, policy, args.model)
     if not args.checkpoint:
         warnings.warn("no --checkpoint given: pruning a randomly initialised model", stacklevel=1)
     ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
@@ -248,6 +254,33 @@ def _prune(args: argparse.Namespace) -> int:
     _save_pruned(args.out, ws, policy, result, report)
     _print_table(report)
     return 0
+
+
+def _policy_checkpoint(path: Path, policy: Policy, model: str | None) -> str | None:
+    """The dense model ``policy`` was made from, as ``amc search`` / ``amc export`` recorded it beside ``path``.
+
+    Says on stdout which file it takes. None (a random model) only when ``--model`` asks for one.
+
+    Raises:
+        ConfigError: when the recorded file is gone, or nothing is recorded and no ``--model`` is given.
+    """
+    from amc.policy_source import recorded_dense_model
+
+    record = recorded_dense_model(path)
+    if record is None:
+        if model:
+            return None
+        raise ConfigError(
+            f"{path} records no dense model (no export.json or search directory beside it): pass --checkpoint "
+            f"DENSE.pt, the {policy.model.name} model the policy was made for"
+        )
+    if not record.checkpoint.is_file():
+        raise ConfigError(
+            f"{path} was made from the dense model {record.checkpoint} (recorded in {record.recorded_in}), which "
+            "is not there; pass --checkpoint DENSE.pt (the same weights)"
+        )
+    print(f"dense model: {record.checkpoint} (the policy's, recorded in {record.recorded_in})", flush=True)
+    return str(record.checkpoint)
 
 
 def _complete_policy(policy: Policy, ws: Workspace, allow_partial: bool) -> Policy:

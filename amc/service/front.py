@@ -194,9 +194,22 @@ def pareto_front(candidates: Iterable[Candidate], baselines: Iterable[Baseline] 
     return ParetoFront(names, reference, tuple(pool), tuple(front), volume, tuple(baselines))
 
 
-def front_of_runs(runs: Sequence[SearchRun]) -> ParetoFront:
-    """The Pareto front over every episode of ``runs``."""
+def front_of_runs(runs: Sequence[SearchRun], min_top1: float | None = None) -> ParetoFront:
+    """The Pareto front over every episode of ``runs`` (with ``min_top1``: those reaching that search-val top-1).
+
+    Raises:
+        ConfigError: when no episode reaches ``min_top1``.
+    """
     candidates = [c for r in runs for c in r.candidates]
+    if min_top1 is not None:
+        kept = [c for c in candidates if c.top1 >= min_top1]
+        if not kept:
+            best = max((c.top1 for c in candidates), default=float("nan"))
+            raise ConfigError(
+                f"no policy of these {len(runs)} searches reaches search-val top-1 {min_top1:.2%} (the highest is "
+                f"{best:.2%}); lower --min-top1"
+            )
+        candidates = kept
     return pareto_front(candidates, [r.uniform for r in runs if r.uniform is not None])
 
 
