@@ -38,13 +38,17 @@ log = logging.getLogger(__name__)
 def resolve_checkpoint(config: SearchConfig, cache_dir: Path | None = None, progress: bool = True) -> SearchConfig:
     """Fills ``env.checkpoint`` with a cached dense baseline (trained first when missing).
 
+    A given checkpoint that exists is made absolute, so that config.yaml, the MLflow run and ``amc prune --policy``
+    find it from any directory.
+
     Args:
         config: The search config.
         cache_dir: Cache directory (None: :func:`amc.baseline.default_cache_dir`).
         progress: Show progress while training (see :func:`amc.baseline.cached_baseline`).
     """
     if config.env.checkpoint:
-        return config
+        given = Path(config.env.checkpoint).expanduser()
+        return config.replace(env=config.env.replace(checkpoint=str(given.resolve()))) if given.is_file() else config
     from amc.baseline import cached_baseline
 
     ckpt = cached_baseline(config.env.model, config.env.data, config.baseline, cache_dir, progress=progress)

@@ -104,9 +104,7 @@ def _demo(args: argparse.Namespace) -> int:
     dense = _dense_row(ws)
     print("[4/4] results (test split; latency: median ± half the IQR over blocked runs, batch 1, 1 thread)\n")
     _table(dense, rows)
-    caveat = latency_caveat(dense, rows, os.getloadavg()[0], os.cpu_count() or 1)
-    if caveat:
-        print(f"* {caveat}")
+    caveat = _print_caveat(dense, rows)
     summary = {
         "target": {"metric": config.env.target_metric, "ratio": config.env.target_ratio},
         "episodes": config.episodes,
@@ -161,6 +159,14 @@ def latency_caveat(dense: dict, rows: list[dict], load: float, cores: int) -> st
     if not reasons:
         return None
     return f"latency is not reliable here: {'; '.join(reasons)}. Measure again on an idle machine."
+
+
+def _print_caveat(dense: dict, rows: list[dict]) -> str | None:
+    """Prints (and returns) the footnote of :func:`latency_caveat` under the table, for this machine's load now."""
+    caveat = latency_caveat(dense, rows, os.getloadavg()[0], os.cpu_count() or 1)
+    if caveat:
+        print(f"* {caveat}")
+    return caveat
 
 
 def _latency(model, ws) -> dict[str, float]:

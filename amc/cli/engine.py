@@ -25,6 +25,7 @@ from amc.errors import ConfigError
 if TYPE_CHECKING:
     from amc.engine import Workspace
     from amc.policy import Policy
+    from amc.pruning import PruneResult
 
 
 # --------------------------------------------------------------------------- shared flags
@@ -200,18 +201,14 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 
 @_prune_args.run
 def _prune(args: argparse.Namespace) -> int:
-    from amc.cost import LatencyConfig
-    from amc.engine import FinetuneSchedule, build_workspace, cost_report, prune_and_finetune, uniform_policy
+    from amc.engine import FinetuneSchedule, build_workspace, prune_and_finetune, uniform_policy
     from amc.policy import load_policy
 
     _check_device(args.device)
     if args.allow_partial and not args.policy:
         raise ConfigError("--allow-partial only applies to --policy (a --uniform policy covers every group); drop it")
     policy = load_policy(args.policy) if args.policy else None
-    if policy is not None and not args.checkpoint:
-        args.checkpoint = _policy_checkpoint(args.policy, policy, args.model)
-    if not args.checkpoint:
-        warnings.warn("no --checkpoint given: pruning a randomly initialised model", stacklevel=1)
+    args.checkpoint = _dense_checkpoint(args, policy)
     ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
     if policy is None:
         policy = uniform_policy(ws.graph, ws.identity, args.uniform, args.criterion, args.round_to, args.granularity)
@@ -227,6 +224,18 @@ def _prune(args: argparse.Namespace) -> int:
         device=args.device,
     )
     result, acc = prune_and_finetune(ws, policy, schedule)
+    report = _prune_report(args, ws, policy, result, acc)
+    _save_pruned(args.out, ws, policy, result, report)
+    _print_table(report)
+    return 0
+
+
+def _prune_report(
+    args: argparse.Namespace, ws: Workspace, policy: Policy, result: PruneResult, acc: dict[str, float]
+) -> dict:
+    """report.json of ``amc prune``: accuracies, costs and latency, and how the model was made."""
+    from amc.cost import LatencyConfig
+    from amc.engine import cost_report
     from amc.train import evaluate
 
     report = {
@@ -235,13 +244,8 @@ def _prune(args: argparse.Namespace) -> int:
         "dense_top1": evaluate(ws.model, ws.data.loader("test", 256)),
         **acc,
     }
-    report.update(
-        cost_report(
-            ws,
-            result.model,
-            LatencyConfig(args.latency_batch, args.latency_threads, args.device, backend=args.latency_backend),
-        )
-    )
+    latency = LatencyConfig(args.latency_batch, args.latency_threads, args.device, backend=args.latency_backend)
+    report.update(cost_report(ws, result.model, latency))
     report.update(
         {
             "granularity": policy.granularity,
@@ -249,11 +253,20 @@ def _prune(args: argparse.Namespace) -> int:
             "iterative": args.iterative,
             "finetune_epochs": args.finetune_epochs,
             "widths": result.widths,
+            "dense_checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
         }
     )
-    _save_pruned(args.out, ws, policy, result, report)
-    _print_table(report)
-    return 0
+    return report
+
+
+def _dense_checkpoint(args: argparse.Namespace, policy: Policy | None) -> str | None:
+    """``--checkpoint``, else the dense model a ``--policy`` was made from; None (with a warning): a random model."""
+    checkpoint = args.checkpoint
+    if policy is not None and not checkpoint:
+        checkpoint = _policy_checkpoint(args.policy, policy, args.model)
+    if not checkpoint:
+        warnings.warn("no --checkpoint given: pruning a randomly initialised model", stacklevel=1)
+    return checkpoint
 
 
 def _policy_checkpoint(path: Path, policy: Policy, model: str | None) -> str | None:

@@ -544,7 +544,10 @@ if __name__ == "__main__":
     before = tp.utils.count_ops_and_params(model, example)
     graph = prune(model, example)
     after = tp.utils.count_ops_and_params(model, example)
-    print(f"MACs {before[0]:,.0f} -> {after[0]:,.0f}, params {before[1]:,.0f} -> {after[1]:,.0f}")
+    print(  # Torch-Pruning counts multiply-adds (BatchNorm and pooling too); amc counts 2 FLOPs per conv/linear one
+        f"MACs {before[0]:,.0f} -> {after[0]:,.0f} (Torch-Pruning's count of multiply-adds: about half of amc's "
+        f"FLOPs), params {before[1]:,.0f} -> {after[1]:,.0f}"
+    )
     if len(sys.argv) > 2:  # tensors and lists only: loads with torch.load(..., weights_only=True)
         torch.save({"state_dict": model.state_dict(), "pruning_history": graph.pruning_history()}, sys.argv[2])
 '''
