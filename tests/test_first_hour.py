@@ -23,7 +23,7 @@ from envs import EnvConfig
 EXPERIMENT = "first-hour"
 CONFIG = """experiment: first-hour
 agent: random
-episodes: 4
+episodes: 3
 seed: 0
 workers: 0
 env:
