@@ -164,6 +164,7 @@ def test_min_top1_leaves_out_weak_policies(walked: dict, tmp_path: Path) -> None
     assert code == 0, err
     rows = (tmp_path / "f" / "pareto_candidates.csv").read_text().splitlines()[1:]
     assert 0 < len(rows) < len(top1), "the weak policies are left out"
+    assert json.loads((tmp_path / "f" / "pareto_front.json").read_text())["min_top1"] == floor, "and the file says so"
     code, _, err = _run(["pareto", *common, "--min-top1", "1", "--out", str(tmp_path / "none")])
     assert code == 2 and err.count("\n") == 1 and "lower --min-top1" in err and not (tmp_path / "none").exists()
     code, _, err = _run(["export", *common, "--pareto", "--min-top1", f"{floor}", "--out", str(tmp_path / "x")])

@@ -88,11 +88,12 @@ def _pareto_run_id(client: Any, experiment_id: str) -> str:
 
 def _description(front: ParetoFront) -> str:
     ref = ", ".join(f"{n} {r:g}" for n, r in zip(front.objectives, front.reference))
+    kept = f"Only policies with top1 >= {front.min_top1:g} (amc pareto --min-top1). " if front.min_top1 else ""
     return (
         f"Pareto front of every policy evaluated by the searches in this experiment "
         f"({len(front.front)} of {len(front.candidates)} are non-dominated). Objectives: top1 (max), "
         f"{', '.join(n for n in front.objectives if n != 'top1')} (min). Hypervolume reference point: {ref}. "
-        f'Search runs owning a front point have the tag amc.pareto = "true".'
+        f'{kept}Search runs owning a front point have the tag amc.pareto = "true".'
     )
 
 
@@ -116,6 +117,7 @@ def log_front(client: Any, experiment_id: str, front: ParetoFront, files: Sequen
         "amc.pareto.objectives": ",".join(front.objectives),
         "amc.pareto.reference": ",".join(f"{r:g}" for r in front.reference),
         "amc.pareto.hypervolume": f"{front.hypervolume:.6f}",
+        "amc.pareto.min_top1": "none" if front.min_top1 is None else f"{front.min_top1:g}",
         "mlflow.note.content": _description(front),
     }
     for key, value in tags.items():
