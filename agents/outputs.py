@@ -100,7 +100,9 @@ def write_outputs(
     if tracker is not None:
         log_final(tracker, out, summary)
     run_name = getattr(tracker, "run_name", None)
-    return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode, run_name)
+    uri = state.tracking_uri if state.run_id else None
+    checkpoint = config.env.checkpoint or None
+    return SearchResult(out, best, test["top1"], uniform, state.run_id, state.episode, run_name, uri, checkpoint)
 
 
 def latency_front(records: Sequence[EpisodeRecord]) -> list[EpisodeRecord]:
@@ -182,10 +184,23 @@ LATENCY_METRICS = {
 ARTIFACTS = ("search.json", "best_policy.json", "config.yaml", "best_policy.png", "search_curves.png")
 
 
+def final_best_metrics(summary: dict) -> dict[str, float]:
+    """``best_top1``, ``best_flops_ratio``, ``best_params_ratio`` (and ``best_latency_ratio``) of the policy the
+    search returns, logged at the last step so that a run's latest values are its returned policy's (a selection
+    split or several budgets may return another episode than the running best by reward)."""
+    best = summary["best"]
+    record = next((r for r in summary["episodes"] if r["episode"] == best["episode"]), {})
+    metrics = {f"best_{k}": best[k] for k in ("top1", "flops_ratio", "params_ratio")}
+    if record.get("latency_ratio") is not None:
+        metrics["best_latency_ratio"] = record["latency_ratio"]
+    return metrics
+
+
 def log_final(tracker: Any, out: Path, summary: dict) -> None:
     """Logs a finished search's final metrics, artifacts and tags to its run, and ends the run."""
     best, uniform = summary["best"], summary["uniform"]
     metrics = {
+        **final_best_metrics(summary),
         "best_test_top1": best["test_top1"],
         "uniform_top1": uniform["top1"],
         "uniform_test_top1": uniform["test_top1"],

@@ -7,6 +7,7 @@ this module and not each other.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,24 @@ def target_label(env: EnvConfig) -> str:
     if env.target_ms is not None:
         return f"{env.target_metric}{env.target_ms:g}ms"
     return f"{env.target_metric}{env.target_ratio:g}"
+
+
+def default_out_dir(config: SearchConfig) -> Path:
+    """``runs/<model>-<data>-<budget>-<agent>-s<seed>``: named after what is searched, not the config file.
+
+    The budget is :func:`target_label`'s, or ``<metric>-targets<R>-<R>...`` / ``<metric>-targets<low>to<high>``
+    for several budgets; characters a directory name should not hold (``torchvision:resnet18``) become ``_``.
+    """
+    env = config.env
+    targets = env.targets
+    if targets is None:
+        budget = target_label(env)
+    elif isinstance(targets, tuple):
+        budget = f"{env.target_metric}-targets" + "-".join(f"{t:g}" for t in targets)
+    else:
+        budget = f"{env.target_metric}-targets{targets.low:g}to{targets.high:g}"
+    name = f"{env.model}-{env.data.name}-{budget}-{config.agent}-s{config.seed}"
+    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 @dataclass(frozen=True)
@@ -207,7 +226,8 @@ class SearchState:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Where the outputs are and what was found (``run_id`` / ``run_name``: the MLflow run, None when untracked)."""
+    """Where the outputs are and what was found (``run_id`` / ``run_name``: the MLflow run, None when untracked;
+    ``tracking_uri``: its store; ``checkpoint``: the dense model searched, None for your own workspace)."""
 
     out: Path
     best: EpisodeRecord
@@ -216,6 +236,8 @@ class SearchResult:
     run_id: str | None
     episodes: int
     run_name: str | None = None
+    tracking_uri: str | None = None
+    checkpoint: str | None = None
 
 
 Hook = Callable[[EpisodeRecord, dict[str, float]], None]

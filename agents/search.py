@@ -38,13 +38,17 @@ log = logging.getLogger(__name__)
 def resolve_checkpoint(config: SearchConfig, cache_dir: Path | None = None, progress: bool = True) -> SearchConfig:
     """Fills ``env.checkpoint`` with a cached dense baseline (trained first when missing).
 
+    A given checkpoint that exists is made absolute, so that config.yaml, the MLflow run and ``amc prune --policy``
+    find it from any directory.
+
     Args:
         config: The search config.
         cache_dir: Cache directory (None: :func:`amc.baseline.default_cache_dir`).
         progress: Show progress while training (see :func:`amc.baseline.cached_baseline`).
     """
     if config.env.checkpoint:
-        return config
+        given = Path(config.env.checkpoint).expanduser()
+        return config.replace(env=config.env.replace(checkpoint=str(given.resolve()))) if given.is_file() else config
     from amc.baseline import cached_baseline
 
     ckpt = cached_baseline(config.env.model, config.env.data, config.baseline, cache_dir, progress=progress)
@@ -250,14 +254,19 @@ class Search:
 
 
 EPISODE_METRICS = ("reward", "top1", "flops_ratio", "params_ratio")
+BEST_METRICS = ("reward", "top1", "flops_ratio", "params_ratio", "latency_ratio")
+"""Figures of the best episode so far, logged per episode as ``best_<name>`` (latency: with a latency estimate)."""
 
 
 def episode_metrics(record: Mapping[str, Any], best: Mapping[str, Any]) -> dict[str, float]:
     """The MLflow metrics of one episode record (a dict of :class:`EpisodeRecord`) and the best so far.
 
     ``staleness`` (``episode - planned_after``) is logged for the episodes whose plan depended on learning.
+    ``best_*`` are the best policy's so far (by reward): a chart of ``best_top1`` against ``best_flops_ratio``
+    places each run at its best policy (``flops_ratio`` is the episode's own).
     """
-    metrics = {**{k: record[k] for k in EPISODE_METRICS}, "best_reward": best["reward"], "best_top1": best["top1"]}
+    metrics = {k: record[k] for k in EPISODE_METRICS}
+    metrics.update({f"best_{k}": best[k] for k in BEST_METRICS if best.get(k) is not None})
     if record.get("planned_after") is not None:
         metrics["staleness"] = record["episode"] - record["planned_after"]
     return metrics

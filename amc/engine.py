@@ -33,13 +33,14 @@ from amc.pruning import (
 )
 from amc.retrain import Retraining
 from amc.train import (
+    CALIBRATION_BATCH_SIZE,
     FINETUNE_LR,
     Distillation,
     FinetuneReport,
-    calibration_batches,
+    draw_calibration,
     evaluate,
     finetune,
-    recalibrate_bn,
+    recalibrate_bn_seeded,
 )
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,17 @@ class FinetuneSchedule:
         return [base + (1 if i < extra else 0) for i in range(self.iterative)]
 
 
+def workspace_calibration(
+    ws: Workspace, seed: int, bn_batches: int
+) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The BatchNorm calibration inputs and the gradient criteria's batch that a search with ``env.seed = seed``
+    scores its policies with (:func:`amc.train.draw_calibration`), so ``amc prune`` reproduces its figures."""
+    loader = ws.data.loader("train", CALIBRATION_BATCH_SIZE, shuffle=True, seed=seed)
+    calib, grad = draw_calibration(loader, bn_batches, gradient_batch=True)
+    assert grad is not None  # drawn when asked for
+    return calib, grad
+
+
 @dataclass(frozen=True)
 class _Splits:
     """The loaders one prune-and-fine-tune run uses."""
@@ -327,8 +339,7 @@ class _Splits:
 
     @classmethod
     def of(cls, ws: Workspace, seed: int, bn_batches: int) -> _Splits:
-        calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=seed + 1), bn_batches)
-        calib_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=seed + 2)))
+        calib, calib_batch = workspace_calibration(ws, seed, bn_batches)
         return cls(
             ws.data.loader("train", 64, shuffle=True, seed=seed),
             ws.data.loader("val", 256),
@@ -344,12 +355,12 @@ def _step_widths(graph: ModelGraph, final: Mapping[str, int], step: int, steps: 
 
 
 def prune_and_finetune(
-    ws: Workspace, policy: Policy, schedule: FinetuneSchedule, progress: bool = True
+    ws: Workspace, policy: Policy, schedule: FinetuneSchedule, progress: bool = True, label: str = "fine-tune"
 ) -> tuple[PruneResult, dict[str, float]]:
     """Applies ``policy`` to the workspace's dense model (one-shot or iterative) and fine-tunes.
 
     Fine-tuning selects its best epoch on the search-val split (never test) and never returns weights
-    that are worse there than the pruned starting point.
+    that are worse there than the pruned starting point. ``label`` names the fine-tuning in the progress lines.
 
     Returns:
         The final pruned model and its accuracies: ``top1_before_finetune`` / ``val_top1_before_finetune``
@@ -365,7 +376,7 @@ def prune_and_finetune(
         model = prune_with_policy(ws.model, policy, ws.example_inputs(), splits.calib_batch, ws.graph).model
         before = _accuracies(model, splits)
         model = _restart(model, [], ws, schedule)
-        reports = [_recover(model, splits, schedule, schedule.epochs, 0, progress, teacher, sparse=True)]
+        reports = [_recover(model, splits, schedule, schedule.epochs, 0, progress, teacher, label, sparse=True)]
         return PruneResult(model, ws.graph.dense_widths(), []), _finetune_summary(model, splits, before, reports)
     final = widths_for(ws.graph, policy.ratios, policy.round_to)
     model, history, before, reports = ws.model, [], None, []
@@ -379,12 +390,12 @@ def prune_and_finetune(
         )
         model, history = result.model, history + result.history
         if schedule.bn_batches:
-            recalibrate_bn(model, splits.calib)
+            recalibrate_bn_seeded(model, splits.calib, schedule.seed)
         if before is None:
             before = _accuracies(model, splits)
         model = _restart(model, history, ws, schedule)
         if epochs or schedule.retrain is not None:
-            reports.append(_recover(model, splits, schedule, epochs, step, progress, teacher))
+            reports.append(_recover(model, splits, schedule, epochs, step, progress, teacher, label))
     return PruneResult(model, final, history), _finetune_summary(model, splits, before, reports)
 
 
@@ -403,6 +414,7 @@ def _recover(
     step: int,
     progress: bool,
     teacher: nn.Module | None,
+    label: str = "fine-tune",
     sparse: bool = False,
 ) -> FinetuneReport:
     """One round of fine-tuning (or retraining) of ``model`` in place on ``schedule.device``, keeping its best epoch."""
@@ -420,6 +432,7 @@ def _recover(
         warmup=schedule.warmup,
         distill=distill,
         lr_factor=retrain.lr_factor(len(splits.train)) if retrain else None,
+        label=label,
     )
     model.cpu()
     return report
@@ -504,4 +517,5 @@ __all__ = [
     "spec_for",
     "uniform_policy",
     "uniform_ratio_for",
+    "workspace_calibration",
 ]

@@ -7,10 +7,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from amc.engine import Workspace
+from amc.engine import Workspace, workspace_calibration
 from amc.progress import Progress
 from amc.pruning import CRITERIA, DEFAULT_CRITERION, prune_channels, widths_for
-from amc.train import calibration_batches, evaluate, recalibrate_bn
+from amc.train import evaluate, recalibrate_bn_seeded
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -44,10 +44,8 @@ def sensitivity(
         seed: Seed of the training batches drawn for BatchNorm re-estimation and gradients (as ``amc prune``'s).
     """
     val = ws.data.loader("val", 256)
-    calib = calibration_batches(ws.data.loader("train", 64, shuffle=True, seed=seed + 1), bn_batches)
-    grad_batch = None
-    if CRITERIA.get(criterion).needs_batch:
-        grad_batch = next(iter(ws.data.loader("train", 64, shuffle=True, seed=seed + 2)))
+    calib, grad = workspace_calibration(ws, seed, bn_batches)
+    grad_batch = grad if CRITERIA.get(criterion).needs_batch else None
     dense_top1 = evaluate(copy.deepcopy(ws.model).to(device), val)
     rows = []
     bar = Progress(len(ws.graph) * len(ratios), "sensitivity", "pruned model", enabled=progress)
@@ -57,7 +55,7 @@ def sensitivity(
             result = prune_channels(ws.model, ws.graph, widths, criterion, grad_batch)
             pruned = result.model.to(device)
             if bn_batches:
-                recalibrate_bn(pruned, calib)
+                recalibrate_bn_seeded(pruned, calib, seed)
             rows.append(SensitivityRow(group.name, ratio, evaluate(pruned, val)))
             bar.update()
     bar.close()

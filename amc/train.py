@@ -226,6 +226,7 @@ def finetune(
     warmup: float = 0.1,
     distill: Distillation | None = None,
     lr_factor: LrLambda | None = None,
+    label: str = "fine-tune",
 ) -> FinetuneReport:
     """Fine-tunes a (pruned) model in place: SGD, a short linear warm-up, then cosine decay to zero.
 
@@ -250,6 +251,7 @@ def finetune(
         distill: Learn from a teacher's softened outputs as well as from the labels; None: labels only.
         lr_factor: The learning-rate multiplier per step (e.g. the rest of a training schedule, to retrain);
             None: the warm-up and cosine decay above.
+        label: What the progress lines call it (e.g. ``fine-tune uniform``).
 
     Returns:
         What was trained and chosen; the model itself is changed in place.
@@ -263,7 +265,7 @@ def finetune(
         torch.manual_seed(seed)
         total = epochs * len(train_loader)
         opt, sched = _sgd(model, config, lr_factor or warmup_cosine_factor(total, int(warmup * total)))
-        bar = _bar(total, "fine-tune", progress)
+        bar = _bar(total, label, progress)
         for epoch in range(epochs):
             _train_epoch(model, train_loader, opt, sched, bar, epoch, distill or label_loss)
             if val_loader is not None:
@@ -351,3 +353,40 @@ def calibration_batches(loader: DataLoader, num_batches: int) -> list[torch.Tens
             break
         out.append(inputs)
     return out
+
+
+CALIBRATION_BATCH_SIZE = 64
+"""Images per BatchNorm calibration batch, in a search (``env.bn_batch_size``'s default) and in ``amc prune``."""
+
+
+def draw_calibration(
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]], num_batches: int, gradient_batch: bool
+) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """The BatchNorm calibration inputs and the gradient criteria's batch, drawn one way for every caller.
+
+    A search scores a policy with these batches and ``amc prune`` applies it with them, so one policy gets one
+    calibration and one number in every output: both pass ``data.loader("train", CALIBRATION_BATCH_SIZE,
+    shuffle=True, seed=seed)`` with the same seed.
+
+    Args:
+        loader: The seeded, shuffled training loader (iterated once for the calibration, once more for the
+            gradient batch).
+        num_batches: Calibration batches (0: none).
+        gradient_batch: Also draw the batch that gradient-based criteria (taylor) read.
+
+    Returns:
+        The calibration inputs and the (inputs, targets) gradient batch (None unless ``gradient_batch``).
+    """
+    calib = calibration_batches(loader, num_batches) if num_batches else []
+    grad = None
+    if gradient_batch:
+        inputs, targets = next(iter(loader))
+        grad = (inputs, targets)
+    return calib, grad
+
+
+def recalibrate_bn_seeded(model: nn.Module, batches: list[torch.Tensor], seed: int) -> nn.Module:
+    """:func:`recalibrate_bn` with torch's generator seeded (dropout in train mode), leaving the global one as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return recalibrate_bn(model, batches)

@@ -39,7 +39,7 @@ from amc.pruning import (
     widths_for,
 )
 from amc.reconstruct import reconstruct
-from amc.train import calibration_batches, evaluate, recalibrate_bn
+from amc.train import CALIBRATION_BATCH_SIZE, draw_calibration, evaluate, recalibrate_bn_seeded
 from envs.budget import BudgetWall, Choice, fewest_widths
 from envs.costs import COST_MODELS, CostModel, LatencyCost, create_cost_model
 from envs.embedding import LayerEmbedding
@@ -132,7 +132,7 @@ class EnvConfig:
     criterion: str = DEFAULT_CRITERION
     round_to: int = 1
     bn_batches: int = 8
-    bn_batch_size: int = 64
+    bn_batch_size: int = CALIBRATION_BATCH_SIZE
     eval_batch_size: int = 64
     eval_batches: int = 0
     cache_eval: bool = True
@@ -499,12 +499,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     def _draw_calibration(self, train_loader: Iterable[Batch]) -> Calibration:
         """The fixed BatchNorm calibration inputs, and a batch for gradient-based criteria."""
-        calib = calibration_batches(train_loader, self.config.bn_batches) if self.config.bn_batches else []
-        grad_batch = None
-        if CRITERIA.get(self.config.criterion).needs_batch:
-            inputs, targets = next(iter(train_loader))
-            grad_batch = (inputs, targets)
-        return calib, grad_batch
+        return draw_calibration(train_loader, self.config.bn_batches, CRITERIA.get(self.config.criterion).needs_batch)
 
     # ------------------------------------------------------------------ what a search loop needs
     @property
@@ -677,9 +672,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def score_model(self, model: nn.Module, split: str = "val") -> float:
         """Re-estimates ``model``'s BatchNorm statistics on the fixed batches (in place) and returns its top-1."""
         if self._calib:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.config.seed)
-                recalibrate_bn(model, self._calib)
+            recalibrate_bn_seeded(model, self._calib, self.config.seed)
         if self.config.cache_eval:
             return top1(model, self._cached_batches(split))
         return evaluate(model, self._loader(split), max_batches=self.config.eval_batches or None)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from amc.cli.demo import main
+from amc.cli.demo import METHODS, main
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,8 @@ def test_demo_compares_methods_and_writes_demo_json(
          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(out)]
     )  # fmt: skip
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     summary = json.loads((out / "demo.json").read_text())
     assert summary["target"] == {"metric": "flops", "ratio": 0.2}
     assert set(summary["methods"]) == {"uniform", "global", "ddpg"}
@@ -33,6 +34,17 @@ def test_demo_compares_methods_and_writes_demo_json(
         assert row["name"] in printed
         assert summary["mlflow_run_ids"][agent]
     assert summary["dense"]["top1"] > 0.9 and " ± " in printed
+    assert "latency_caveat" in summary and (
+        summary["latency_caveat"] is None or f"* {summary['latency_caveat']}" in printed
+    )
+    for _, label in METHODS:
+        assert f"fine-tune {label}: " in captured.err, "each fine-tuning's progress says which method it is"
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    names = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert names == {"Default", "demo-digits-resnet20"}, "its own experiment, apart from the README searches'"
+    assert f" ui --tracking-uri {uri} --experiment demo-digits-resnet20" in printed, "a command that finds the runs"
 
 
 def test_demo_refuses_a_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

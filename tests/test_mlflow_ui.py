@@ -158,7 +158,7 @@ def test_ui_prints_addresses(searched: dict, ui: dict) -> None:
     pareto = ui_urls(ui["port"], searched["exp_id"])[2]
     assert 'tags.amc.pareto = "true"' in urllib.parse.unquote(pareto)
     log = ui["log"].read_text()
-    assert ui["urls"][2:] == [pareto] or (
+    assert ui["urls"][2:3] == [pareto] or (
         len(ui["urls"]) == 2 and f"no Pareto front yet in experiment {EXPERIMENT!r}: run `amc pareto" in log
     ), log
 
@@ -179,7 +179,7 @@ def test_browser_shows_run_metrics_and_pareto_filter(searched: dict, ui: dict, t
             body = page.inner_text("body")
             for metric in ("reward", "top1", "flops_ratio", "params_ratio", "best_test_top1"):
                 assert metric in body, f"metric {metric} is not shown on the run page"
-            page.goto(ui_urls(ui["port"], searched["exp_id"])[2])  # chart view filtered to tags.amc.pareto = "true"
+            page.goto(ui_urls(ui["port"], searched["exp_id"])[2])  # runs filtered to tags.amc.pareto = "true"
             page.get_by_text(name).first.wait_for(timeout=PAGE_TIMEOUT_MS)
             page.get_by_text("1 matching run").first.wait_for(timeout=PAGE_TIMEOUT_MS)
             assert "pareto-front" not in page.inner_text("body"), "the Pareto run itself is not a search run"

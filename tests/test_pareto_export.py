@@ -585,8 +585,13 @@ def test_ui_lines_say_to_run_amc_pareto_when_there_is_no_front() -> None:
     assert with_front == [
         f"  {base}",
         f"  {base}#/experiments/7/runs   runs of 'my exp'",
-        f'  {ui_urls(5123, "7")[2]}   its Pareto front (tags.amc.pareto = "true", chart view)',
+        f'  {ui_urls(5123, "7")[2]}   its runs owning a Pareto-front point (tags.amc.pareto = "true")',
     ]
+    with_run = ui_lines(5123, "my exp", "7", pareto_run_id="abc")
+    assert with_run[:3] == with_front and with_run[3] == (
+        f"  {base}#/experiments/7/runs/abc/artifacts   its Pareto front: pareto_front.png and the tables (run "
+        "pareto-front)"
+    ), "the front plot's page, not per-step charts"
     without = ui_lines(5123, "my exp", "7", front=False, tracking_uri="sqlite:///a b.db")
     assert without[:2] == with_front[:2] and len(without) == 3
     assert without[2] == (
@@ -625,7 +630,10 @@ def test_ui_command_without_a_pareto_front(
     assert has_pareto_front(client, exp_id)
     assert main(args) == 0 and len(served) == 2
     out = capsys.readouterr().out
-    assert "no Pareto front yet" not in out and f"  {ui_urls(int(args[-1]), exp_id)[2]}   its Pareto front" in out
+    pareto_run = client.search_runs([exp_id], "tags.amc.kind = 'pareto'")[0].info.run_id
+    urls = ui_urls(int(args[-1]), exp_id, pareto_run)
+    assert "no Pareto front yet" not in out and f"  {urls[2]}   its runs owning a Pareto-front point" in out
+    assert f"  {urls[3]}   its Pareto front: pareto_front.png" in out and urls[3].endswith(f"/{pareto_run}/artifacts")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         with pytest.raises(ConfigError, match="in use"):

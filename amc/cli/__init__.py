@@ -11,6 +11,7 @@ that runs. Bad input exits with code 2 and a one-line message that says what to 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 import warnings
@@ -26,12 +27,49 @@ COMPUTE_COMMANDS = ("train", "prune", "sensitivity", "search", "sweep")
 """Commands that train, prune or evaluate: they take the CPUs other work leaves free (:mod:`amc.threads`)."""
 
 
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it reports a flag it does not know itself, with its own usage and the closest flag.
+
+    argparse would otherwise hand unknown flags up to ``amc``'s parser, which prints the top-level usage.
+    """
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # before parsing: a mistyped flag would otherwise surface as "--policy is required" or the like
+        flags = list(args or [])
+        flags = flags[: flags.index("--")] if "--" in flags else flags
+        unknown = [a for a in flags if a.startswith("--") and not self._known(a.split("=", 1)[0])]
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{self._suggestion(unknown)}")
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
+        return parsed, extras
+
+    def _flags(self) -> list[str]:
+        return [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+
+    def _known(self, flag: str) -> bool:
+        """Whether ``flag`` is one of this command's flags, or a prefix of one (argparse's abbreviations)."""
+        return any(o.startswith(flag) for o in self._flags())
+
+    def _suggestion(self, extras: Sequence[str]) -> str:
+        """``; did you mean --x?`` for the first unknown flag close to one of this command's flags."""
+        for extra in extras:
+            if extra.startswith("--"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], self._flags(), n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amc", description="AMC-style search for per-layer pruning ratios, and the pruning / fine-tune engine."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=SubcommandParser)
     for name, (add_args, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
         add_args(p)
@@ -61,4 +99,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["SubcommandParser", "build_parser", "main"]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -79,7 +81,8 @@ def _demo(args: argparse.Namespace) -> int:
     from amc.policy import load_policy
 
     config = SearchConfig.from_yaml(args.config)
-    config = config.replace(env=config.env.replace(target_ratio=args.target_ratio))
+    # its own experiment, so that `amc pareto` on the README's searches does not mix the demo's in
+    config = config.replace(env=config.env.replace(target_ratio=args.target_ratio), experiment=demo_experiment(config))
     if args.episodes:
         config = config.replace(episodes=args.episodes)
     if args.checkpoint is not None:
@@ -101,6 +104,7 @@ def _demo(args: argparse.Namespace) -> int:
     dense = _dense_row(ws)
     print("[4/4] results (test split; latency: median ± half the IQR over blocked runs, batch 1, 1 thread)\n")
     _table(dense, rows)
+    caveat = _print_caveat(dense, rows)
     summary = {
         "target": {"metric": config.env.target_metric, "ratio": config.env.target_ratio},
         "episodes": config.episodes,
@@ -108,16 +112,61 @@ def _demo(args: argparse.Namespace) -> int:
         "dense": dense,
         "methods": {agent: row for (agent, _), row in zip(METHODS, rows)},
         "mlflow_run_ids": {agent: searches[agent].run_id for agent, _ in METHODS},
+        "latency_caveat": caveat,
         "seconds": time.monotonic() - started,
     }
     write_json_atomic(out / "demo.json", summary)
     print(f"\nwritten: {out / 'demo.json'}; search outputs and pruned models: {out}/<method>/")
-    print(
-        "browse the searches in MLflow: .venv/bin/amc ui   (the Pareto front: .venv/bin/amc pareto --experiment "
-        f"{config.experiment})"
-    )
+    for line in next_commands(args.tracking_uri, config.experiment):
+        print(line)
     print(f"demo finished in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
+
+
+def demo_experiment(config) -> str:
+    """The demo's MLflow experiment: ``demo-<the config's experiment>``, apart from the searches users run."""
+    return f"demo-{config.experiment}"
+
+
+def next_commands(tracking_uri: str | None, experiment: str) -> list[str]:
+    """The demo's last lines: the commands that show its searches, runnable as printed from any directory."""
+    from amc.service.tracking import absolute_uri, resolve_tracking_uri
+
+    venv_amc = Path(sys.executable).parent / "amc"
+    amc = shlex.quote(str(venv_amc)) if venv_amc.is_file() else "amc"
+    store = f"--tracking-uri {shlex.quote(absolute_uri(resolve_tracking_uri(tracking_uri)))}"
+    where = f"{store} --experiment {shlex.quote(experiment)}"
+    return [
+        f"browse the searches in MLflow: {amc} ui {where}",
+        f"their Pareto front: {amc} pareto {where}",
+    ]
+
+
+def latency_caveat(dense: dict, rows: list[dict], load: float, cores: int) -> str | None:
+    """A footnote when the latency column cannot be trusted: a 1-min load average above the core count, or a pruned
+    model whose spread (median ± half the IQR) overlaps the dense model's; None when neither."""
+    reasons = []
+    if load > cores:
+        reasons.append(f"the 1-min load average is {load:.1f} on {cores} cores")
+
+    def span(r: dict) -> tuple[float, float]:
+        return r["latency_ms"] - r["latency_iqr_ms"] / 2, r["latency_ms"] + r["latency_iqr_ms"] / 2
+
+    low, high = span(dense)
+    overlap = [r["name"] for r in rows if span(r)[0] <= high and span(r)[1] >= low]
+    if overlap:
+        reasons.append(f"the spread of {', '.join(overlap)} overlaps the dense model's")
+    if not reasons:
+        return None
+    return f"latency is not reliable here: {'; '.join(reasons)}. Measure again on an idle machine."
+
+
+def _print_caveat(dense: dict, rows: list[dict]) -> str | None:
+    """Prints (and returns) the footnote of :func:`latency_caveat` under the table, for this machine's load now."""
+    caveat = latency_caveat(dense, rows, os.getloadavg()[0], os.cpu_count() or 1)
+    if caveat:
+        print(f"* {caveat}")
+    return caveat
 
 
 def _latency(model, ws) -> dict[str, float]:
@@ -137,7 +186,7 @@ def _row(ws, name: str, policy, epochs: int, out: Path) -> dict:
     from amc.checkpoint import save_model
     from amc.engine import FinetuneSchedule, cost_report, prune_and_finetune
 
-    result, acc = prune_and_finetune(ws, policy, FinetuneSchedule(epochs=epochs))
+    result, acc = prune_and_finetune(ws, policy, FinetuneSchedule(epochs=epochs), label=f"fine-tune {name}")
     report = cost_report(ws, result.model, None)
     save_model(out / "model.pt", result.model, ws.spec, policy, result.history)
     return {"name": name, **acc, **report, **_latency(result.model, ws)}

@@ -23,8 +23,9 @@ from amc.cli.options import (
 from amc.errors import ConfigError
 
 if TYPE_CHECKING:
-    from amc.engine import Workspace
+    from amc.engine import FinetuneSchedule, Workspace
     from amc.policy import Policy
+    from amc.pruning import PruneResult
 
 
 # --------------------------------------------------------------------------- shared flags
@@ -148,7 +149,11 @@ def _train(args: argparse.Namespace) -> int:
 @command("prune", "apply a per-group pruning policy, fine-tune and report")
 def _prune_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p)
-    p.add_argument("--checkpoint", help="dense model file (model.pt from `amc train`); without it the model is random")
+    p.add_argument(
+        "--checkpoint",
+        help="dense model file (model.pt from `amc train`; default with --policy: the dense model its search or "
+        "export recorded; without one the model is random)",
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--policy", type=Path, help="policy JSON (from `amc search` or written by hand)")
     which.add_argument("--uniform", type=_ratio, metavar="R", help="prune every group by the same ratio R")
@@ -277,17 +282,15 @@ def _retraining(args: argparse.Namespace):
 
 @_prune_args.run
 def _prune(args: argparse.Namespace) -> int:
-    from amc.cost import LatencyConfig
-    from amc.engine import FinetuneSchedule, build_workspace, cost_report, prune_and_finetune, uniform_policy
+    from amc.engine import FinetuneSchedule, build_workspace, prune_and_finetune, uniform_policy
     from amc.policy import load_policy
 
     _check_device(args.device)
     if args.allow_partial and not args.policy:
         raise ConfigError("--allow-partial only applies to --policy (a --uniform policy covers every group); drop it")
     policy = load_policy(args.policy) if args.policy else None
+    args.checkpoint = _dense_checkpoint(args, policy)
     retrain = _retraining(args)
-    if not args.checkpoint:
-        warnings.warn("no --checkpoint given: pruning a randomly initialised model", stacklevel=1)
     ws = build_workspace(_model_name(args), _data_config(args), args.checkpoint)
     if policy is None:
         policy = uniform_policy(ws.graph, ws.identity, args.uniform, args.criterion, args.round_to, args.granularity)
@@ -307,6 +310,27 @@ def _prune(args: argparse.Namespace) -> int:
         retrain=retrain,
     )
     result, acc = prune_and_finetune(ws, policy, schedule)
+    report = _prune_report(args, ws, policy, result, acc, schedule)
+    if args.quantize:
+        report.update(_quantized(result.model, ws.model, ws.spec.example_inputs(), ws.data, args))
+    if policy.granularity != "channel":
+        report.update(_sparse_export(result.model, ws.model, args.out))
+    _save_pruned(args.out, ws, policy, result, report)
+    _print_table(report)
+    return 0
+
+
+def _prune_report(
+    args: argparse.Namespace,
+    ws: Workspace,
+    policy: Policy,
+    result: PruneResult,
+    acc: dict[str, float],
+    schedule: FinetuneSchedule,
+) -> dict:
+    """report.json of ``amc prune``: accuracies, costs and latency, and how the model was made."""
+    from amc.cost import LatencyConfig
+    from amc.engine import cost_report
     from amc.train import evaluate
 
     report = {
@@ -315,13 +339,8 @@ def _prune(args: argparse.Namespace) -> int:
         "dense_top1": evaluate(ws.model, ws.data.loader("test", 256)),
         **acc,
     }
-    report.update(
-        cost_report(
-            ws,
-            result.model,
-            LatencyConfig(args.latency_batch, args.latency_threads, args.device, backend=args.latency_backend),
-        )
-    )
+    latency = LatencyConfig(args.latency_batch, args.latency_threads, args.device, backend=args.latency_backend)
+    report.update(cost_report(ws, result.model, latency))
     report.update(
         {
             "granularity": policy.granularity,
@@ -330,15 +349,47 @@ def _prune(args: argparse.Namespace) -> int:
             "finetune_epochs": args.finetune_epochs,
             "recovery": _recovery_record(schedule),
             "widths": result.widths,
+            "dense_checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
         }
     )
-    if args.quantize:
-        report.update(_quantized(result.model, ws.model, ws.spec.example_inputs(), ws.data, args))
-    if policy.granularity != "channel":
-        report.update(_sparse_export(result.model, ws.model, args.out))
-    _save_pruned(args.out, ws, policy, result, report)
-    _print_table(report)
-    return 0
+    return report
+
+
+def _dense_checkpoint(args: argparse.Namespace, policy: Policy | None) -> str | None:
+    """``--checkpoint``, else the dense model a ``--policy`` was made from; None (with a warning): a random model."""
+    checkpoint = args.checkpoint
+    if policy is not None and not checkpoint:
+        checkpoint = _policy_checkpoint(args.policy, policy, args.model)
+    if not checkpoint:
+        warnings.warn("no --checkpoint given: pruning a randomly initialised model", stacklevel=1)
+    return checkpoint
+
+
+def _policy_checkpoint(path: Path, policy: Policy, model: str | None) -> str | None:
+    """The dense model ``policy`` was made from, as ``amc search`` / ``amc export`` recorded it beside ``path``.
+
+    Says on stdout which file it takes. None (a random model) only when ``--model`` asks for one.
+
+    Raises:
+        ConfigError: when the recorded file is gone, or nothing is recorded and no ``--model`` is given.
+    """
+    from amc.policy_source import recorded_dense_model
+
+    record = recorded_dense_model(path)
+    if record is None:
+        if model:
+            return None
+        raise ConfigError(
+            f"{path} records no dense model (no export.json or search directory beside it): pass --checkpoint "
+            f"DENSE.pt, the {policy.model.name} model the policy was made for"
+        )
+    if not record.checkpoint.is_file():
+        raise ConfigError(
+            f"{path} was made from the dense model {record.checkpoint} (recorded in {record.recorded_in}), which "
+            "is not there; pass --checkpoint DENSE.pt (the same weights)"
+        )
+    print(f"dense model: {record.checkpoint} (the policy's, recorded in {record.recorded_in})", flush=True)
+    return str(record.checkpoint)
 
 
 def _sparse_export(model, dense, out: Path) -> dict:

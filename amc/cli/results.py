@@ -6,6 +6,7 @@ The work is done in :mod:`amc.service` (MLflow, moocore, matplotlib), imported i
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from amc.service.ui import PARETO_FILTER
 
 if TYPE_CHECKING:
     from amc.service.front import Candidate
+    from amc.service.pareto import ParetoReport
 
 
 def _flops_ratio(text: str) -> float:
@@ -30,6 +32,22 @@ def _flops_ratio(text: str) -> float:
             f"the FLOPs ratio is the fraction of the dense FLOPs kept, in (0, 1]; got {text}"
         )
     return value
+
+
+def _top1(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"top-1 is a fraction in [0, 1] (0.9 for 90%); got {text}")
+    return value
+
+
+MIN_TOP1_HELP = (
+    "leave out the policies whose search-val top-1 (a fraction, 0.9 for 90%%) is below this, e.g. those at chance "
+    "accuracy, before the front is computed (default: keep all)"
+)
 
 
 # --------------------------------------------------------------------------- pareto
@@ -45,20 +63,24 @@ def _pareto_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not log to MLflow: compute only, leave the experiment untouched",
     )
+    p.add_argument("--min-top1", type=_top1, metavar="T", help=MIN_TOP1_HELP)
 
 
 @_pareto_args.run
 def _pareto(args: argparse.Namespace) -> int:
     from amc.service.pareto import update_pareto
 
-    report = update_pareto(args.experiment, args.tracking_uri, args.out, log_to_mlflow=not args.no_tracking)
+    report = update_pareto(
+        args.experiment, args.tracking_uri, args.out, log_to_mlflow=not args.no_tracking, min_top1=args.min_top1
+    )
     front = report.front
     ref = ", ".join(f"{n} {r:g}" for n, r in zip(front.objectives, front.reference))
+    kept = f" reaching top-1 {args.min_top1:.2%}" if args.min_top1 is not None else ""
     print(
-        f"Pareto front of experiment {args.experiment!r}: {len(front.front)} of {len(front.candidates)} policies "
-        f"from {len(report.runs)} searches; hypervolume {front.hypervolume:.4f} (reference point: {ref})"
+        f"Pareto front of experiment {args.experiment!r}: {len(front.front)} of {len(front.candidates)} policies"
+        f"{kept} from {len(report.runs)} searches; hypervolume {front.hypervolume:.4f} (reference point: {ref})"
     )
-    _print_front(front.front, front.objectives)
+    _print_front(front.front, front.objectives, _all_rows_hint(report, args.out))
     if report.pareto_run_id:
         print(
             f"logged to MLflow run {report.pareto_run_id} (tag amc.kind=pareto); runs on the front are tagged "
@@ -69,7 +91,16 @@ def _pareto(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_front(front: Sequence[Candidate], objectives: tuple[str, ...], limit: int = 20) -> None:
+def _all_rows_hint(report: ParetoReport, out: Path | None) -> str:
+    """Where every row of the front is, as this call left it: the written CSV, the Pareto run's, or neither."""
+    if out is not None:
+        return f"all rows: {(out / 'pareto_front.csv').resolve()}"
+    if report.pareto_run_id:
+        return f"all rows: pareto_front.csv in the artifacts of MLflow run {report.pareto_run_id}"
+    return "pass --out DIR to write all rows to DIR/pareto_front.csv"
+
+
+def _print_front(front: Sequence[Candidate], objectives: tuple[str, ...], rest: str, limit: int = 20) -> None:
     shown = front[:limit]
     width = min(max((len(c.run_name) for c in shown), default=3), 60)
     latency = "latency_ratio" in objectives  # estimated beside measured milliseconds ("-": not measured)
@@ -83,7 +114,7 @@ def _print_front(front: Sequence[Candidate], objectives: tuple[str, ...], limit:
             + ms
         )
     if len(front) > limit:
-        print(f"  ... {len(front) - limit} more (see pareto_front.csv)")
+        print(f"  ... {len(front) - limit} more ({rest})")
 
 
 def _ms(value: float | None) -> str:
@@ -115,6 +146,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         "fraction of the dense FLOPs, in (0, 1]) is at most X, whatever cost the search budgeted; the highest "
         "top-1 among them is chosen (default: no limit)",
     )
+    source.add_argument("--min-top1", type=_top1, metavar="T", help="with --pareto: " + MIN_TOP1_HELP)
     source.add_argument(
         "--all",
         action="store_true",
@@ -164,6 +196,7 @@ def _export(args: argparse.Namespace) -> int:
         episode=args.episode,
         max_flops_ratio=args.max_flops_ratio,
         every=args.every,
+        min_top1=args.min_top1,
         format=args.format,
         tracking_uri=args.tracking_uri,
         policy=args.policy,
@@ -176,8 +209,11 @@ def _export(args: argparse.Namespace) -> int:
         print(f"{e.item.label} -> " + ", ".join(str(f) for f in e.files))
     print(f"manifest: {result.manifest}")
     if args.format == "amc":
-        first = result.policies[0].files[0]
-        print(f"apply with: amc prune --checkpoint <dense model.pt> --policy {first} --out <dir>")
+        first = result.policies[0]
+        dense = first.item.origin.get("checkpoint")
+        dense = shlex.quote(str(dense)) if dense else "<dense model.pt>"
+        policy = shlex.quote(str(first.files[0].resolve()))
+        print(f"apply with: amc prune --checkpoint {dense} --policy {policy} --out <dir>")
     return 0
 
 
@@ -196,15 +232,17 @@ def _ui(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     check_store(uri)
     check_port_free(args.port)
-    experiment_id, front = None, True
+    experiment_id, front, pareto_run = None, True, None
     if args.experiment:
         from amc.service.candidates import find_experiment, mlflow_client
+        from amc.service.pareto import find_pareto_run
 
         client = mlflow_client(uri)
         experiment_id = find_experiment(client, args.experiment).experiment_id
         front = has_pareto_front(client, experiment_id)
+        pareto_run = find_pareto_run(client, experiment_id) if front else None
     print(f"MLflow UI for {uri} (starting, about 20 s; Ctrl-C stops it):")
-    for line in ui_lines(args.port, args.experiment, experiment_id, front, args.tracking_uri):
+    for line in ui_lines(args.port, args.experiment, experiment_id, front, args.tracking_uri, pareto_run):
         print(line)
     sys.stdout.flush()
     return serve(ui_command(uri, args.port))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 from amc.cli.commands import command
@@ -95,7 +96,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )
     _add_store_args(p)
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--out", type=Path, help="search directory (default: runs/<config>-<agent>-s<seed>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="search directory (default: runs/<model>-<data>-<target>-<agent>-s<seed>, what is searched)",
+    )
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted search in DIR")
     p.add_argument(
         "--init-from",
@@ -115,6 +120,7 @@ def _search(args: argparse.Namespace) -> int:
             "config has no device setting); drop --device, and fine-tune the found policy on the GPU with "
             "amc prune --device cuda"
         )
+    from agents.records import default_out_dir
     from agents.search import SearchConfig, run_search, stored_config
 
     if args.resume is not None:
@@ -150,7 +156,7 @@ def _search(args: argparse.Namespace) -> int:
                 f"--address {args.address} joins a Ray cluster, but workers 0 runs the search in-process; "
                 "pass --workers N (or auto) to run the episodes on the cluster, or drop --address"
             )
-        out = args.out or Path("runs") / f"{args.config.stem}-{config.agent}-s{config.seed}"
+        out = args.out or default_out_dir(config)
         result = run_search(
             config,
             out,
@@ -237,15 +243,24 @@ def _print_summary(result) -> None:
             f"{best['latency_ms_measured']:.3f} measured; dense {summary['dense_latency_ms_measured']:.3f} measured; "
             f"{len(front)} Pareto policies measured (search.json: pareto)"
         )
-    print(
-        f"best policy: {result.out / 'best_policy.json'} (apply with: amc prune --checkpoint <dense model.pt> --policy ...)"
-    )
+    _print_where(result)
+
+
+def _print_where(result) -> None:
+    """Where the best policy and the MLflow run went (absolute: the same from any directory), and the next commands."""
+    from agents.search import stored_config
+    from amc.service.tracking import absolute_uri
+
+    policy = (result.out / "best_policy.json").resolve()
+    dense = shlex.quote(result.checkpoint) if result.checkpoint else "<dense model.pt>"
+    print(f"best policy: {policy}")
+    print(f"apply with: amc prune --checkpoint {dense} --policy {shlex.quote(str(policy))} --out <dir>")
     if result.run_id:
-        print(
-            f"MLflow run: {result.run_name} (run id {result.run_id})"
-            if result.run_name
-            else f"MLflow run: {result.run_id}"
-        )
+        uri = absolute_uri(result.tracking_uri) if result.tracking_uri else None
+        name = f"{result.run_name} (run id {result.run_id})" if result.run_name else result.run_id
+        print(f"MLflow run: {name} in the store {uri}")
+        experiment = stored_config(result.out).experiment
+        print(f"browse it: amc ui --tracking-uri {shlex.quote(str(uri))} --experiment {shlex.quote(experiment)}")
 
 
 @command("sweep", "run a grid of searches on Ray Tune (targets x seeds x rewards x agents)")

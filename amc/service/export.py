@@ -51,6 +51,7 @@ from amc.data import DataConfig
 from amc.errors import ConfigError
 from amc.files import write_json_atomic, write_text_atomic
 from amc.policy import Policy, load_policy
+from amc.policy_source import MANIFEST, recorded_dense_model
 from amc.registry import Registry
 from amc.service.candidates import find_experiment, load_search_runs, mlflow_client, read_json_artifact
 from amc.service.front import Candidate, SearchRun, best_within, front_of_runs
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 POLICY_ARTIFACT = "best_policy.json"
-MANIFEST = "export.json"
 TP_SPEC = "torch_pruning_ratios.json"
 TP_SNIPPET_FILE = "apply_torch_pruning.py"
 NNI_CONFIG = "nni_config_list.json"
@@ -178,9 +178,12 @@ EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format")
 
 
 # --------------------------------------------------------------------------- choosing policies
-def from_front(runs: Sequence[SearchRun], max_flops_ratio: float | None, every: bool) -> list[Candidate]:
-    """The front's best policy within the FLOPs budget, or (``every``) all front policies within it."""
-    front = front_of_runs(runs)
+def from_front(
+    runs: Sequence[SearchRun], max_flops_ratio: float | None, every: bool, min_top1: float | None = None
+) -> list[Candidate]:
+    """The front's best policy within the FLOPs budget, or (``every``) all front policies within it; with
+    ``min_top1``, the front of the policies reaching that search-val top-1 (raises when none does)."""
+    front = front_of_runs(runs, min_top1)
     best = front.best(max_flops_ratio)  # raises when nothing is within the budget
     if not every:
         return [best]
@@ -541,7 +544,10 @@ if __name__ == "__main__":
     before = tp.utils.count_ops_and_params(model, example)
     graph = prune(model, example)
     after = tp.utils.count_ops_and_params(model, example)
-    print(f"MACs {before[0]:,.0f} -> {after[0]:,.0f}, params {before[1]:,.0f} -> {after[1]:,.0f}")
+    print(  # Torch-Pruning counts multiply-adds (BatchNorm and pooling too); amc counts 2 FLOPs per conv/linear one
+        f"MACs {before[0]:,.0f} -> {after[0]:,.0f} (Torch-Pruning's count of multiply-adds: about half of amc's "
+        f"FLOPs), params {before[1]:,.0f} -> {after[1]:,.0f}"
+    )
     if len(sys.argv) > 2:  # tensors and lists only: loads with torch.load(..., weights_only=True)
         torch.save({"state_dict": model.state_dict(), "pruning_history": graph.pruning_history()}, sys.argv[2])
 '''
@@ -661,6 +667,7 @@ class ExportRequest:
         episode: With ``run_id``: export this episode.
         max_flops_ratio: Only policies with at most this FLOPs ratio; the highest top-1 among them is chosen.
         every: With ``pareto``: export every front policy within the budget, one directory each.
+        min_top1: With ``pareto``: the front of the policies reaching this search-val top-1 only (None: all).
         format: A name from :data:`EXPORT_FORMATS`.
         tracking_uri: MLflow store.
         policy: A local policy file to export instead of an MLflow run's.
@@ -677,6 +684,7 @@ class ExportRequest:
     episode: int | None = None
     max_flops_ratio: float | None = None
     every: bool = False
+    min_top1: float | None = None
     format: str = "amc"
     tracking_uri: str | None = None
     policy: Path | None = None
@@ -699,6 +707,8 @@ class ExportRequest:
             raise ConfigError("--episode picks an episode of --run-id; with --pareto use --max-flops-ratio")
         if self.every and not self.pareto:
             raise ConfigError("--all exports every Pareto-optimal policy; it needs --pareto")
+        if self.min_top1 is not None and not self.pareto:
+            raise ConfigError("--min-top1 filters the Pareto front's policies; it needs --pareto")
         if self.max_flops_ratio is not None and not 0.0 < self.max_flops_ratio <= 1.0:
             raise ConfigError(
                 f"--max-flops-ratio is the fraction of the dense FLOPs kept, in (0, 1]; got {self.max_flops_ratio}"
@@ -712,6 +722,7 @@ class ExportRequest:
             "--episode": self.episode is not None,
             "--all": self.every,
             "--max-flops-ratio": self.max_flops_ratio is not None,
+            "--min-top1": self.min_top1 is not None,
         }
         given = [flag for flag, on in mlflow_flags.items() if on]
         if given:
@@ -737,6 +748,10 @@ def _local_item(request: ExportRequest) -> ExportItem:
         "policy_file": str(path),
         **{k: policy.measured[k] for k in ("top1", "flops_ratio", "params_ratio") if k in policy.measured},
     }
+    recorded = recorded_dense_model(path)
+    checkpoint = request.checkpoint or (recorded.checkpoint if recorded is not None else None)
+    if checkpoint is not None:
+        origin["checkpoint"] = str(checkpoint)
     return ExportItem(policy, origin, label, None, dense)
 
 
@@ -780,14 +795,15 @@ def _mlflow_items(request: ExportRequest, fmt: ExportFormat) -> tuple[list[Expor
     if request.pareto:
         if not runs:
             raise ConfigError(f"experiment {request.experiment!r} has no finished search; run `amc search` first")
-        chosen = from_front(runs, request.max_flops_ratio, request.every)
+        chosen = from_front(runs, request.max_flops_ratio, request.every, request.min_top1)
     else:
         run = _run_in_experiment(client, runs, str(request.run_id), str(request.experiment))
         chosen = [from_run(run, request.episode, request.max_flops_ratio)]
     uniform = {r.run_id: r.uniform.ratio for r in runs if r.uniform is not None}
     items = []
     for c in chosen:
-        dense = _run_dense(_run_params(client, c.run_id), request, c.run_id) if fmt.needs_dense_model else None
+        params = _run_params(client, c.run_id)
+        dense = _run_dense(params, request, c.run_id) if fmt.needs_dense_model else None
         origin = {
             "experiment": request.experiment,
             "run_id": c.run_id,
@@ -797,6 +813,9 @@ def _mlflow_items(request: ExportRequest, fmt: ExportFormat) -> tuple[list[Expor
             "flops_ratio": c.flops_ratio,
             "params_ratio": c.params_ratio,
         }
+        checkpoint = request.checkpoint or params.get("env.checkpoint")
+        if checkpoint not in (None, "", "None"):  # where `amc prune --policy` finds the dense model
+            origin["checkpoint"] = str(checkpoint)
         label = (
             f"{c.run_name} episode {c.episode} (experiment {request.experiment!r}, run {c.run_id}): "
             f"top-1 {c.top1:.2%}, FLOPs {c.flops_ratio:.1%}, params {c.params_ratio:.1%}"
@@ -821,8 +840,7 @@ def _write(directory: Path, rendered: Rendered, item: ExportItem) -> tuple[Path,
     for name, body in rendered.items():
         write = write_text_atomic if isinstance(body, str) else write_json_atomic
         files.append(write(directory / name, body))
-    title = item.label if len(item.label) <= 90 else item.label[:87] + "..."
-    files.append(policy_bars(directory / "policy.png", item.policy.ratios, item.uniform_ratio, title))
+    files.append(policy_bars(directory / "policy.png", item.policy.ratios, item.uniform_ratio, item.label))
     return tuple(files)
 
 
@@ -840,6 +858,7 @@ def _manifest(
             "run_id": request.run_id,
             "episode": request.episode,
             "max_flops_ratio": request.max_flops_ratio,
+            "min_top1": request.min_top1,
             "all": request.every,
         }
     policies = []

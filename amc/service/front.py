@@ -14,6 +14,7 @@ and two experiments with the same objectives compare by this one number: larger 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import warnings
@@ -107,6 +108,7 @@ class ParetoFront:
         front: The non-dominated candidates, by increasing FLOPs ratio.
         hypervolume: Hypervolume of the front with respect to ``reference``.
         baselines: Uniform baselines of the searches (drawn on the plot).
+        min_top1: The search-val top-1 every candidate was required to reach (None: every policy counted).
     """
 
     objectives: tuple[str, ...]
@@ -115,6 +117,7 @@ class ParetoFront:
     front: tuple[Candidate, ...]
     hypervolume: float
     baselines: tuple[Baseline, ...] = ()
+    min_top1: float | None = None
 
     @property
     def keys(self) -> frozenset[str]:
@@ -194,10 +197,24 @@ def pareto_front(candidates: Iterable[Candidate], baselines: Iterable[Baseline] 
     return ParetoFront(names, reference, tuple(pool), tuple(front), volume, tuple(baselines))
 
 
-def front_of_runs(runs: Sequence[SearchRun]) -> ParetoFront:
-    """The Pareto front over every episode of ``runs``."""
+def front_of_runs(runs: Sequence[SearchRun], min_top1: float | None = None) -> ParetoFront:
+    """The Pareto front over every episode of ``runs`` (with ``min_top1``: those reaching that search-val top-1).
+
+    Raises:
+        ConfigError: when no episode reaches ``min_top1``.
+    """
     candidates = [c for r in runs for c in r.candidates]
-    return pareto_front(candidates, [r.uniform for r in runs if r.uniform is not None])
+    if min_top1 is not None:
+        kept = [c for c in candidates if c.top1 >= min_top1]
+        if not kept:
+            best = max((c.top1 for c in candidates), default=float("nan"))
+            raise ConfigError(
+                f"no policy of these {len(runs)} searches reaches search-val top-1 {min_top1:.2%} (the highest is "
+                f"{best:.2%}); lower --min-top1"
+            )
+        candidates = kept
+    front = pareto_front(candidates, [r.uniform for r in runs if r.uniform is not None])
+    return dataclasses.replace(front, min_top1=min_top1)
 
 
 # --------------------------------------------------------------------------- tables
@@ -260,6 +277,7 @@ def front_summary(front: ParetoFront, experiment: str) -> dict[str, Any]:
         "reference_point": dict(zip(front.objectives, front.reference)),
         "hypervolume": front.hypervolume,
         "candidates": len(front.candidates),
+        "min_top1": front.min_top1,
         "front": [{**_row(c, front.objectives), "ratios": dict(c.ratios)} for c in front.front],
         "uniform": [asdict(b) for b in front.baselines],
     }

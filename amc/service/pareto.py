@@ -70,21 +70,30 @@ def write_front(front: ParetoFront, experiment: str, out: Path, runs: Sequence[S
 
 
 # --------------------------------------------------------------------------- logging to MLflow
-def _pareto_run_id(client: Any, experiment_id: str) -> str:
-    """The experiment's Pareto run (created on first use)."""
+def find_pareto_run(client: Any, experiment_id: str) -> str | None:
+    """The id of the experiment's Pareto run (tag ``amc.kind=pareto``), None before the first ``amc pareto``."""
     for run in all_runs(client, experiment_id):
         if run.data.tags.get(KIND_TAG) == PARETO_KIND:
             return run.info.run_id
+    return None
+
+
+def _pareto_run_id(client: Any, experiment_id: str) -> str:
+    """The experiment's Pareto run (created on first use)."""
+    found = find_pareto_run(client, experiment_id)
+    if found is not None:
+        return found
     return client.create_run(experiment_id, run_name=PARETO_RUN_NAME, tags={KIND_TAG: PARETO_KIND}).info.run_id
 
 
 def _description(front: ParetoFront) -> str:
     ref = ", ".join(f"{n} {r:g}" for n, r in zip(front.objectives, front.reference))
+    kept = f"Only policies with top1 >= {front.min_top1:g} (amc pareto --min-top1). " if front.min_top1 else ""
     return (
         f"Pareto front of every policy evaluated by the searches in this experiment "
         f"({len(front.front)} of {len(front.candidates)} are non-dominated). Objectives: top1 (max), "
         f"{', '.join(n for n in front.objectives if n != 'top1')} (min). Hypervolume reference point: {ref}. "
-        f'Search runs owning a front point have the tag amc.pareto = "true".'
+        f'{kept}Search runs owning a front point have the tag amc.pareto = "true".'
     )
 
 
@@ -108,6 +117,7 @@ def log_front(client: Any, experiment_id: str, front: ParetoFront, files: Sequen
         "amc.pareto.objectives": ",".join(front.objectives),
         "amc.pareto.reference": ",".join(f"{r:g}" for r in front.reference),
         "amc.pareto.hypervolume": f"{front.hypervolume:.6f}",
+        "amc.pareto.min_top1": "none" if front.min_top1 is None else f"{front.min_top1:g}",
         "mlflow.note.content": _description(front),
     }
     for key, value in tags.items():
@@ -156,7 +166,11 @@ class ParetoReport:
 
 
 def update_pareto(
-    experiment: str, tracking_uri: str | None = None, out: Path | None = None, log_to_mlflow: bool = True
+    experiment: str,
+    tracking_uri: str | None = None,
+    out: Path | None = None,
+    log_to_mlflow: bool = True,
+    min_top1: float | None = None,
 ) -> ParetoReport:
     """Computes an experiment's Pareto front over all its searches' episodes, writes and logs it.
 
@@ -165,9 +179,10 @@ def update_pareto(
         tracking_uri: MLflow store (see :func:`amc.service.tracking.resolve_tracking_uri`).
         out: Directory for the CSV / JSON / PNG files; a temporary one when None.
         log_to_mlflow: Log to the experiment's Pareto run and tag the search runs.
+        min_top1: Leave out the policies below this search-val top-1 (e.g. those at chance accuracy).
 
     Raises:
-        ConfigError: when the experiment does not exist or has no finished search.
+        ConfigError: when the experiment does not exist, has no finished search, or no policy reaches ``min_top1``.
     """
     from amc.service.tracking import resolve_tracking_uri
 
@@ -180,7 +195,7 @@ def update_pareto(
             f"experiment {experiment!r} has no finished search (no run with a {SEARCH_ARTIFACT} "
             "artifact); run `amc search` first"
         )
-    front = front_of_runs(runs)
+    front = front_of_runs(runs, min_top1)
     with tempfile.TemporaryDirectory(prefix="amc-pareto-") as tmp:
         files = write_front(front, experiment, Path(out) if out is not None else Path(tmp), runs)
         run_id = log_front(client, exp.experiment_id, front, files, len(runs)) if log_to_mlflow else None
@@ -195,6 +210,7 @@ __all__ = [
     "PARETO_TAG",
     "ParetoReport",
     "episodes_tag",
+    "find_pareto_run",
     "log_front",
     "tag_search_runs",
     "update_pareto",

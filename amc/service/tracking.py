@@ -53,6 +53,22 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path).resolve()
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a local store's relative path made absolute (``sqlite:///`` files, file stores); others as given.
+
+    What a command prints, so that the store is found again from any working directory.
+    """
+    db = sqlite_path(uri)
+    if db is not None:
+        return f"sqlite:///{db}{'?' + uri.split('?', 1)[1] if '?' in uri else ''}"
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path).expanduser().resolve().as_uri()
+    if parsed.scheme == "":
+        return str(Path(uri).expanduser().resolve())
+    return uri
+
+
 def require_store(uri: str) -> None:
     """Refuses a local store that does not exist yet: commands that only read must not create one.
 

@@ -56,13 +56,17 @@ def check_port_free(port: int) -> None:
             raise ConfigError(f"port {port} on {UI_HOST} is in use; pass another --port") from None
 
 
-def ui_urls(port: int, experiment_id: str | None = None) -> list[str]:
-    """The UI's address and, for an experiment, its runs table and its Pareto-front runs in chart view."""
+def ui_urls(port: int, experiment_id: str | None = None, pareto_run_id: str | None = None) -> list[str]:
+    """The UI's address and, for an experiment, its runs table, its runs owning a Pareto-front point and (with
+    ``pareto_run_id``) the Artifacts page of its Pareto run, where the front plot and tables are."""
     base = f"http://{UI_HOST}:{port}/"
     if experiment_id is None:
         return [base]
     runs = f"{base}#/experiments/{experiment_id}/runs"
-    return [base, runs, f"{runs}?searchFilter={quote(PARETO_FILTER)}&compareRunsMode=CHART"]
+    urls = [base, runs, f"{runs}?searchFilter={quote(PARETO_FILTER)}"]
+    if pareto_run_id is not None:
+        urls.append(f"{runs}/{pareto_run_id}/artifacts")
+    return urls
 
 
 def has_pareto_front(client: Any, experiment_id: str) -> bool:
@@ -76,6 +80,7 @@ def ui_lines(
     experiment_id: str | None = None,
     front: bool = True,
     tracking_uri: str | None = None,
+    pareto_run_id: str | None = None,
 ) -> list[str]:
     """The lines ``amc ui`` prints: the UI's address and, for an experiment, its runs and its Pareto front.
 
@@ -86,15 +91,19 @@ def ui_lines(
         front: Whether the experiment has a Pareto front (see :func:`has_pareto_front`); without one, the
             last line says to run ``amc pareto`` first instead of giving a filter that matches no run.
         tracking_uri: A ``--tracking-uri`` to repeat in that ``amc pareto`` command.
+        pareto_run_id: The experiment's Pareto run (:func:`amc.service.pareto.find_pareto_run`): its Artifacts
+            page holds the front plot (``pareto_front.png``) and tables, the line printed for the front.
     """
-    urls = ui_urls(port, experiment_id)
+    urls = ui_urls(port, experiment_id, pareto_run_id if front else None)
     lines = [f"  {urls[0]}"]
     if experiment_id is None:
         return lines
     experiment = experiment if experiment is not None else experiment_id
     lines.append(f"  {urls[1]}   runs of {experiment!r}")
     if front:
-        lines.append(f"  {urls[2]}   its Pareto front ({PARETO_FILTER}, chart view)")
+        lines.append(f"  {urls[2]}   its runs owning a Pareto-front point ({PARETO_FILTER})")
+        if len(urls) > 3:
+            lines.append(f"  {urls[3]}   its Pareto front: pareto_front.png and the tables (run pareto-front)")
     else:
         cmd = f"amc pareto --experiment {shlex.quote(experiment)}"
         if tracking_uri:
