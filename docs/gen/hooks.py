@@ -1,0 +1,44 @@
+"""MkDocs hooks: generated sections of the pages (``mkdocs.yml``'s ``hooks``).
+
+A page marks a generated section with an HTML comment on a line of its own: ``<!-- gen:cli -->`` (the command
+line reference, from the argparse parsers), ``<!-- gen:config -->`` (the config dataclasses) or
+``<!-- gen:results.NAME -->`` (a results table from ``experiments/bench/results/*.json``). An unknown name
+stops the build.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+for path in (str(ROOT), str(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import reference  # noqa: E402
+import results  # noqa: E402
+
+MARK = re.compile(r"^<!-- gen:([\w.]+) -->$", flags=re.M)
+
+
+def generate(name: str) -> str:
+    """The Markdown of one generated section."""
+    if name == "cli":
+        return reference.cli_reference()
+    if name == "config":
+        return reference.config_reference()
+    if name.startswith("results.") and name[8:] in results.TABLES:
+        return results.table(name[8:])
+    raise KeyError(f"unknown generated section gen:{name}; known: cli, config, results.<{', '.join(results.TABLES)}>")
+
+
+def expand(markdown: str) -> str:
+    """``markdown`` with every ``<!-- gen:NAME -->`` line replaced by its section."""
+    return MARK.sub(lambda m: generate(m.group(1)), markdown)
+
+
+def on_page_markdown(markdown: str, **kwargs: object) -> str:
+    return expand(markdown)
