@@ -2,8 +2,8 @@
 
 A page marks a generated section with an HTML comment on a line of its own: ``<!-- gen:cli -->`` (the command
 line reference, from the argparse parsers), ``<!-- gen:config -->`` (the config dataclasses) or
-``<!-- gen:results.NAME -->`` (a results table from ``experiments/bench/results/*.json``). An unknown name
-stops the build.
+``<!-- gen:results.NAME -->`` (a results table from ``experiments/bench/results/*.json``) or
+``<!-- gen:fields.MODULE.CLASS -->`` (a dataclass's fields, e.g. the policy file's). An unknown name stops the build.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -32,7 +33,9 @@ def generate(name: str) -> str:
         return reference.config_reference()
     if name.startswith("results.") and name[8:] in results.TABLES:
         return results.table(name[8:])
-    raise KeyError(f"unknown generated section gen:{name}; known: cli, config, results.<{', '.join(results.TABLES)}>")
+    if name.startswith("fields."):
+        return reference.fields_table(name[7:])
+    raise KeyError(f"unknown generated section gen:{name}; known: cli, config, fields.MODULE.CLASS, results.<{', '.join(results.TABLES)}>")
 
 
 def expand(markdown: str) -> str:
@@ -42,3 +45,12 @@ def expand(markdown: str) -> str:
 
 def on_page_markdown(markdown: str, **kwargs: object) -> str:
     return expand(markdown)
+
+
+def on_files(files: Any, config: Any) -> Any:
+    """The benchmark plots of ``experiments/bench/results/`` as ``assets/<name>.png`` (read where they are)."""
+    from mkdocs.structure.files import File
+
+    for png in sorted(results.RESULTS.glob("*.png")):
+        files.append(File.generated(config, f"assets/{png.name}", abs_src_path=str(png)))
+    return files

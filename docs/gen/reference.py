@@ -199,3 +199,14 @@ def config_reference() -> str:
         out += config_table(cls)
         out.append("")
     return "\n".join(out)
+
+
+def fields_table(dotted: str) -> str:
+    """The field table of the dataclass ``module.Class`` (e.g. ``amc.policy.Policy``)."""
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"gen:fields.{dotted} is not a dataclass")
+    return "\n".join(config_table(cls))

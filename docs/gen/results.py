@@ -130,6 +130,27 @@ def versus() -> list[str]:
     return lines
 
 
+def summary() -> list[str]:
+    """Per model and FLOPs target: test top-1 without fine-tuning of uniform, the best method, TPE and DDPG."""
+    out = [
+        "| cell | uniform | best method | tpe | ddpg | ddpg fine-tuned | uniform fine-tuned |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for model, table in load("search_quality.json")["models"].items():
+        for key in sorted(k for k in table if k.startswith("flops_")):
+            cells = table[key]
+            best = max(cells, key=lambda m: cells[m]["test_top1_mean"])
+
+            def get(method: str, name: str = "test_top1_mean", c: dict = cells) -> str:
+                return f"{_pct(c[method][name])}%" if name in c.get(method, {}) else "–"
+
+            out.append(
+                f"| {model}, FLOPs {key[6:]} | {get('uniform')} | {best} {get(best)} | {get('tpe')} | {get('ddpg')} "
+                f"| {get('ddpg', 'finetuned_test_top1_mean')} | {get('uniform', 'finetuned_test_top1_mean')} |"
+            )
+    return out
+
+
 # --------------------------------------------------------------------------- agent variants
 VARIANTS = {
     "tpe": "TPE",
@@ -453,6 +474,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
         lambda: _quality("selection", "resnet20", "search_quality_selection.json"), "search_quality_selection.json"
     ),
     "versus": _with_source(versus, "search_quality.json"),
+    "summary": _with_source(summary, "search_quality.json"),
     "agent_variants": _with_source(agent_variants, "agent_variants.json"),
     "agent_variants_heldout": _with_source(lambda: agent_variants(("r3",)), "agent_variants.json"),
     "exploration": _with_source(exploration, "agent_variants_exploration.json"),
