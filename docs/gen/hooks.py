@@ -35,7 +35,9 @@ def generate(name: str) -> str:
         return results.table(name[8:])
     if name.startswith("fields."):
         return reference.fields_table(name[7:])
-    raise KeyError(f"unknown generated section gen:{name}; known: cli, config, fields.MODULE.CLASS, results.<{', '.join(results.TABLES)}>")
+    raise KeyError(
+        f"unknown generated section gen:{name}; known: cli, config, fields.MODULE.CLASS, results.<{', '.join(results.TABLES)}>"
+    )
 
 
 def expand(markdown: str) -> str:
