@@ -32,7 +32,8 @@ class SearchConfig:
 
     Attributes:
         env: Model, data, checkpoint, target, ratio bounds, reward and evaluation settings.
-        agent: ``ddpg``, ``random`` or ``uniform``.
+        agent: A registered agent (:data:`agents.base.AGENTS`): ``ddpg``, or a baseline in the same harness:
+            ``random``, ``uniform``, ``global``, ``sensitivity``, ``tpe``.
         episodes: Episodes in the search (warm-up included).
         seed: Seed of the agent.
         ddpg: DDPG settings (AMC's values by default).

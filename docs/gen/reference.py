@@ -17,8 +17,11 @@ from typing import Any
 
 
 def _cell(text: str) -> str:
-    """``text`` for a Markdown table cell: one line, pipes escaped."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """``text`` for a Markdown table cell: one line, pipes escaped, reST roles and literals as Markdown code."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", " ".join(text.split()))
+    text = re.sub(r"``([^`]+)``", r"`\1`", text)
+    # a pipe ends a table cell, except inside a code span (where a backslash would show)
+    return "".join(p if p.startswith("`") else p.replace("|", "\\|") for p in re.split(r"(`[^`]*`)", text))
 
 
 # --------------------------------------------------------------------------- the command line
@@ -168,7 +171,10 @@ def _field_default(field: dataclasses.Field) -> str:
     elif field.default_factory is not dataclasses.MISSING:
         value = field.default_factory()
         if dataclasses.is_dataclass(value):
-            return f"its section's defaults (`{type(value).__name__}`)"
+            section = next((s for s, c in config_sections() if c is type(value)), None)
+            anchor = re.sub(r"[^a-z0-9]", "", section.lower()) if section else ""
+            where = f"[`{section}`](#{anchor})" if section else f"`{type(value).__name__}`"
+            return f"its section's defaults: {where}"
     else:
         return "required"
     if value is None:
@@ -186,7 +192,7 @@ def config_table(cls: type) -> list[str]:
     lines = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(cls):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        lines.append(f"| `{f.name}` | `{_cell(kind)}` | {_field_default(f)} | {_cell(docs.get(f.name, ''))} |")
+        lines.append(f"| `{f.name}` | {_cell(f'`{kind}`')} | {_field_default(f)} | {_cell(docs.get(f.name, ''))} |")
     return lines
 
 
@@ -195,7 +201,7 @@ def config_reference() -> str:
     out: list[str] = []
     for section, cls in config_sections():
         summary = (inspect.getdoc(cls) or "").split("\n\n")[0]
-        out += [f"## `{section}`", "", f"`{cls.__module__}.{cls.__qualname__}`: {' '.join(summary.split())}", ""]
+        out += [f"## `{section}`", "", f"`{cls.__module__}.{cls.__qualname__}`: {_cell(summary)}", ""]
         out += config_table(cls)
         out.append("")
     return "\n".join(out)
