@@ -4,8 +4,9 @@
 - Every ``amc`` command of every page (and the README) parses with the real parsers; the tutorial commands of
   :data:`RUN` run end to end with tiny budgets, in the order the page gives them, before the page's Python block
   that reads their files. The others are run elsewhere: ``make demo`` by ``tests/test_demo.py``, ``make test``
-  by CI, ``--resume`` by ``tests/test_search_cli.py``, ``--init-from`` by ``tests/test_warm_start.py``, ``amc ui``
-  by ``tests/test_mlflow_ui.py``, ``--address`` by ``tests/test_cluster.py``, the compose file by
+  by CI, ``--resume`` by ``tests/test_search_cli.py``, ``--init-from`` by ``tests/test_warm_start.py``, latency
+  budgets by ``tests/test_latency.py``, sweeps by ``tests/test_ray.py``, ``amc ui`` by
+  ``tests/test_mlflow_ui.py``, ``--address`` by ``tests/test_cluster.py``, the compose file by
   ``tests/test_docker.py``; ``ray start`` and ``docker compose`` need a cluster or an engine.
 - The CLI and config references list every flag and field; the results pages hold no pasted table.
 - The strict site build (``make docs``) is a CI step, not a test: it takes ~20 s.
