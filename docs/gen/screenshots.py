@@ -25,15 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 IMG = ROOT / "docs" / "img"
 CONFIG = ROOT / "experiments" / "configs" / "digits-resnet20-flops50.yaml"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FRONT = "#/experiments/1/runs?searchFilter=tags.amc.pareto%20%3D%20%22true%22&compareRunsMode=CHART"
 
 
@@ -57,11 +48,14 @@ def _wait(url: str, seconds: float) -> None:
 def _shoot(port: int, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    sys.path.insert(0, str(ROOT))
+    from tests.test_mlflow_ui import CHROMIUM_FLAGS  # the flags the UI test starts Chromium with
+
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("needs Debian's chromium (make browser)")
     with sync_playwright() as p:  # Playwright gives the browser a fresh profile of its own
-        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 800})
         for name, fragment in (("mlflow-runs.png", "#/experiments/1/runs"), ("mlflow-pareto-chart.png", FRONT)):
             page.goto(f"http://127.0.0.1:{port}/{fragment}", timeout=60_000)
