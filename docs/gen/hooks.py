@@ -33,11 +33,23 @@ def generate(name: str) -> str:
         return reference.config_reference()
     if name.startswith("results.") and name[8:] in results.TABLES:
         return results.table(name[8:])
+    if name == "results_files":
+        return results.files_table(_shown())
     if name.startswith("fields."):
         return reference.fields_table(name[7:])
     raise KeyError(
         f"unknown generated section gen:{name}; known: cli, config, fields.MODULE.CLASS, results.<{', '.join(results.TABLES)}>"
     )
+
+
+def _shown() -> dict[str, list[str]]:
+    """Results table name -> the results pages (``docs/results/*.md``) that show it."""
+    out: dict[str, list[str]] = {}
+    for page in sorted((HERE.parent / "results").glob("*.md")):
+        for name in MARK.findall(page.read_text()):
+            if name.startswith("results."):
+                out.setdefault(name[8:], []).append(page.name)
+    return out
 
 
 def expand(markdown: str) -> str:

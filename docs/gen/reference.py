@@ -125,26 +125,29 @@ def _cli_reference() -> str:
 
 # --------------------------------------------------------------------------- the config dataclasses
 def config_sections() -> list[tuple[str, type]]:
-    """(YAML section, dataclass) of every typed config a search or sweep file holds, in file order."""
-    from agents.ddpg import DDPGConfig
+    """(YAML section, dataclass) of every typed config a search or sweep file holds, in file order.
+
+    The sections are found by walking :class:`agents.records.SearchConfig`'s fields (a field whose default is a
+    dataclass is a section), so a new section appears here without a change; a range of targets and the sweep
+    file, which are not default sections, are added by name.
+    """
     from agents.records import SearchConfig
     from agents.sweep import SweepConfig
-    from amc.cost import LatencyConfig
-    from amc.data import DataConfig
-    from amc.train import TrainConfig
-    from envs.channel_pruning import EnvConfig
     from envs.targets import TargetRange
 
-    return [
-        ("(top level)", SearchConfig),
-        ("env", EnvConfig),
-        ("env.data", DataConfig),
-        ("env.latency", LatencyConfig),
-        ("env.targets (a range)", TargetRange),
-        ("ddpg", DDPGConfig),
-        ("baseline", TrainConfig),
-        ("sweep file", SweepConfig),
-    ]
+    out: list[tuple[str, type]] = [("(top level)", SearchConfig)]
+
+    def walk(prefix: str, cls: type) -> None:
+        for f in dataclasses.fields(cls):
+            if f.default_factory is dataclasses.MISSING:
+                continue
+            value = f.default_factory()
+            if dataclasses.is_dataclass(value):
+                out.append((f"{prefix}{f.name}", type(value)))
+                walk(f"{prefix}{f.name}.", type(value))
+
+    walk("", SearchConfig)
+    return [*out, ("env.targets (a range)", TargetRange), ("sweep file", SweepConfig)]
 
 
 def attribute_docs(cls: type) -> dict[str, str]:

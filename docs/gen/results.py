@@ -460,8 +460,16 @@ def model_zoo() -> list[str]:
 
 
 # --------------------------------------------------------------------------- the registry
+SOURCES: dict[Callable[[], list[str]], tuple[str, ...]] = {}
+"""Each registered table -> the JSON files it reads."""
+
+
 def _with_source(lines: Callable[[], list[str]], *files: str) -> Callable[[], list[str]]:
-    return lambda: [*lines(), "", provenance(*files)]
+    def table() -> list[str]:
+        return [*lines(), "", provenance(*files)]
+
+    SOURCES[table] = files
+    return table
 
 
 TABLES: dict[str, Callable[[], list[str]]] = {
@@ -500,3 +508,19 @@ TABLES: dict[str, Callable[[], list[str]]] = {
 
 def table(name: str) -> str:
     return "\n".join(TABLES[name]())
+
+
+def files_table(shown: dict[str, list[str]]) -> str:
+    """Every JSON file under ``experiments/bench/results/``: its machine, its date, and the pages that show it
+    (``shown``: table name -> pages); a file no page shows yet is listed as such."""
+    pages: dict[str, set[str]] = {}
+    for name, fn in TABLES.items():
+        for file in SOURCES.get(fn, ()):
+            pages.setdefault(file, set()).update(shown.get(name, []))
+    lines = ["| file | machine | date | shown on |", "| --- | --- | --- | --- |"]
+    for path in sorted(RESULTS.glob("*.json")):
+        where = ", ".join(f"[{Path(p).stem}]({Path(p).name})" for p in sorted(pages.get(path.name, ())))
+        lines.append(
+            f"| `{path.name}` | {_cell(machine(path.name))} | {_git_date(path)} | {where or 'not on a page yet'} |"
+        )
+    return "\n".join(lines)
