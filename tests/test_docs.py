@@ -328,3 +328,23 @@ def test_no_page_is_left_out_of_the_nav() -> None:
     for page in _pages():
         rel = page.relative_to(DOCS).as_posix()
         assert rel in nav, f"{rel} is not in mkdocs.yml's nav"
+
+
+# --------------------------------------------------------------------------- the build
+def test_ci_builds_the_site_strictly_between_lint_and_tests() -> None:
+    steps = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
+    assert steps == ["make lint", "make docs", "make test"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^docs: .*\n\t.*mkdocs build --strict", makefile, flags=re.M), "make docs builds strictly"
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "font: false" in config, "the build must not fetch fonts (no network)"
+
+
+def test_docs_dependencies_are_pinned_in_the_lock() -> None:
+    lock = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
+    lock = {re.sub(r"[-_.]+", "-", k.lower()): v for k, v in lock.items()}
+    dev = re.search(r"^dev = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), flags=re.S | re.M).group(1)
+    pins = dict(re.findall(r'"(mkdocs[\w-]*)==([\w.]+)"', dev))
+    assert set(pins) == {"mkdocs", "mkdocs-material", "mkdocstrings", "mkdocstrings-python"}
+    for name, version in pins.items():
+        assert lock.get(name) == version, f"{name}=={version} is not in constraints.txt"
