@@ -114,13 +114,14 @@ def test_every_amc_command_parses(page: Path) -> None:
             pytest.fail(f"{page.name}: {line!r} does not parse")
 
 
-def _tiny(argv: list[str], dense: Path) -> list[str]:
-    """``argv`` with the budgets cut (argparse keeps an option's last value) and the dense model given."""
+def _tiny(argv: list[str], dense: Path | None = None) -> list[str]:
+    """``argv`` with the budgets cut (argparse keeps an option's last value), and ``dense`` as the dense model of
+    a search that names none (and of the cached-baseline path the pages use)."""
     argv = [str(dense) if "baselines/" in a else str(ROOT / a) if a.startswith("experiments/") else a for a in argv]
     command = argv[0]
     if command == "search":
-        extra = ["--episodes", "3", "--workers", "0", "--set", f"env.checkpoint={dense}", "--set", "env.bn_batches=2"]
-        return argv + extra
+        extra = ["--episodes", "3", "--workers", "0", "--set", "env.bn_batches=2"]
+        return argv + extra + (["--set", f"env.checkpoint={dense}"] if dense is not None else [])
     if command == "train":
         return argv + ["--epochs", "1"]
     if command == "prune":
@@ -212,16 +213,20 @@ def test_prune_export_tutorial_runs(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert lines[-1] == "True True", "the amc export applies to the same cost; NNI lists one entry per group"
 
 
-def test_imagefolder_tutorial_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """your-data.md: the tiny ImageFolder, and a dense model trained on it (one epoch)."""
+@pytest.mark.slow
+def test_imagefolder_tutorial_runs(empty_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """your-data.md: the tiny ImageFolder, a dense model trained on it (one epoch), and a search of it."""
     from amc.cli import main
 
-    with _cwd(tmp_path):
+    with _cwd(tmp_path, empty_store):
         _exec(DOCS / "tutorials" / "your-data.md", 0)
-        train = next(line for line in _amc_lines((DOCS / "tutorials" / "your-data.md").read_text()) if "tiny" in line)
-        assert main(_tiny(_argv(train), tmp_path)) == 0
+        train, search = [line for line in _amc_lines((DOCS / "tutorials" / "your-data.md").read_text()) if "tiny" in line]
+        assert main(_tiny(_argv(train))) == 0
+        assert main(_tiny(_argv(search))) == 0  # the page's own env.checkpoint: the model just trained
     assert len(list((tmp_path / "data" / "tiny" / "train" / "cat").glob("*.png"))) == 24
     assert json.loads((tmp_path / "runs" / "tiny-dense" / "report.json").read_text())["top1"] >= 0
+    summary = json.loads((tmp_path / "runs" / "tiny-search" / "search.json").read_text())
+    assert summary["data"] == "imagefolder" and len(summary["episodes"]) == 3
 
 
 def test_every_python_block_is_run_by_a_test() -> None:
