@@ -220,7 +220,9 @@ def test_imagefolder_tutorial_runs(empty_store: Path, tmp_path: Path, capsys: py
 
     with _cwd(tmp_path, empty_store):
         _exec(DOCS / "tutorials" / "your-data.md", 0)
-        train, search = [line for line in _amc_lines((DOCS / "tutorials" / "your-data.md").read_text()) if "tiny" in line]
+        train, search = [
+            line for line in _amc_lines((DOCS / "tutorials" / "your-data.md").read_text()) if "tiny" in line
+        ]
         assert main(_tiny(_argv(train))) == 0
         assert main(_tiny(_argv(search))) == 0  # the page's own env.checkpoint: the model just trained
     assert len(list((tmp_path / "data" / "tiny" / "train" / "cat").glob("*.png"))) == 24
