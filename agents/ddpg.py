@@ -66,13 +66,13 @@ class DDPGConfig:
     The networks, tau, batch size and the update schedule are AMC's (``amc_search.py`` arguments). The
     exploration schedule, learning rates, replay size and baseline rate were measured on the embedded
     default (digits ResNet-20, 20% FLOPs, 300 episodes, 2 dense seeds; ``experiments/bench/search_quality.py``
-    and the README): AMC's own values (sigma 1.0 in our action units, decay 0.95 per episode, actor lr 1e-4,
+    and ``docs/results/search-quality.md``): AMC's own values (sigma 1.0 in our action units, decay 0.95 per episode, actor lr 1e-4,
     100 warm-up episodes, baseline rate 0.5) stop exploring within ~60 episodes and reached 79.4 / 81.4%
     test top-1 where sigma 0.5, decay 0.995, lr 1e-3, 50 warm-up episodes reached 84.1 / 86.9%.
 
     The defaults then add what makes the agent sample-efficient (measured against Optuna's TPE on best-so-far
-    search-val top-1 after 100 episodes, 3 dense seeds, both digits models at 20% and 50% FLOPs; README,
-    "Search quality"): 10 warm-up episodes from a Latin hypercube instead of 50 uniform ones, 5 critics, and
+    search-val top-1 after 100 episodes, 3 dense seeds, both digits models at 20% and 50% FLOPs;
+    ``docs/results/search-quality.md``): 10 warm-up episodes from a Latin hypercube instead of 50 uniform ones, 5 critics, and
     64 proposals per episode, half of them perturbing the 5 best episodes so far, walked through the budget
     wall and ranked by the critics (mean + 1 x spread) before one is played, with sigma 0.3. With the env's
     history in the observation (``env.observe_history``) the proposals are ranked by the critics' value of

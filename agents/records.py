@@ -51,7 +51,8 @@ class SearchConfig:
 
     Attributes:
         env: Model, data, checkpoint, target, ratio bounds, reward and evaluation settings.
-        agent: ``ddpg``, ``random`` or ``uniform``.
+        agent: A registered agent (:data:`agents.base.AGENTS`): ``ddpg``, or a baseline in the same harness:
+            ``random``, ``uniform``, ``global``, ``sensitivity``, ``tpe``.
         episodes: Episodes in the search (warm-up included).
         seed: Seed of the agent.
         ddpg: DDPG settings (AMC's values by default).
@@ -171,6 +172,12 @@ class EpisodeRecord:
     """What one episode found.
 
     Attributes:
+        episode: Index of the episode in the search, from 0.
+        reward: The episode's reward (``env.reward``).
+        top1: Search-val top-1 of the pruned model.
+        flops_ratio: FLOPs of the pruned model as a fraction of the dense model's.
+        params_ratio: Parameters of the pruned model as a fraction of the dense model's.
+        ratios: Pruning ratio (fraction of channels removed) per group name: the policy.
         planned_after: Episodes the agent had learned from when it planned this one (None: the plan did not
             depend on learning, e.g. random and warm-up episodes). ``episode - planned_after`` is the plan's
             staleness: 0 in-process, and the search's staleness bound (``max_staleness``) once the learner

@@ -60,7 +60,16 @@ def architecture_hash(model: nn.Module) -> str:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Which dense model a policy or saved model belongs to."""
+    """Which dense model a policy or saved model belongs to.
+
+    Attributes:
+        name: Registry name of the model (``resnet20``, ``torchvision:resnet18``), or ``python:<class>`` for a
+            model built in Python.
+        input_shape: Shape of one input, without the batch dimension (``[C, H, W]``).
+        num_classes: Outputs of the classifier.
+        arch_hash: Short hash of the dense architecture (module names, types, parameter shapes): a policy for
+            another architecture is refused.
+    """
 
     name: str
     input_shape: tuple[int, ...]
@@ -76,7 +85,12 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class Target:
-    """The budget a policy was found for: keep ``ratio`` of the dense ``metric``."""
+    """The budget a policy was found for: keep ``ratio`` of the dense ``metric``.
+
+    Attributes:
+        metric: ``flops``, ``params`` or ``latency``.
+        ratio: Fraction of the dense model's cost kept, in (0, 1].
+    """
 
     metric: str
     ratio: float

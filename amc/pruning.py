@@ -65,7 +65,7 @@ CRITERIA: Registry[Criterion] = Registry("importance criterion")
 DEFAULT_CRITERION = "l2"
 """The criterion used when none is named: measured best on the embedded default (uniform pruning of three
 dense ResNet-20 seeds, test top-1 without fine-tuning: l2 71.8% / l1 67.3% / bn_scale 61.2% / taylor 39.3% at
-20% FLOPs; see the README's results and ``experiments/bench/search_quality.py``)."""
+20% FLOPs; see docs/results/search-quality.md and ``experiments/bench/search_quality.py``)."""
 CRITERIA.register("l1", Criterion("l1", lambda: tp.importance.GroupMagnitudeImportance(p=1)))
 CRITERIA.register("l2", Criterion("l2", lambda: tp.importance.GroupMagnitudeImportance(p=2)))
 CRITERIA.register("bn_scale", Criterion("bn_scale", lambda: tp.importance.BNScaleImportance()))

@@ -18,7 +18,12 @@ from amc.errors import ConfigError
 
 @dataclass(frozen=True)
 class TargetRange:
-    """Every ratio in ``[low, high]``: each episode draws its target uniformly in it."""
+    """Every ratio in ``[low, high]``: each episode draws its target uniformly in it.
+
+    Attributes:
+        low: Smallest target ratio, in (0, 1].
+        high: Largest target ratio, in (0, 1], above ``low``.
+    """
 
     low: float
     high: float

@@ -169,8 +169,10 @@ def test_help_mentions_only_flags_that_exist(name: str) -> None:
 
 
 def _readme_commands() -> list[tuple[str, list[str]]]:
-    """Each ``amc <command> ...`` line in the README's shell blocks and inline code: (command, its flags)."""
-    text = (ROOT / "README.md").read_text()
+    """Each ``amc <command> ...`` line in the shell blocks and inline code of the README and the documentation
+    pages (``docs/``): (command, its flags)."""
+    pages = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "gen" not in p.parts)]
+    text = "\n".join(p.read_text() for p in pages)
     lines = [line for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for line in block.splitlines()]
     lines += re.findall(r"`(amc [a-z]+ [^`]*)`", text)
     out = []
@@ -187,7 +189,7 @@ def test_readme_uses_only_flags_that_exist() -> None:
     assert len(found) > 10
     for command, flags in found:
         unknown = set(flags) - _flags(PARSERS[f"amc {command}"])
-        assert not unknown, f"README: amc {command} has no {sorted(unknown)}"
+        assert not unknown, f"README or docs: amc {command} has no {sorted(unknown)}"
 
 
 # --------------------------------------------------------------------------- what the spellings do

@@ -189,7 +189,7 @@ def test_update_pareto_logs_front_and_tags_runs(store: dict, tmp_path: Path) -> 
         "pareto_best_policy.png",
     }
     on_front = client.search_runs([exp_id], 'tags.amc.pareto = "true"')
-    assert {r.info.run_id for r in on_front} == {c.run_id for c in front.front}, "the filter the README gives works"
+    assert {r.info.run_id for r in on_front} == {c.run_id for c in front.front}, "the filter the docs give works"
 
 
 def test_pareto_command(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

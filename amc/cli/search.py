@@ -45,7 +45,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         "--agent",
         choices=AGENT_NAMES,
         help="override the config's agent: ddpg, or a baseline in the same harness (random, uniform, "
-        "global, sensitivity, tpe; see README)",
+        "global, sensitivity, tpe; see docs/guides/agents.md)",
     )
     p.add_argument("--episodes", type=int, help="override the config's episodes: the search's budget, warm-up included")
     p.add_argument("--seed", type=seed_int, help="override the config's seed (the agent's)")

@@ -1,4 +1,4 @@
-"""Markdown tables of a search-quality JSON (``search_quality.py``'s output), as the README shows them.
+"""Markdown tables of a search-quality JSON (``search_quality.py``'s output), as the documentation's results pages show them (docs/results/search-quality.md).
 
 python experiments/bench/quality_table.py                                  # results/search_quality.json
 python experiments/bench/quality_table.py experiments/bench/results/search_quality_reconstruct.json
