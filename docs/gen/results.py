@@ -34,6 +34,9 @@ MACHINE_NOTES = {
     "model_zoo.json": "CPU development machine, one thread",
     "episode_cost.json": "CPU development machine, one thread, CPU time",
     "episode_cost_greedy.json": "CPU development machine, one thread, CPU time",
+    "quantize.json": "2-core CPU development machine, shared with other jobs (latencies noisy)",
+    "retraining.json": "2-core CPU development machine, shared with other jobs",
+    "sparsity_search.json": "2-core CPU development machine, shared with other jobs",
 }
 
 
@@ -459,6 +462,80 @@ def model_zoo() -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- compression beyond channel ratios
+def quantize() -> list[str]:
+    d = load("quantize.json")
+    out = [
+        "| calibration | float top-1 (ONNX) | INT8 top-1 | drop, mean (max), points | smaller than dense float32 "
+        "| INT8 / float latency |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, s in d["summary"].items():
+        out.append(
+            f"| {method} | {s['float_top1_mean']:.2f} | {s['int8_top1_mean']:.2f} | {s['drop_points_mean']:.2f} "
+            f"({s['drop_points_max']:.2f}) | {s['compression_mean']:.1f}x | {s['latency_ratio_mean']:.2f} |"
+        )
+    sizes = d["runs"][0]["size_bytes"]
+    out += [
+        "",
+        f"ResNet-20 at {d['target_flops']:.0%} of the FLOPs (uniform, {d['finetune_epochs']} fine-tuning epochs), "
+        f"{len({r['seed'] for r in d['runs']})} dense seeds; files: dense float32 "
+        f"{d['runs'][0]['dense_size_bytes'] / 1e3:.0f} KB, pruned float32 {sizes['float'] / 1e3:.0f} KB, "
+        f"pruned INT8 {sizes['int8'] / 1e3:.0f} KB; {d['calib_images']} calibration images; latency: {d['latency']}.",
+    ]
+    return out
+
+
+RECOVERY = {
+    "finetune": "fine-tune (lr 0.01)",
+    "lr_rewind": "learning-rate rewinding (lr 0.1)",
+    "weight_rewind": "weight rewinding",
+    "from_scratch": "from scratch",
+    "distill": "fine-tune + distillation",
+}
+
+
+def retraining() -> list[str]:
+    d = load("retraining.json")
+    cells = {(r["target"], r["policy"], r["method"]): r for r in d["summary"]}
+    columns = sorted({(t, p) for t, p, _ in cells})
+    header = " | ".join(f"FLOPs {t:.0%}, {p}" for t, p in columns)
+    out = [f"| recovery ({d['recovery_epochs']} epochs) | {header} |", "| --- |" + " --- |" * len(columns)]
+    for method, label in RECOVERY.items():
+        row = [
+            f"{cells[(t, p, method)]['test_mean']:.2f} ± {cells[(t, p, method)]['test_spread'] / 2:.2f}"
+            for t, p in columns
+        ]
+        out.append(f"| {label} | " + " | ".join(row) + " |")
+    n = max(r["n"] for r in d["summary"])
+    out += [
+        "",
+        f"Test top-1 (%), mean ± half the range over {n} dense seeds; weight rewinding restarts from epoch "
+        f"{d['rewind_epoch']} of {d['train_epochs']}; the searched policy is the best of a {d['search_episodes']}"
+        "-episode DDPG search on each dense model.",
+    ]
+    return out
+
+
+def sparsity_search() -> list[str]:
+    d = load("sparsity_search.json")
+    out = [
+        "| non-zero params | method | test top-1 before fine-tuning | after | largest non-zero fraction |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in d["summary"]:
+        out.append(
+            f"| {s['target']:.0%} | {s['method']} | {s['test_before_mean']:.2f} "
+            f"({'/'.join(f'{v:.1f}' for v in s['test_before_per_run'])}) | {s['test_after_mean']:.2f} | "
+            f"{s['nonzero_ratio_max']:.3f} |"
+        )
+    out += [
+        "",
+        f"{d['granularity']} sparsity, {d['episodes']}-episode searches, {d['finetune_epochs']} epochs of fine-tuning.",
+    ]
+    return out
+
+
 # --------------------------------------------------------------------------- the registry
 SOURCES: dict[Callable[[], list[str]], tuple[str, ...]] = {}
 """Each registered table -> the JSON files it reads."""
@@ -502,6 +579,9 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "episode_cost": _with_source(episode_cost, "episode_cost.json", "episode_cost_greedy.json"),
     "shared_machine": _with_source(shared_machine, "shared_machine.json"),
     "model_zoo": _with_source(model_zoo, "model_zoo.json"),
+    "quantize": _with_source(quantize, "quantize.json"),
+    "retraining": _with_source(retraining, "retraining.json"),
+    "sparsity_search": _with_source(sparsity_search, "sparsity_search.json"),
 }
 """Table name -> its Markdown lines (with the source line); a results page asks for ``gen:results.NAME``."""
 
