@@ -72,7 +72,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="searches run side by side, one process and thread each")
     parser.add_argument("--episodes", type=int, default=300, help="episode budget of random, tpe and ddpg")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5], help="FLOPs ratios kept")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--methods", nargs="*", default=list(METHODS), choices=METHODS, help="none: the criterion table only"
+    )
     parser.add_argument(
         "--criteria",
         nargs="*",
@@ -394,9 +396,15 @@ def _updated(old: dict | None, table: dict, settings: dict, path: Path, model: s
         raise SystemExit(f"--update: {model}'s entry in {path} was run with other settings ({differ}); run all methods")
     merged = dict(old)
     for key, cells in table.items():
-        if key.startswith("flops_") or key == "criteria":
+        if key.startswith("flops_"):
             merged[key] = {**old.get(key, {}), **cells}
-    merged["updated_methods"] = sorted({m for k, c in table.items() if k.startswith("flops_") for m in c})
+        elif key == "criteria":  # one level deeper: per target, the criteria run now replace only theirs
+            merged[key] = {t: {**old.get(key, {}).get(t, {}), **c} for t, c in {**old.get(key, {}), **cells}.items()}
+    updated = sorted({m for k, c in table.items() if k.startswith("flops_") for m in c})
+    if updated:
+        merged["updated_methods"] = updated
+    if table.get("criteria"):
+        merged["updated_criteria"] = sorted({c for cells in table["criteria"].values() for c in cells})
     return merged
 
 
