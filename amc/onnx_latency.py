@@ -111,7 +111,7 @@ def exported_session(
     model: nn.Module, example: torch.Tensor, threads: int, device: str = "cpu", int8: bool = False
 ) -> Any:
     """``model`` exported at ``example``'s shape and dtype (on the CPU) and loaded in a :func:`session`; with
-    ``int8`` quantized first (:func:`amc.quantize.quantize_bytes`, activation ranges calibrated on ``example``:
+    ``int8`` quantized first (:func:`amc.onnx_quant.quantize_bytes`, activation ranges calibrated on ``example``:
     the ranges change the values, not the kernels that are timed).
 
     The caller's model is not modified: a copy is exported unless its parameters are already on the CPU in
@@ -128,7 +128,7 @@ def exported_session(
     finally:
         model.train(was_training)
     if int8:
-        from amc.quantize import quantize_bytes
+        from amc.onnx_quant import quantize_bytes
 
         onnx_model = quantize_bytes(onnx_model, [example])
     return session(onnx_model, threads, device)

@@ -15,18 +15,13 @@ mode it simulates quantization in float32, so neither its size nor its latency w
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,15 +29,17 @@ from amc.cost import LatencyConfig, time_call
 from amc.data import DataBundle
 from amc.errors import ConfigError
 from amc.files import atomic_path
+from amc.onnx_quant import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION,
+    FLOAT_FILE,
+    INT8_FILE,
+    compact_names,
+    quantize_file,
+)
 
 QUANTIZE_MODES = ("int8",)
 """What ``amc prune --quantize`` and ``amc quantize`` produce."""
-FLOAT_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
-"""Activation-range calibrations (ONNX Runtime's ``CalibrationMethod``): the observed min / max, the 99.999th
-percentile of the absolute values, or the range minimising the KL divergence of the quantized histogram."""
-DEFAULT_CALIBRATION = "minmax"
 CALIBRATION_BATCHES = 4
 """Training batches of 64 images the INT8 activation ranges are calibrated on by default."""
 
@@ -84,47 +81,6 @@ def export_float(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> 
     return compact_names(path)
 
 
-def compact_names(path: Path) -> Path:
-    """Rewrites the ONNX file at ``path`` with short tensor names, no node names and no inferred shapes.
-
-    The exporter and the quantizer name every tensor and node after its module path (``/layer1/layer1.0/conv1/
-    Conv_output_0_QuantizeLinear``); on a small INT8 model these names are a third of the file. The graph's
-    input and output keep their names, so the file is used exactly as before.
-    """
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    keep = {v.name for v in (*graph.input, *graph.output)}
-    short: dict[str, str] = {}
-
-    def rename(name: str) -> str:
-        if not name or name in keep:
-            return name
-        return short.setdefault(name, format(len(short), "x"))
-
-    for tensor in graph.initializer:
-        tensor.name = rename(tensor.name)
-    for node in graph.node:
-        node.name = ""
-        node.input[:] = [rename(n) for n in node.input]
-        node.output[:] = [rename(n) for n in node.output]
-    del graph.value_info[:]
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-    return path
-
-
-class _Batches:
-    """ONNX Runtime's CalibrationDataReader over fixed input batches."""
-
-    def __init__(self, batches: Sequence[torch.Tensor]) -> None:
-        self._batches = iter([{"input": b.detach().cpu().float().numpy()} for b in batches])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
 def quantize_int8(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -154,51 +110,6 @@ def quantize_int8(
     with atomic_path(int8_path) as tmp:
         quantize_file(float_path, tmp, calibration, method)
     return Quantized(float_path, int8_path, sum(int(b.shape[0]) for b in calibration))
-
-
-def quantize_file(
-    float_path: Path, int8_path: Path, calibration: Sequence[torch.Tensor], method: str = DEFAULT_CALIBRATION
-) -> Path:
-    """Quantizes the float ONNX file at ``float_path`` into ``int8_path`` as the module docstring says."""
-    from amc.onnx_latency import runtime
-
-    runtime()  # a clear error with the install line when onnxruntime is missing
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    with _quiet_root_logger():
-        quantize_static(
-            str(float_path),
-            str(int8_path),
-            _Batches(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-        )
-    return compact_names(int8_path)
-
-
-def quantize_bytes(float_model: bytes, calibration: Sequence[torch.Tensor]) -> bytes:
-    """An in-memory float ONNX model quantized to INT8 (for latency measurements of the INT8 model)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / FLOAT_FILE, Path(tmp) / INT8_FILE
-        source.write_bytes(float_model)
-        return quantize_file(source, target, calibration).read_bytes()
-
-
-@contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """ONNX Runtime's quantizer logs advice on the root logger ("consider pre-processing") and prints its histogram
-    calibrations' progress on stdout: not the user's concern, and stdout may be a report piped to a file."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def calibration_inputs(data: DataBundle, batches: int = CALIBRATION_BATCHES, seed: int = 0) -> list[torch.Tensor]:

@@ -123,7 +123,7 @@ def test_int8_backend_times_the_quantized_graph_and_keeps_its_own_table(trained_
     import onnx
 
     from amc.onnx_latency import export_onnx
-    from amc.quantize import quantize_bytes
+    from amc.onnx_quant import quantize_bytes
 
     ws = build_workspace("resnet20", DataConfig("digits"), str(trained_resnet20 / "model.pt"))
     int8 = LatencyConfig(min_run_time=0.002, grid=3, backend="onnxruntime-int8")

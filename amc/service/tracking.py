@@ -34,12 +34,14 @@ _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite file in the working directory."""
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite file in the working directory; a local store's relative
+    path made absolute (:func:`absolute_uri`) now, so that the store stays the one this working directory meant
+    (MLflow keeps one database engine per URI string for the life of the process)."""
     if uri:
-        return uri
+        return absolute_uri(uri)
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        return env
+        return absolute_uri(env)
     return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
 
 
