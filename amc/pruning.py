@@ -19,9 +19,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from amc.errors import ConfigError
-from amc.groups import PRUNABLE_TYPES, ModelGraph, PrunableGroup, is_depthwise
+from amc.errors import ConfigError, TraceError
+from amc.groups import NORM_TYPES, PRUNABLE_TYPES, ModelGraph, PrunableGroup, all_groups, is_depthwise
 from amc.registry import Registry
+from amc.time_limit import TimeLimit
 
 GRANULARITIES = ("channel", "unstructured", "nm")
 History = list[tuple[str, bool, list[int]]]
@@ -200,9 +201,13 @@ def prune_channels(
     pruned.eval()
     if crit.needs_gradients:
         _accumulate_gradients(pruned, _required_batch(criterion, calib_batch))
-    dg = tp.DependencyGraph().build_dependency(pruned, graph.example_inputs, verbose=False)
     names = {id(m): n for n, m in pruned.named_modules()}
-    return _prune_groups(pruned, dg, names, graph, widths, crit.factory())
+
+    def prune() -> PruneResult:
+        dg = tp.DependencyGraph().build_dependency(pruned, graph.example_inputs, verbose=False)
+        return _prune_groups(pruned, dg, names, graph, widths, crit.factory())
+
+    return TimeLimit(f"pruning {type(model).__name__}", graph.trace_timeout).call(prune)
 
 
 def _required_batch(
@@ -224,15 +229,18 @@ def _prune_groups(
     """Cuts every group of ``pruned`` (in place, through its traced graph ``dg``) to ``widths[name]`` channels."""
     tracker = _KeptTracker(names)
     classifier = pruned.get_submodule(graph.classifier)
-    for group in dg.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES):
+    for group in all_groups(dg, classifier):
         name = _group_name(group.items, names, graph.order)
         current = len(group.items[0].idxs)
-        target = int(widths.get(name, current)) if name is not None else current
+        multiple = graph.group(name).multiple if name is not None else current
+        # never fewer than one channel per slice / conv group, whatever the widths say
+        target = max(int(widths.get(name, current)), multiple) if name is not None else current
         if target >= current:
             continue
-        idxs = _channels_to_remove(group, importance, current - target, graph.group(name).multiple, name)
+        idxs = _channels_to_remove(group, importance, current - target, multiple, name)
         dep = group.items[0].dep
         pruning_group = dg.get_pruning_group(dep.target.module, dep.handler, idxs)
+        _refuse_emptied(group, pruning_group, names, name)
         tracker.record(pruning_group)
         pruning_group.prune()
         _IndexMappings.sizes_changed(dg)
@@ -240,6 +248,28 @@ def _prune_groups(
     history = [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in dg.pruning_history()]
     widths_out = {g.name: int(widths.get(g.name, g.channels)) for g in graph}
     return PruneResult(pruned, widths_out, history, tracker.result())
+
+
+def _refuse_emptied(group: tp.Group, pruning: tp.Group, names: Mapping[int, str], name: str) -> None:
+    """Refuses a removal that would leave a conv, linear or norm member of ``group`` with none of its channels.
+
+    The group's slices (:func:`amc.groups._slices`) shrink in step, so this holds unless the model slices the
+    channels in a way the tracing did not show; torch would then fail later with "expected weight to be at
+    least 1 at dimension 0".
+
+    Raises:
+        TraceError: naming the module that would be left empty.
+    """
+    held = {(id(dep.target.module), dep.handler.__name__): len(idxs) for dep, idxs in group.items}
+    for dep, idxs in pruning.items:
+        module = dep.target.module
+        n = held.get((id(module), dep.handler.__name__), 0)
+        if isinstance(module, (*PRUNABLE_TYPES, *NORM_TYPES)) and n and len(idxs) >= n:
+            raise TraceError(
+                f"pruning group {name!r} would leave module {names.get(id(module), type(module).__name__)!r} with "
+                f"none of its {n} channels from the group (the model slices them in a way the tracing did not "
+                "show); prune this group less or leave it dense (ratio 0)"
+            )
 
 
 class ChannelPruner:
@@ -279,7 +309,9 @@ class ChannelPruner:
             _accumulate_gradients(self._model, _required_batch(criterion, calib_batch))
             self._grads = {id(p): p.grad.detach().clone() for p in self._model.parameters() if p.grad is not None}
             self._model.zero_grad(set_to_none=True)
-        self._dg = tp.DependencyGraph().build_dependency(self._model, graph.example_inputs, verbose=False)
+        self._dg = TimeLimit(f"tracing {type(model).__name__} for pruning", graph.trace_timeout).call(
+            lambda: tp.DependencyGraph().build_dependency(self._model, graph.example_inputs, verbose=False)
+        )
         self._names = {id(m): n for n, m in self._model.named_modules()}
         self._state = _TracedState(self._model, self._dg)
         _IndexMappings.follow(self._dg)
@@ -292,7 +324,9 @@ class ChannelPruner:
             for p in self._model.parameters():
                 grad = self._grads.get(id(p))
                 p.grad = None if grad is None else grad.clone()
-        return _prune_groups(self._model, self._dg, self._names, self.graph, widths, self._criterion.factory())
+        return TimeLimit(f"pruning {type(self._model).__name__}", self.graph.trace_timeout).call(
+            lambda: _prune_groups(self._model, self._dg, self._names, self.graph, widths, self._criterion.factory())
+        )
 
 
 class _IndexMappings:
