@@ -3,16 +3,35 @@ step or are frozen with the reason."""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
-from amc.cost import count_cost
+from agents.search import SearchConfig, run_search
+from amc.checkpoint import load_model, save_model
+from amc.cli import main
+from amc.cost import LatencyConfig, count_cost
+from amc.data import DataConfig, load_data
+from amc.engine import cost_report, prune_with_policy, workspace_for
 from amc.errors import ConfigError, TraceTimeoutError
 from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
+from amc.policy import load_policy
 from amc.pruning import ChannelPruner, prune_channels, widths_for
 from amc.time_limit import TRACE_TIMEOUT_ENV, TimeLimit, trace_timeout
+
+
+def _load_snippet(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem + str(abs(hash(path))), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Sliced(nn.Module):
@@ -88,3 +107,77 @@ def test_slices_that_cannot_shrink_in_step_freeze_their_group_with_the_reason(kw
     widths = widths_for(graph, {g.name: 0.9 for g in graph})
     assert widths["stem"] == 8
     assert prune_channels(model, graph, widths).model(x).shape == (1, 10)
+
+
+def _digits_resized(size: tuple[int, int]) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """Digits interpolated to a non-square ``size``: (train, val, test), 128 / 64 / 64 images."""
+    data = load_data(DataConfig("digits"))
+    x, y = (torch.cat(t) for t in zip(*(data.train[i : i + 1] for i in range(256))))
+    x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return TensorDataset(x[:128], y[:128]), TensorDataset(x[128:192], y[128:192]), TensorDataset(x[192:], y[192:])
+
+
+def _mnist1d_small() -> tuple[Dataset, Dataset, Dataset]:
+    data = load_data(DataConfig("mnist1d", train_size=128, val_size=64, test_size=64))
+    return data.train, data.val, data.test
+
+
+@pytest.mark.parametrize(
+    ("name", "input_size", "splits"),
+    [("resnet20_1d", (40,), _mnist1d_small), ("resnet20", (12, 20), lambda: _digits_resized((12, 20)))],
+    ids=["signal", "non-square"],
+)
+def test_signals_and_non_square_images_go_the_whole_path(
+    name: str, input_size: tuple[int, ...], splits: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """workspace_for, cost, latency, a short search (the env), export and amc prune's model file."""
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    spec = ModelSpec(name, 1, 10, input_size)
+    model = create_model(spec).eval()
+    ws = workspace_for(model, *splits(), name=name)
+    assert ws.spec == spec and ws.spec.input_shape == (1, *input_size)
+    config = SearchConfig(agent="random", episodes=3, workers=0, experiment="shapes")
+    config = config.replace(env=config.env.replace(target_ratio=0.5, bn_batches=1, bn_batch_size=16, eval_batches=1))
+    result = run_search(config, tmp_path / "s", workspace=ws, track=False, progress=False)
+    assert result.best.flops_ratio <= 0.5
+
+    policy = load_policy(tmp_path / "s" / "best_policy.json")
+    assert policy.model.input_shape == (1, *input_size)
+    pruned = prune_with_policy(model, policy, ws.example_inputs(), graph=ws.graph)
+    report = cost_report(ws, pruned.model, LatencyConfig(min_run_time=0.01))
+    assert report["flops_ratio"] == pytest.approx(result.best.flops_ratio) and report["latency_ms"] > 0
+
+    dense_file = save_model(tmp_path / "dense.pt", model, spec)
+    saved = load_model(save_model(tmp_path / "pruned.pt", pruned.model, spec, policy, pruned.history))
+    x = torch.randn(3, *spec.input_shape)
+    assert torch.equal(saved.model(x), pruned.model.eval()(x))
+    export = ["export", "--policy", str(tmp_path / "s" / "best_policy.json"), "--checkpoint", str(dense_file)]
+    assert main([*export, "--format", "torch-pruning", "--out", str(tmp_path / "tp")]) == 0
+    fresh = load_model(dense_file).model
+    snippet = _load_snippet(tmp_path / "tp" / "apply_torch_pruning.py")
+    snippet.prune(fresh, spec.example_inputs())
+    assert torch.equal(fresh.eval()(x), pruned.model(x))
+
+
+def test_mnist1d_is_deterministic_under_a_seed_and_its_splits_do_not_overlap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))
+    config = DataConfig("mnist1d", train_size=300, val_size=100, test_size=120, selection_size=80, seed=3)
+    first = load_data(config)
+    assert list((tmp_path / "cache" / "data").glob("mnist1d-*.npz")), "the generated samples are cached"
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "other"))  # generated again, not read from the cache
+    again = load_data(config)
+    splits = {"train": 300, "val": 100, "test": 120, "selection": 80}
+    rows = {}
+    for split, size in splits.items():
+        x, y = getattr(first, split).tensors
+        assert x.shape == (size, 1, 40) and torch.equal(x, getattr(again, split).tensors[0])
+        assert torch.equal(y, getattr(again, split).tensors[1]) and set(y.tolist()) == set(range(10))
+        rows[split] = {tuple(r.tolist()) for r in x.flatten(1)}
+    assert sum(len(r) for r in rows.values()) == len(set().union(*rows.values())) == 600, "no sample in two splits"
+    other = load_data(DataConfig("mnist1d", train_size=300, val_size=100, test_size=120, selection_size=80, seed=4))
+    assert not torch.equal(other.train.tensors[0], first.train.tensors[0])
+    with pytest.raises(ConfigError, match="length 40"):
+        load_data(DataConfig("mnist1d", input_size=32))

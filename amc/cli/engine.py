@@ -57,7 +57,10 @@ def _out_dir(text: str) -> Path:
     return path
 
 
-MODEL_HELP = "model name: resnet20, resnet56, plain20, vgg_small, mobilenetv2_small or torchvision:NAME"
+MODEL_HELP = (
+    "model name: resnet20, resnet56, plain20, vgg_small, mobilenetv2_small, resnet20_1d / resnet20_1d_wide (1-D "
+    "signals, --data mnist1d), torchvision:NAME or timm:NAME"
+)
 
 
 def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) -> None:
@@ -67,7 +70,9 @@ def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) ->
         help=MODEL_HELP + (" (required)" if model_required else " (default: the model of --checkpoint)"),
     )
     p.add_argument(
-        "--data", default="digits", help="data set: digits (embedded, default), cifar10, imagefolder, synthetic"
+        "--data",
+        default="digits",
+        help="data set: digits (embedded, default), mnist1d (generated offline, cached), cifar10, imagefolder, synthetic",
     )
     p.add_argument(
         "--data-dir", default=None, help="directory of a data set on disk (cifar10, imagefolder); nothing is downloaded"

@@ -260,13 +260,14 @@ def _spec_of(policy: Policy) -> ModelSpec:
     from amc.models import ModelSpec
 
     identity = policy.model
-    channels, height, width = identity.input_shape
-    if identity.name.startswith("python:") or height != width:
+    channels, *spatial = identity.input_shape
+    if identity.name.startswith("python:") or not spatial:
         raise ConfigError(
             f"model {identity.name!r} (input {list(identity.input_shape)}) cannot be rebuilt from the "
             "model registry; export with --format amc and apply it in Python with amc.apply_policy"
         )
-    return ModelSpec(identity.name, channels, identity.num_classes, height)
+    square = len(spatial) == 2 and spatial[0] == spatial[1]
+    return ModelSpec(identity.name, channels, identity.num_classes, spatial[0] if square else tuple(spatial))
 
 
 def dense_graph(policy: Policy) -> ModelGraph:
