@@ -13,6 +13,7 @@ configuration are known without building the pruned model (tests check it agains
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -241,7 +242,7 @@ class ModelGraph:
         modelled = self._estimate_raw({g.index: g.channels for g in self.groups})
         self._other = Cost(self.dense_cost.flops - modelled.flops, self.dense_cost.params - modelled.params)
         self._fill_group_flops()
-        self._freeze_fixed_slices(model)
+        self._check_prunable(model)
 
     # ------------------------------------------------------------------ tracing
     def _trace(self, model: nn.Module) -> list[list[tuple[nn.Module, str, int]]]:
@@ -345,35 +346,62 @@ class ModelGraph:
             filled.append(PrunableGroup(**{**g.__dict__, "flops": flops}))
         self.groups = filled
 
-    def _freeze_fixed_slices(self, model: nn.Module) -> None:
-        """Freezes the sliced groups when pruning them breaks the forward pass.
+    def _check_prunable(self, model: nn.Module) -> None:
+        """Prunes every group to its fewest channels on a copy and runs it; what breaks is frozen or refused.
 
         Torch-Pruning keeps its own record of split sizes in step, but a forward that slices with fixed
-        sizes (``torch.split(x, 4)``, ``x[:, :16]``) no longer runs once the channels shrink. Each sliced
-        group is pruned by one step on a copy, all at once, and the model run; when it fails, every sliced
-        group is frozen (:attr:`PrunableGroup.frozen` gives the error).
+        sizes (``torch.split(x, 4)``, ``x[:, :16]``) no longer runs once the channels shrink, and some
+        architectures (channel counts computed in ``forward``, parameters Torch-Pruning does not know) break
+        the same way. When the pruned copy fails, the sliced groups are frozen (:attr:`PrunableGroup.frozen`
+        gives the error) and it is tried again; when it still fails, the model is refused. The outcome is
+        remembered per architecture and input shape, so a model is probed once per process.
+
+        Raises:
+            TraceError: when the model does not run with its groups pruned; the message gives the error.
         """
-        sliced = {g.name for g in self.groups if not g.frozen and 1 < self._slices[g.index] and g.multiple < g.channels}
-        if not sliced:
-            return
+        from amc.policy import architecture_hash  # policy files build on the groups
+
+        key = (
+            type(model).__qualname__,
+            architecture_hash(model),
+            _settings_hash(model),
+            tuple(self.example_inputs.shape),
+        )
+        if key not in _PROBED:
+            failure = self._probe(model)
+            sliced = {g.name for g in self.groups if 1 < self._slices[g.index] and not g.frozen}
+            frozen = {}
+            if failure and sliced:
+                reason = f"the forward pass slices its channels with fixed sizes: pruned, it fails with {failure}"
+                frozen = {name: reason for name in sliced}
+                failure = self._probe(model, set(frozen))
+            _PROBED[key] = (failure, frozen)
+        failure, frozen = _PROBED[key]
+        if failure:
+            raise TraceError(
+                f"{type(model).__name__} does not run once its channel groups are pruned ({failure}); Torch-Pruning "
+                "cannot keep this architecture consistent: choose another model or prune it by hand"
+            )
+        self.groups = [
+            dataclasses.replace(g, multiple=g.channels, frozen=frozen[g.name]) if g.name in frozen else g
+            for g in self.groups
+        ]
+
+    def _probe(self, model: nn.Module, dense: set[str] = frozenset()) -> str:
+        """Empty when ``model`` runs with every group (but ``dense`` and the frozen ones) at its fewest channels,
+        else the error."""
         from amc.pruning import prune_channels  # pruning builds on this module
 
-        widths = {g.name: g.channels - g.multiple for g in self.groups if g.name in sliced}
+        widths = {g.name: g.multiple for g in self.groups if g.name not in dense and g.multiple < g.channels}
         try:
             pruned = prune_channels(model, self, widths).model
             with torch.no_grad():
-                pruned(self.example_inputs)
+                pruned.eval()(self.example_inputs)
         except TraceError:
             raise
-        except Exception as exc:
-            reason = (
-                f"the forward pass slices its channels with fixed sizes: pruned, it fails with "
-                f"{type(exc).__name__}: {str(exc)[:200]}"
-            )
-            self.groups = [
-                dataclasses.replace(g, multiple=g.channels, frozen=reason) if g.name in sliced else g
-                for g in self.groups
-            ]
+        except Exception as exc:  # whatever the pruned forward or Torch-Pruning raises: report it
+            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return ""
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -431,6 +459,24 @@ class ModelGraph:
             in_f = out_f if mc.kind == "depthwise" else _scaled(mc.in_features, mc.in_parts, keep, dense)
             out[name] = (in_f, out_f)
         return out
+
+
+_PROBED: dict[tuple[str, str, str, tuple[int, ...]], tuple[str, dict[str, str]]] = {}
+"""Outcome of :meth:`ModelGraph._check_prunable` per (class, architecture hash, settings hash, input shape): the
+error (empty: none) and the groups frozen with their reasons."""
+
+
+def _settings_hash(model: nn.Module) -> str:
+    """A hash of the plain settings of every module (numbers, strings, flags: what ``forward`` may branch on)."""
+    plain = (bool, int, float, str, type(None))
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        for key, value in sorted(vars(module).items()):
+            if key == "training":
+                continue
+            if isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value)):
+                digest.update(f"{name}.{key}={value!r};".encode())
+    return digest.hexdigest()[:16]
 
 
 ATTENTION_TYPES = frozenset(

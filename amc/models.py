@@ -26,6 +26,7 @@ ModelBuilder = Callable[[int, int, InputSize], nn.Module]
 
 MODELS: Registry[ModelBuilder] = Registry("model")
 TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,16 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 
 def model_names() -> list[str]:
-    """Registered names (torchvision classifiers are available as ``torchvision:NAME`` too)."""
+    """Registered names (torchvision and timm classifiers are available as ``torchvision:NAME`` / ``timm:NAME`` too)."""
     return MODELS.names()
 
 
 def create_model(spec: ModelSpec) -> nn.Module:
-    """Builds the dense, randomly initialised model described by ``spec``."""
+    """Builds the dense, randomly initialised model described by ``spec`` (never pretrained weights)."""
     if spec.name.startswith(TORCHVISION_PREFIX):
         return _torchvision_model(spec.name[len(TORCHVISION_PREFIX) :], spec)
+    if spec.name.startswith(TIMM_PREFIX):
+        return _timm_model(spec.name[len(TIMM_PREFIX) :], spec)
     builder = MODELS.get(spec.name)
     return builder(spec.in_channels, spec.num_classes, spec.input_size)
 
@@ -102,6 +105,21 @@ def _torchvision_model(arch: str, spec: ModelSpec) -> nn.Module:
     if spec.in_channels != 3:
         _replace_first_conv(model, spec.in_channels)
     return model
+
+
+def _timm_model(arch: str, spec: ModelSpec) -> nn.Module:
+    """A timm model with random weights (``pretrained=False``: nothing is fetched) for the data's channels and
+    classes. The input size is not passed: timm's CNNs take any size their strides allow (use a checkpoint for
+    trained weights)."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise ConfigError("timm:NAME models need timm: pip install timm==1.0.31 'huggingface_hub<1'") from exc
+    if not timm.is_model(arch):
+        raise RegistryError(
+            f"unknown timm model {arch!r}; examples: resnet18, efficientnet_b0, regnetx_002 (see timm.list_models())"
+        )
+    return timm.create_model(arch, pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_channels)
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
