@@ -379,8 +379,9 @@ class ModelGraph:
         failure, frozen = _PROBED[key]
         if failure:
             raise TraceError(
-                f"{type(model).__name__} does not run once its channel groups are pruned ({failure}); Torch-Pruning "
-                "cannot keep this architecture consistent: choose another model or prune it by hand"
+                f"{type(model).__name__} cannot be pruned consistently: with every channel group cut to its fewest "
+                f"channels (on a copy) it fails with {failure}; Torch-Pruning cannot keep this architecture "
+                "consistent: choose another model or prune it by hand"
             )
         self.groups = [
             dataclasses.replace(g, multiple=g.channels, frozen=frozen[g.name]) if g.name in frozen else g
