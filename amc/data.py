@@ -181,8 +181,7 @@ def _mnist1d_pool(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     Generated with ``make_dataset(get_dataset_args())`` (never ``get_dataset``, which downloads) and cached as
     ``.npz`` in the cache directory; a damaged cache file is generated again.
     """
-    from amc.baseline import default_cache_dir
-    from amc.files import atomic_path
+    from amc.files import atomic_path, default_cache_dir
 
     count = -(-count // 10) * 10  # make_dataset makes num_samples // 10 per class
     path = default_cache_dir() / MNIST1D_DIR / f"mnist1d-{count}-seed{seed}.npz"

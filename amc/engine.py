@@ -20,7 +20,7 @@ from amc.errors import BudgetError, ConfigError
 from amc.groups import ModelGraph
 from amc.models import InputSize, ModelSpec, create_model
 from amc.policy import ModelIdentity, Policy, Target
-from amc.pruning import DEFAULT_CRITERION, PruneResult, kept_channels, prune_channels, sparsify, widths_for
+from amc.pruning import DEFAULT_CRITERION, PruneResult, build_graph, kept_channels, prune_channels, sparsify, widths_for
 from amc.train import FINETUNE_LR, FinetuneReport, calibration_batches, evaluate, finetune, recalibrate_bn
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def build_workspace(model_name: str, data_config: DataConfig, checkpoint: str | 
     else:
         model = create_model(spec)
     model.eval()
-    graph = ModelGraph(model, spec.example_inputs())
+    graph = build_graph(model, spec.example_inputs())
     return Workspace(spec, data, model, graph, identity_of(spec, model))
 
 
@@ -100,7 +100,7 @@ def workspace_for(
             raise ConfigError("the selection split is empty; pass None for no selection split")
     data = DataBundle(splits[0], splits[1], splits[2], channels, num_classes, size, data_name, selection)
     spec = ModelSpec(name, channels, num_classes, size)
-    graph = ModelGraph(model, spec.example_inputs())
+    graph = build_graph(model, spec.example_inputs())
     return Workspace(spec, data, model, graph, identity_of(spec, model))
 
 
@@ -164,7 +164,7 @@ def make_policy(
 
     Groups that ``ratios`` leaves out are written into the policy with ratio 0.0 (dense), explicitly.
     """
-    graph = ModelGraph(model, example_inputs)
+    graph = build_graph(model, example_inputs)
     with torch.no_grad():
         was_training = model.training
         num_classes = int(model.eval()(example_inputs[:1]).shape[-1])
@@ -236,7 +236,7 @@ def prune_with_policy(
         PolicyMismatchError: when the policy was made for another model.
         PolicyError: when the policy leaves groups out and ``allow_partial`` is false.
     """
-    graph = graph or ModelGraph(model, example_inputs)
+    graph = graph or build_graph(model, example_inputs)
     identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), policy.model.num_classes, policy.model.name)
     policy.check_matches(identity, graph.names)
     policy.check_complete(graph.names, allow_partial)

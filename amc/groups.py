@@ -242,7 +242,6 @@ class ModelGraph:
         modelled = self._estimate_raw({g.index: g.channels for g in self.groups})
         self._other = Cost(self.dense_cost.flops - modelled.flops, self.dense_cost.params - modelled.params)
         self._fill_group_flops()
-        self._check_prunable(model)
 
     # ------------------------------------------------------------------ tracing
     def _trace(self, model: nn.Module) -> list[list[tuple[nn.Module, str, int]]]:
@@ -346,63 +345,16 @@ class ModelGraph:
             filled.append(PrunableGroup(**{**g.__dict__, "flops": flops}))
         self.groups = filled
 
-    def _check_prunable(self, model: nn.Module) -> None:
-        """Prunes every group to its fewest channels on a copy and runs it; what breaks is frozen or refused.
+    def sliced(self) -> set[str]:
+        """Names of the groups whose channels the model slices (into equal parts) and that are not frozen."""
+        return {g.name for g in self.groups if 1 < self._slices[g.index] and not g.frozen}
 
-        Torch-Pruning keeps its own record of split sizes in step, but a forward that slices with fixed
-        sizes (``torch.split(x, 4)``, ``x[:, :16]``) no longer runs once the channels shrink, and some
-        architectures (channel counts computed in ``forward``, parameters Torch-Pruning does not know) break
-        the same way. When the pruned copy fails, the sliced groups are frozen (:attr:`PrunableGroup.frozen`
-        gives the error) and it is tried again; when it still fails, the model is refused. The outcome is
-        remembered per architecture and input shape, so a model is probed once per process.
-
-        Raises:
-            TraceError: when the model does not run with its groups pruned; the message gives the error.
-        """
-        from amc.policy import architecture_hash  # policy files build on the groups
-
-        key = (
-            type(model).__qualname__,
-            architecture_hash(model),
-            _settings_hash(model),
-            tuple(self.example_inputs.shape),
-        )
-        if key not in _PROBED:
-            failure = self._probe(model)
-            sliced = {g.name for g in self.groups if 1 < self._slices[g.index] and not g.frozen}
-            frozen = {}
-            if failure and sliced:
-                reason = f"the forward pass slices its channels with fixed sizes: pruned, it fails with {failure}"
-                frozen = {name: reason for name in sliced}
-                failure = self._probe(model, set(frozen))
-            _PROBED[key] = (failure, frozen)
-        failure, frozen = _PROBED[key]
-        if failure:
-            raise TraceError(
-                f"{type(model).__name__} cannot be pruned consistently: with every channel group cut to its fewest "
-                f"channels (on a copy) it fails with {failure}; Torch-Pruning cannot keep this architecture "
-                "consistent: choose another model or prune it by hand"
-            )
+    def freeze(self, reasons: Mapping[str, str]) -> None:
+        """Freezes the groups named in ``reasons`` (kept dense: :attr:`PrunableGroup.frozen` gives the reason)."""
         self.groups = [
-            dataclasses.replace(g, multiple=g.channels, frozen=frozen[g.name]) if g.name in frozen else g
+            dataclasses.replace(g, multiple=g.channels, frozen=reasons[g.name]) if g.name in reasons else g
             for g in self.groups
         ]
-
-    def _probe(self, model: nn.Module, dense: set[str] = frozenset()) -> str:
-        """Empty when ``model`` runs with every group (but ``dense`` and the frozen ones) at its fewest channels,
-        else the error."""
-        from amc.pruning import prune_channels  # pruning builds on this module
-
-        widths = {g.name: g.multiple for g in self.groups if g.name not in dense and g.multiple < g.channels}
-        try:
-            pruned = prune_channels(model, self, widths).model
-            with torch.no_grad():
-                pruned.eval()(self.example_inputs)
-        except TraceError:
-            raise
-        except Exception as exc:  # whatever the pruned forward or Torch-Pruning raises: report it
-            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-        return ""
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -462,21 +414,13 @@ class ModelGraph:
         return out
 
 
-_PROBED: dict[tuple[str, str, str, tuple[int, ...]], tuple[str, dict[str, str]]] = {}
-"""Outcome of :meth:`ModelGraph._check_prunable` per (class, architecture hash, settings hash, input shape): the
-error (empty: none) and the groups frozen with their reasons."""
-
-
-def _settings_hash(model: nn.Module) -> str:
-    """A hash of the plain settings of every module (numbers, strings, flags: what ``forward`` may branch on)."""
-    plain = (bool, int, float, str, type(None))
+def architecture_hash(model: nn.Module) -> str:
+    """A short hash of the dense architecture: module names, types and parameter shapes."""
     digest = hashlib.sha256()
     for name, module in model.named_modules():
-        for key, value in sorted(vars(module).items()):
-            if key == "training":
-                continue
-            if isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value)):
-                digest.update(f"{name}.{key}={value!r};".encode())
+        digest.update(f"{name}:{type(module).__name__};".encode())
+    for name, param in model.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
     return digest.hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ zero weights in place, so they change the non-zero parameter count but make no l
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import sys
 from collections.abc import Callable, Mapping
@@ -20,7 +21,15 @@ import torch_pruning as tp
 from torch import nn
 
 from amc.errors import ConfigError, TraceError
-from amc.groups import NORM_TYPES, PRUNABLE_TYPES, ModelGraph, PrunableGroup, all_groups, is_depthwise
+from amc.groups import (
+    NORM_TYPES,
+    PRUNABLE_TYPES,
+    ModelGraph,
+    PrunableGroup,
+    all_groups,
+    architecture_hash,
+    is_depthwise,
+)
 from amc.registry import Registry
 from amc.time_limit import TimeLimit
 
@@ -467,6 +476,79 @@ def _channels_to_remove(
     per_group = scores.detach().float().reshape(multiple, size).mean(dim=0)
     positions = torch.argsort(per_group)[: n_remove // multiple].tolist()
     return sorted(int(p) + g * size for g in range(multiple) for p in positions)
+
+
+def build_graph(model: nn.Module, example_inputs: torch.Tensor, trace_timeout: float | None = None) -> ModelGraph:
+    """The traced groups of ``model`` (:class:`~amc.groups.ModelGraph`), checked to prune consistently.
+
+    Every group is pruned to its fewest channels on a copy and the copy run: Torch-Pruning keeps its own
+    record of split sizes in step, but a forward that slices with fixed sizes (``torch.split(x, 4)``,
+    ``x[:, :16]``) no longer runs once the channels shrink, and some architectures (channel counts computed in
+    ``forward``, parameters Torch-Pruning does not know) break the same way. When the pruned copy fails, the
+    sliced groups are frozen (:attr:`PrunableGroup.frozen` gives the error) and it is tried again; when it still
+    fails, the model is refused. The outcome is remembered per architecture, settings and input shape, so a
+    model is probed once per process.
+
+    Args:
+        model: The dense model (not modified).
+        example_inputs: A batch of example inputs (the first one is used).
+        trace_timeout: Seconds the tracing may take (None: ``$AMC_TRACE_TIMEOUT``, default 120; 0: no limit).
+
+    Raises:
+        TraceError: when the model cannot be traced, or does not run with its groups pruned (the message gives
+            the error); TraceTimeoutError when the tracing takes longer than ``trace_timeout``.
+    """
+    graph = ModelGraph(model, example_inputs, trace_timeout)
+    key = (type(model).__qualname__, architecture_hash(model), _settings_hash(model), tuple(graph.example_inputs.shape))
+    if key not in _PROBED:
+        failure, frozen = _probe(model, graph), {}
+        if failure and graph.sliced():
+            reason = f"the forward pass slices its channels with fixed sizes: pruned, it fails with {failure}"
+            frozen = dict.fromkeys(graph.sliced(), reason)
+            failure = _probe(model, graph, set(frozen))
+        _PROBED[key] = (failure, frozen)
+    failure, frozen = _PROBED[key]
+    if failure:
+        raise TraceError(
+            f"{type(model).__name__} cannot be pruned consistently: with every channel group cut to its fewest "
+            f"channels (on a copy) it fails with {failure}; Torch-Pruning cannot keep this architecture "
+            "consistent: choose another model or prune it by hand"
+        )
+    graph.freeze(frozen)
+    return graph
+
+
+def _probe(model: nn.Module, graph: ModelGraph, dense: set[str] = frozenset()) -> str:
+    """Empty when ``model`` runs with every group (but ``dense`` and the frozen ones) at its fewest channels,
+    else the error."""
+    widths = {g.name: g.multiple for g in graph if g.name not in dense and g.multiple < g.channels}
+    try:
+        pruned = prune_channels(model, graph, widths).model
+        with torch.no_grad():
+            pruned.eval()(graph.example_inputs)
+    except TraceError:
+        raise
+    except Exception as exc:  # whatever the pruned forward or Torch-Pruning raises: report it
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    return ""
+
+
+_PROBED: dict[tuple[str, str, str, tuple[int, ...]], tuple[str, dict[str, str]]] = {}
+"""Outcome of :func:`build_graph` per (class, architecture hash, settings hash, input shape): the
+error (empty: none) and the groups frozen with their reasons."""
+
+
+def _settings_hash(model: nn.Module) -> str:
+    """A hash of the plain settings of every module (numbers, strings, flags: what ``forward`` may branch on)."""
+    plain = (bool, int, float, str, type(None))
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        for key, value in sorted(vars(module).items()):
+            if key == "training":
+                continue
+            if isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value)):
+                digest.update(f"{name}.{key}={value!r};".encode())
+    return digest.hexdigest()[:16]
 
 
 def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: History) -> nn.Module:

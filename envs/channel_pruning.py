@@ -28,7 +28,7 @@ from amc.engine import Workspace, build_workspace, smallest_ratio
 from amc.errors import AmcError, BudgetError, ConfigError
 from amc.groups import ModelGraph
 from amc.policy import ModelIdentity, Policy, Target
-from amc.pruning import CRITERIA, DEFAULT_CRITERION, ChannelPruner, prune_channels, widths_for
+from amc.pruning import CRITERIA, DEFAULT_CRITERION, ChannelPruner, build_graph, prune_channels, widths_for
 from amc.reconstruct import reconstruct
 from amc.train import calibration_batches, evaluate, recalibrate_bn
 from envs.budget import BudgetWall, Choice, fewest_widths
@@ -325,7 +325,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     ) -> None:
         self.config = config if config is not None else EnvConfig()
         self.model = model
-        self.graph = graph if graph is not None else ModelGraph(model, example_inputs)
+        self.graph = graph if graph is not None else build_graph(model, example_inputs)
         self.target = Target(self.config.target_metric, self.config.target_ratio)
         if cost_model is None:
             cost_model = create_cost_model(

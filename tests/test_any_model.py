@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+import amc
 from agents.search import SearchConfig, run_search
 from amc.checkpoint import load_model, save_model
 from amc.cli import main
@@ -23,7 +24,7 @@ from amc.errors import ConfigError, TraceTimeoutError
 from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
 from amc.policy import load_policy
-from amc.pruning import ChannelPruner, prune_channels, widths_for
+from amc.pruning import ChannelPruner, build_graph, prune_channels, widths_for
 from amc.time_limit import TRACE_TIMEOUT_ENV, TimeLimit, trace_timeout
 
 
@@ -84,7 +85,7 @@ def test_sliced_channels_shrink_in_step_and_no_slice_is_emptied() -> None:
     with torch.no_grad():
         model.stem.weight[:4] *= 100  # the first slice is the most important: by magnitude alone the second empties
     x = torch.randn(2, 3, 8, 8)
-    graph = ModelGraph(model, x)
+    graph = build_graph(model, x)
     assert graph.group("stem").multiple == 2 and not graph.group("stem").frozen
     for ratio in (0.5, 0.95):
         widths = widths_for(graph, {g.name: ratio for g in graph})
@@ -101,7 +102,7 @@ def test_sliced_channels_shrink_in_step_and_no_slice_is_emptied() -> None:
 def test_slices_that_cannot_shrink_in_step_freeze_their_group_with_the_reason(kwargs: dict, reason: str) -> None:
     model = _Sliced(**kwargs).eval()
     x = torch.randn(1, 3, 8, 8)
-    graph = ModelGraph(model, x)
+    graph = build_graph(model, x)
     stem = graph.group("stem")
     assert reason in stem.frozen and stem.multiple == stem.channels
     widths = widths_for(graph, {g.name: 0.9 for g in graph})
@@ -181,3 +182,31 @@ def test_mnist1d_is_deterministic_under_a_seed_and_its_splits_do_not_overlap(
     assert not torch.equal(other.train.tensors[0], first.train.tensors[0])
     with pytest.raises(ConfigError, match="length 40"):
         load_data(DataConfig("mnist1d", input_size=32))
+
+
+def test_check_reports_a_residual_model(capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("resnet20", 1, 10, 8))
+    report = amc.check(model, torch.zeros(1, 1, 8, 8), episodes=300, latency=LatencyConfig(min_run_time=0.01))
+    assert report.prunable and not report.refused and report.reload_exact is True
+    assert report.cost == count_cost(model, torch.zeros(1, 1, 8, 8))
+    stem = report.groups[0]
+    assert stem.name == "conv1" and {"layer1.0.conv2", "layer1.2.conv2"} <= set(stem.modules)  # the residual adds
+    assert set(report.latency_ms) == {1, 8, 16}
+    assert report.latency_ms[8] == report.latency_ms[16] == report.latency_ms[1]  # 16/32/64: already multiples
+    assert report.episode is not None and report.episode.batches == 8 + 5 and report.episode.episode_s > 0
+    text = str(report)
+    assert "couples conv1, layer1.0.conv2" in text and "300-episode search" in text and "reloads exactly: yes" in text
+
+
+def test_check_reports_depthwise_groups_and_refuses_what_it_cannot_prune(capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    depthwise = create_model(ModelSpec("mobilenetv2_small", 1, 10, 8))
+    report = amc.check(depthwise, torch.zeros(1, 1, 8, 8), latency=LatencyConfig(min_run_time=0.01))
+    assert report.prunable and any(g.kind == "depthwise" for g in report.groups) and report.reload_exact
+
+    cli = ["check", "--model", "torchvision:shufflenet_v2_x0_5", "--data", "synthetic", "--input-size", "32"]
+    assert main([*cli, "--episodes", "10"]) == 2
+    out, err = capsys.readouterr()
+    assert "nothing can be pruned: TraceError" in out and "channel shuffle" in err
+    assert err.startswith("amc check: error: nothing in torchvision:shufflenet_v2_x0_5 can be pruned")

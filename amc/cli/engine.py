@@ -63,7 +63,7 @@ MODEL_HELP = (
 )
 
 
-def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) -> None:
+def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False, device: bool = True) -> None:
     p.add_argument(
         "--model",
         required=model_required,
@@ -80,7 +80,8 @@ def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) ->
     p.add_argument(
         "--input-size", type=non_negative_int, default=0, help="input image side (0: the data set's default)"
     )
-    add_device(p)
+    if device:
+        add_device(p)
     p.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
 
 
@@ -297,6 +298,36 @@ def _print_table(r: dict) -> None:
     width = max(len(a) for a, _, _ in rows)
     for a, b, c in rows:
         print(f"{a:<{width}}  {b:>14}  {c:>22}")
+
+
+# --------------------------------------------------------------------------- check
+@command("check", "pre-flight report: prunable groups, frozen or refused modules, cost, reload, rounding, search time")
+def _check_args(p: argparse.ArgumentParser) -> None:
+    _add_model_data(p, device=False)  # runs on the CPU
+    p.add_argument("--checkpoint", default=None, help="dense model file (default: a randomly initialised --model)")
+    p.add_argument("--episodes", type=positive_int, default=300, help="episodes of the search time estimate")
+
+
+@_check_args.run
+def _check(args: argparse.Namespace) -> int:
+    import torch
+
+    from amc.checkpoint import load_model
+    from amc.data import load_data
+    from amc.engine import spec_for
+    from amc.errors import TraceError
+    from amc.models import create_model
+    from amc.preflight import check
+
+    data = load_data(_data_config(args))
+    spec = spec_for(_model_name(args), data)
+    torch.manual_seed(args.seed)  # the random initialisation of a model without --checkpoint
+    model = load_model(args.checkpoint, spec=spec).model if args.checkpoint else create_model(spec)
+    report = check(model, spec.example_inputs(), args.episodes, val_size=len(data.val))
+    print(report, flush=True)
+    if not report.prunable:
+        raise TraceError(f"nothing in {spec.name} can be pruned: {report.refused}")
+    return 0
 
 
 # --------------------------------------------------------------------------- sensitivity

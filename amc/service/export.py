@@ -272,9 +272,9 @@ def _spec_of(policy: Policy) -> ModelSpec:
 
 def dense_graph(policy: Policy) -> ModelGraph:
     """The dependency groups of the dense architecture a policy was made for (built without weights)."""
-    from amc.groups import ModelGraph
     from amc.models import create_model
     from amc.policy import architecture_hash
+    from amc.pruning import build_graph
 
     spec = _spec_of(policy)
     model = create_model(spec).eval()
@@ -283,7 +283,7 @@ def dense_graph(policy: Policy) -> ModelGraph:
             f"the registry's {spec.name!r} is not the architecture the policy was made for (hash "
             f"{architecture_hash(model)} vs {policy.model.arch_hash}); export with --format amc"
         )
-    return ModelGraph(model, spec.example_inputs())
+    return build_graph(model, spec.example_inputs())
 
 
 def _require_channel(policy: Policy) -> None:
@@ -425,7 +425,7 @@ def _dense_for(
 ) -> tuple[nn.Module, ModelGraph, Batch | None, dict[str, Any] | None]:
     """The dense model and its groups (built as ``amc prune`` builds them), the gradient batch and its record."""
     from amc.engine import build_workspace, identity_of
-    from amc.groups import ModelGraph
+    from amc.pruning import build_graph
 
     spec = _spec_of(policy)
     if needs_gradients:  # exactly `amc prune`'s workspace and batch
@@ -439,7 +439,7 @@ def _dense_for(
         }
     else:
         model, batch, calibration = _load_dense(spec, dense.checkpoint), None, None
-        graph = ModelGraph(model, spec.example_inputs())
+        graph = build_graph(model, spec.example_inputs())
         identity = identity_of(spec, model)
     policy.check_matches(identity, graph.names)
     return model, graph, batch, calibration

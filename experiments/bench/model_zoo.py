@@ -47,7 +47,7 @@ from amc.cost import count_cost
 from amc.errors import AmcError
 from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
-from amc.pruning import prune_channels, replay_history, widths_for
+from amc.pruning import build_graph, prune_channels, replay_history, widths_for
 
 SIZES = (64, 96, 128, 224)
 RESULTS = Path(__file__).parent / "results" / "model_zoo.json"
@@ -142,7 +142,7 @@ def check_model(
     start = time.perf_counter()
     graph: ModelGraph | None = None
     try:
-        graph = ModelGraph(model, x)
+        graph = build_graph(model, x)
         widths = widths_for(graph, {g.name: ratio for g in graph})
         result = prune_channels(model, graph, widths)
         counted = count_cost(result.model, x)
