@@ -195,6 +195,17 @@ def output_layer(model: nn.Module, order: list[str]) -> str:
     raise TraceError("the model has no conv or linear layer, so it has nothing to prune")
 
 
+def _dense_cost(model: nn.Module, example_inputs: torch.Tensor) -> Cost:
+    """The exact dense cost; a TraceError when torch's FLOP counter cannot run the model."""
+    try:
+        return count_cost(model, example_inputs)
+    except Exception as exc:  # FlopCounterMode's module tracker asserts on some forwards (timm's CaiT)
+        raise TraceError(
+            f"cannot count the FLOPs of {type(model).__name__} with torch's FlopCounterMode: {type(exc).__name__}: "
+            f"{exc}; the cost model needs it: choose another model"
+        ) from exc
+
+
 def _failing_location(exc: BaseException, model: nn.Module) -> str:
     """Best effort: the module or op Torch-Pruning was handling when it failed."""
     names = {id(m): n for n, m in model.named_modules()}
@@ -236,7 +247,7 @@ class ModelGraph:
         self._param_dims: dict[int, int] = {}
         raw_groups = self._trace(model)
         self.groups = self._describe(model, raw_groups, shapes)
-        self.dense_cost = count_cost(model, self.example_inputs)
+        self.dense_cost = _dense_cost(model, self.example_inputs)
         self._costs = self._cost_table(model, raw_groups, shapes)
         self._vectors = _CostVectors(list(self._costs.values()), [g.channels for g in self.groups])
         modelled = self._estimate_raw({g.index: g.channels for g in self.groups})
@@ -437,7 +448,10 @@ ATTENTION_TYPES = frozenset(
 
 
 def _is_attention(module: nn.Module) -> bool:
-    return any(cls.__name__ in ATTENTION_TYPES for cls in type(module).__mro__)
+    """An attention layer: a class of :data:`ATTENTION_TYPES` or one named ``...Attention...`` / ``...Attn`` (timm's
+    ``ClassAttn``, ``WindowAttention``, ...)."""
+    names = [cls.__name__ for cls in type(module).__mro__]
+    return any(n in ATTENTION_TYPES or "Attention" in n or n.endswith("Attn") for n in names)
 
 
 def _reject_unsupported_modules(model: nn.Module) -> None:
