@@ -56,10 +56,10 @@ def test_classifier_prunes_and_replays_or_is_refused(zoo: ModuleType, name: str,
 
 
 # timm, tiny inputs: depthwise convs, channels sliced and concatenated (ghostnet: the slices shrink in equal steps),
-# and a model Torch-Pruning cannot keep consistent (edgenext: refused with the error)
+# and a model Torch-Pruning cannot keep consistent (dpn48b: refused with the error its pruned copy raised)
 TIMM_SAMPLE = [
     ("ghostnet_050", "pruned", ""),
-    ("edgenext_xx_small", "refused", r"EdgeNeXt cannot be pruned consistently: .*fails with RuntimeError"),
+    ("dpn48b", "refused", r"DPN cannot be pruned consistently: .*fails with IndexError"),
 ]
 
 
