@@ -458,13 +458,19 @@ def _reject_unsupported_modules(model: nn.Module) -> None:
     """Refuses what the pruning cannot keep consistent or the cost table cannot count exactly.
 
     Attention layers (ViT, Swin, MaxViT): their heads and embedding width would need head-aware pruning
-    and attention FLOPs in the cost table. Transposed convs, and depthwise convs with a channel multiplier.
+    and attention FLOPs in the cost table. Recurrent layers (LSTM, GRU: timm's Sequencer), transposed convs,
+    and depthwise convs with a channel multiplier.
     """
     for name, module in model.named_modules():
         if _is_attention(module):
             raise TraceError(
                 f"module {name!r} ({type(module).__name__}) is an attention layer; pruning attention heads and "
                 "embedding widths is not supported: choose a convolutional model (ResNet, RegNet, MobileNet, ...)"
+            )
+        if isinstance(module, nn.RNNBase):
+            raise TraceError(
+                f"module {name!r} is a recurrent layer ({type(module).__name__}); the cost model does not count "
+                "recurrent layers, so their pruning is not supported: choose a convolutional model"
             )
         if isinstance(module, nn.modules.conv._ConvTransposeNd):
             raise TraceError(

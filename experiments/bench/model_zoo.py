@@ -3,7 +3,8 @@ replayed.
 
 For each name in ``torchvision.models.list_models(module=torchvision.models)`` and each timm model chosen by
 :func:`timm_models` (one per family, the smallest, plus every model under ``--timm-max-params``; random weights,
-``pretrained=False``, 10 classes, the smallest square input of 64 / 96 / 128 / 224 pixels the model accepts) it
+``pretrained=False``, 10 classes, the smallest square input of 64 / 96 / 128 / 224 pixels, or a timm model's
+default size, the model accepts) it
 
 * traces the dependency groups (:class:`amc.groups.ModelGraph`),
 * prunes every group at the same ratio (default 0.5) with :func:`amc.pruning.prune_channels`,
@@ -81,6 +82,20 @@ class ZooResult:
 
 
 SOURCES = ("torchvision", "timm")
+
+
+def sizes_for(name: str, source: str) -> tuple[int, ...]:
+    """Input sides tried for a model, smallest first: :data:`SIZES`, and for timm the model's own default side last
+    (some take only that one, e.g. halonet_h1 256, swinv2_tiny_window16_256)."""
+    if source != "timm":
+        return SIZES
+    import timm
+
+    with torch.device("meta"):
+        side = int(timm.create_model(name, pretrained=False).pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    return tuple(sorted({*SIZES, side}))
+
+
 STATUSES = ("pruned", "refused", "failed", "hung")
 
 
@@ -218,7 +233,7 @@ def _finetune_save_reload(model_name: str, size: int, result) -> bool:
 def _check_in_child(name: str, ratio: float, source: str, conn: multiprocessing.connection.Connection) -> None:
     torch.set_num_threads(1)
     try:
-        conn.send(check_model(name, ratio, source=source))
+        conn.send(check_model(name, ratio, sizes_for(name, source), source))
     except BaseException as exc:
         conn.send(ZooResult(name, "failed", detail=f"{type(exc).__name__}: {exc}"))
 
