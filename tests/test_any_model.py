@@ -20,7 +20,7 @@ from amc.cli import main
 from amc.cost import LatencyConfig, count_cost
 from amc.data import DataConfig, load_data
 from amc.engine import cost_report, prune_with_policy, workspace_for
-from amc.errors import ConfigError, TraceTimeoutError
+from amc.errors import ConfigError, TraceError, TraceTimeoutError
 from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
 from amc.policy import load_policy
@@ -210,3 +210,22 @@ def test_check_reports_depthwise_groups_and_refuses_what_it_cannot_prune(capsys:
     out, err = capsys.readouterr()
     assert "nothing can be pruned: TraceError" in out and "channel shuffle" in err
     assert err.startswith("amc check: error: nothing in torchvision:shufflenet_v2_x0_5 can be pruned")
+
+
+class _Recurrent(nn.Module):
+    """A conv feature extractor read by an LSTM (as timm's Sequencer mixes tokens)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 8, 3, padding=1)
+        self.rnn = nn.LSTM(8, 8, batch_first=True)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.conv(x).transpose(1, 2))
+        return self.fc(out[:, -1])
+
+
+def test_recurrent_layers_are_refused_with_the_module_named() -> None:
+    with pytest.raises(TraceError, match=r"module 'rnn' is a recurrent layer \(LSTM\)"):
+        build_graph(_Recurrent().eval(), torch.zeros(1, 1, 12))
