@@ -448,10 +448,14 @@ ATTENTION_TYPES = frozenset(
 
 
 def _is_attention(module: nn.Module) -> bool:
-    """An attention layer: a class of :data:`ATTENTION_TYPES` or one named ``...Attention...`` / ``...Attn`` (timm's
-    ``ClassAttn``, ``WindowAttention``, ...)."""
+    """An attention layer: a class of :data:`ATTENTION_TYPES`, or a class named ``...Attention...`` / ``...Attn``
+    with attention heads (``num_heads``: timm's ``ClassAttn``, ``WindowAttention``, ...). Channel attention without
+    heads (ResNeSt's ``SplitAttn``, SKNet's ``SelectiveKernelAttn``, squeeze-excite) prunes like any conv."""
     names = [cls.__name__ for cls in type(module).__mro__]
-    return any(n in ATTENTION_TYPES or "Attention" in n or n.endswith("Attn") for n in names)
+    if any(n in ATTENTION_TYPES for n in names):
+        return True
+    named = any("Attention" in n or n.endswith("Attn") for n in names)
+    return named and hasattr(module, "num_heads")
 
 
 def _reject_unsupported_modules(model: nn.Module) -> None:

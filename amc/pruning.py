@@ -20,6 +20,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from amc.cost import count_cost
 from amc.errors import ConfigError, TraceError
 from amc.groups import (
     NORM_TYPES,
@@ -484,7 +485,8 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, trace_timeout: f
     Every group is pruned to its fewest channels on a copy and the copy run: Torch-Pruning keeps its own
     record of split sizes in step, but a forward that slices with fixed sizes (``torch.split(x, 4)``,
     ``x[:, :16]``) no longer runs once the channels shrink, and some architectures (channel counts computed in
-    ``forward``, parameters Torch-Pruning does not know) break the same way. When the pruned copy fails, the
+    ``forward``, parameters Torch-Pruning does not know) break the same way, or have a cost the analytic model
+    does not count (the pruned copy's FLOPs and params must equal its estimate). When the pruned copy fails, the
     sliced groups are frozen (:attr:`PrunableGroup.frozen` gives the error) and it is tried again; when it still
     fails, the model is refused. The outcome is remembered per architecture, settings and input shape, so a
     model is probed once per process.
@@ -526,10 +528,13 @@ def _probe(model: nn.Module, graph: ModelGraph, dense: set[str] = frozenset()) -
         pruned = prune_channels(model, graph, widths).model
         with torch.no_grad():
             pruned.eval()(graph.example_inputs)
+        counted = count_cost(pruned, graph.example_inputs)
     except TraceError:
         raise
     except Exception as exc:  # whatever the pruned forward or Torch-Pruning raises: report it
         return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if counted != graph.estimate(widths):  # an op the cost table does not model scales with the channels
+        return f"a cost the analytic model cannot count exactly ({graph.estimate(widths)} estimated, {counted} counted)"
     return ""
 
 
