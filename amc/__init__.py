@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from amc.errors import AmcError
     from amc.groups import ModelGraph, PrunableGroup
     from amc.policy import ModelIdentity, Policy, Target, load_policy
+    from amc.preflight import CheckReport, check
     from amc.train import evaluate, finetune, recalibrate_bn
 
 __version__ = "0.1.0"
@@ -47,6 +48,8 @@ _API: dict[str, str] = {
     "make_policy": "amc.engine",
     "uniform_policy": "amc.engine",
     "AmcError": "amc.errors",
+    "CheckReport": "amc.preflight",
+    "check": "amc.preflight",
     "ModelGraph": "amc.groups",
     "PrunableGroup": "amc.groups",
     "ModelIdentity": "amc.policy",
@@ -75,13 +78,14 @@ def __dir__() -> list[str]:
 
 def prunable_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[PrunableGroup]:
     """The prunable dependency groups of ``model`` in execution order, with stable names."""
-    from amc.groups import ModelGraph
+    from amc.pruning import build_graph
 
-    return list(ModelGraph(model, example_inputs))
+    return list(build_graph(model, example_inputs))
 
 
 __all__ = [
     "AmcError",
+    "CheckReport",
     "Cost",
     "ModelGraph",
     "ModelIdentity",
@@ -90,6 +94,7 @@ __all__ = [
     "SavedModel",
     "Target",
     "apply_policy",
+    "check",
     "count_cost",
     "evaluate",
     "finetune",

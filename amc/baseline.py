@@ -23,7 +23,7 @@ from amc.cost import count_cost
 from amc.data import DataConfig, load_data
 from amc.engine import spec_for
 from amc.errors import ConfigError
-from amc.files import write_json_atomic
+from amc.files import default_cache_dir, write_json_atomic
 from amc.models import create_model
 from amc.progress import format_duration
 from amc.train import TrainConfig, evaluate, state_copy, train
@@ -111,24 +111,8 @@ def baseline_key(model_name: str, data_config: DataConfig, config: TrainConfig) 
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-CACHE_DIR_ENV = "AMC_CACHE_DIR"
-"""Environment variable naming the cache directory (see :func:`default_cache_dir`)."""
 BASELINES_DIR = "baselines"
 """Subdirectory of the cache directory that holds the dense baselines."""
-
-
-def default_cache_dir() -> Path:
-    """The user cache directory of amc-search: ``$AMC_CACHE_DIR``, else ``$XDG_CACHE_HOME/amc``, else ``~/.cache/amc``.
-
-    Every command that caches something (the dense baselines of ``amc search`` / ``amc sweep``, the demo,
-    the benchmarks) uses this directory unless it is given another, so the working directory stays clean.
-    """
-    explicit = os.environ.get(CACHE_DIR_ENV)
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
-    return (base / "amc").resolve()
 
 
 def baseline_dir(model_name: str, data_config: DataConfig, config: TrainConfig, cache_dir: Path | None = None) -> Path:

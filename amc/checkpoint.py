@@ -54,7 +54,7 @@ def save_model(
             "name": spec.name,
             "in_channels": spec.in_channels,
             "num_classes": spec.num_classes,
-            "input_size": spec.input_size,
+            "input_size": spec.input_size if isinstance(spec.input_size, int) else list(spec.input_size),
         },
         "policy": policy.to_dict() if policy is not None else None,
         "history": [[n, bool(o), list(idx)] for n, o, idx in history],
@@ -163,6 +163,10 @@ def _check_spec(spec: object, path: Path) -> None:
         raise _bad(path, "spec.name", "a registered model name", spec["name"])
     for key, limit in _SPEC_LIMITS.items():
         value = spec[key]
+        if key == "input_size" and isinstance(value, list) and 1 <= len(value) <= 3:
+            if all(type(v) is int and 1 <= v <= limit for v in value):
+                continue
+            raise _bad(path, f"spec.{key}", f"a side or a list of 1 to 3 sizes, each an integer in [1, {limit}]", value)
         if type(value) is not int or not 1 <= value <= limit:
             raise _bad(path, f"spec.{key}", f"an integer in [1, {limit}]", value)
 

@@ -8,6 +8,7 @@ from the training data, as AMC does, so the search never sees the test split.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from amc.errors import ConfigError, DataNotFoundError
+from amc.models import InputSize
 from amc.registry import Registry
 
 
@@ -25,7 +27,7 @@ class DataConfig:
     """Which data set to use and how to split it.
 
     Attributes:
-        name: Registered data set name (``digits``, ``cifar10``, ``imagefolder``, ``synthetic``).
+        name: Registered data set name (``digits``, ``mnist1d``, ``cifar10``, ``imagefolder``, ``synthetic``).
         root: Directory of a data set on disk (cifar10, imagefolder); unused otherwise.
         input_size: Side of the square input images; 0 picks the data set's default.
         val_size: Images held out from the training data as the search-val split (0: the default).
@@ -34,9 +36,11 @@ class DataConfig:
             there (``selection_top_k``), so the reported policy is not just the luckiest on search-val. They are
             taken from the end of the training part, so search-val and test stay the same images and the
             dense model trains on that many fewer.
-        seed: Seed of the deterministic split.
+        seed: Seed of the deterministic split (and of MNIST-1D's generation).
         num_classes: Class count (synthetic only).
         num_samples: Total images (synthetic only).
+        train_size: Training samples (mnist1d only; 0: its default, 4,000).
+        test_size: Test samples (mnist1d only; 0: its default, 10,000).
     """
 
     name: str = "digits"
@@ -47,18 +51,24 @@ class DataConfig:
     seed: int = 0
     num_classes: int = 10
     num_samples: int = 512
+    train_size: int = 0
+    test_size: int = 0
 
 
 @dataclass(frozen=True)
 class DataBundle:
-    """The three splits plus what a model builder needs to know about the inputs."""
+    """The three splits plus what a model builder needs to know about the inputs.
+
+    ``input_size`` is a side (square images) or the sizes of every input dimension besides the channels
+    (``(L,)`` for 1-D signals, ``(H, W)``, ``(D, H, W)``), as :class:`amc.models.ModelSpec` takes it.
+    """
 
     train: Dataset
     val: Dataset
     test: Dataset
     in_channels: int
     num_classes: int
-    input_size: int
+    input_size: InputSize
     name: str
     selection: Dataset | None = None
 
@@ -126,6 +136,79 @@ def digits(config: DataConfig) -> DataBundle:
     part = lambda idx: TensorDataset(x[idx], y[idx])  # noqa: E731
     selection = part(sel_idx) if sel_idx is not None else None
     return DataBundle(part(train_idx), part(val_idx), part(test_idx), 1, 10, size, "digits", selection)
+
+
+MNIST1D_SIZES = {"train": 4000, "val": 2000, "test": 10000}
+"""MNIST-1D's default split sizes: 4,000 training samples (where a 1-D ResNet-20 reaches ~99% and pruning methods
+still differ), large search-val and test splits so that a search's figures are not noise."""
+MNIST1D_DIR = "data"
+"""Subdirectory of the cache directory (``$AMC_CACHE_DIR``) that holds the generated MNIST-1D samples."""
+
+
+@register_dataset("mnist1d")
+def mnist1d(config: DataConfig) -> DataBundle:
+    """MNIST-1D (Greydanus 2020): 1-D signals of length 40 made from 10 digit templates, 10 classes.
+
+    Generated offline with ``mnist1d.data.make_dataset`` at first use (a few seconds) and cached under
+    ``$AMC_CACHE_DIR/data``; never downloaded. Split sizes: ``train_size`` (default 4,000), ``val_size`` (2,000),
+    ``test_size`` (10,000) and ``selection_size`` (0: none), generated together as one pool under ``seed``
+    (changing a size regenerates the pool). The input size is the signal length; ``input_size`` must be 0 or 40.
+    """
+    if config.input_size not in (0, 40):
+        raise ConfigError(f"mnist1d signals have length 40; leave --input-size unset, got {config.input_size}")
+    sizes = {
+        "train": _size(config, "train_size", config.train_size or MNIST1D_SIZES["train"]),
+        "val": _size(config, "val_size", config.val_size or MNIST1D_SIZES["val"]),
+        "test": _size(config, "test_size", config.test_size or MNIST1D_SIZES["test"]),
+        "selection": _size(config, "selection_size", config.selection_size, minimum=0),
+    }
+    x, y = _mnist1d_pool(sum(sizes.values()), config.seed)
+    parts = _split(len(y), tuple(sizes.values()), config.seed)
+    data = {name: TensorDataset(x[idx], y[idx]) for name, idx in zip(sizes, parts)}
+    selection = data["selection"] if sizes["selection"] else None
+    return DataBundle(data["train"], data["val"], data["test"], 1, 10, (int(x.shape[-1]),), "mnist1d", selection)
+
+
+def _size(config: DataConfig, field: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"data.{field} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _mnist1d_pool(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` MNIST-1D samples (rounded up to a multiple of 10) as (N, 1, 40) float32 and (N,) labels.
+
+    Generated with ``make_dataset(get_dataset_args())`` (never ``get_dataset``, which downloads) and cached as
+    ``.npz`` in the cache directory; a damaged cache file is generated again.
+    """
+    from amc.files import atomic_path, default_cache_dir
+
+    count = -(-count // 10) * 10  # make_dataset makes num_samples // 10 per class
+    path = default_cache_dir() / MNIST1D_DIR / f"mnist1d-{count}-seed{seed}.npz"
+    try:
+        with np.load(path) as cached:
+            x, y = cached["x"], cached["y"]
+    except (OSError, KeyError, ValueError):
+        x, y = _generate_mnist1d(count, seed)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, x=x, y=y)
+    return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)
+
+
+def _generate_mnist1d(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:
+        raise ConfigError("--data mnist1d needs the mnist1d package: pip install mnist1d==0.0.2.post1") from exc
+    args = get_dataset_args()
+    args.num_samples, args.train_split, args.seed = count, 1.0, seed
+    states = np.random.get_state(), random.getstate()  # make_dataset seeds the global generators; keep the caller's
+    try:
+        made = make_dataset(args)
+    finally:
+        np.random.set_state(states[0])
+        random.setstate(states[1])
+    return made["x"].astype(np.float32), made["y"].astype(np.int64)
 
 
 @register_dataset("synthetic")

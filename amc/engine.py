@@ -20,12 +20,13 @@ from amc.cost import LatencyConfig, count_cost, count_nonzero_params, measure_la
 from amc.data import DataBundle, DataConfig, load_data
 from amc.errors import BudgetError, ConfigError
 from amc.groups import ModelGraph
-from amc.models import ModelSpec, create_model
+from amc.models import InputSize, ModelSpec, create_model
 from amc.policy import ModelIdentity, Policy, Target
 from amc.pruning import (
     DEFAULT_CRITERION,
     History,
     PruneResult,
+    build_graph,
     kept_channels,
     prune_channels,
     sparsify,
@@ -78,7 +79,7 @@ def build_workspace(model_name: str, data_config: DataConfig, checkpoint: str | 
     else:
         model = create_model(spec)
     model.eval()
-    graph = ModelGraph(model, spec.example_inputs())
+    graph = build_graph(model, spec.example_inputs())
     return Workspace(spec, data, model, graph, identity_of(spec, model))
 
 
@@ -95,8 +96,9 @@ def workspace_for(
 
     Args:
         model: The trained dense model (any Torch-Pruning-traceable classifier).
-        train: Training split (BatchNorm re-estimation, calibration): a Dataset of (image, label) or a
-            DataLoader over one.
+        train: Training split (BatchNorm re-estimation, calibration): a Dataset of (input, label) or a
+            DataLoader over one; inputs are (C, L) signals, (C, H, W) images (square or not) or (C, D, H, W)
+            volumes.
         val: Search-val split (the search's reward is measured on it).
         test: Test split (the final evaluation of the best policy).
         name: Model name written into policies and MLflow runs.
@@ -105,28 +107,54 @@ def workspace_for(
             on it at the end (``SearchConfig.selection_top_k``).
 
     Raises:
-        ConfigError: When the images are not square CHW tensors, or a split is empty.
+        ConfigError: When the inputs are not (C, L), (C, H, W) or (C, D, H, W) tensors, or a split is empty.
     """
     splits = [s.dataset if isinstance(s, DataLoader) else s for s in (train, val, test)]
     for split, label in zip(splits, ("train", "val", "test")):
         if len(split) == 0:
             raise ConfigError(f"the {label} split is empty")
-    image = splits[0][0][0]
-    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[1] != image.shape[2]:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ConfigError(f"training images must be square CHW tensors (C, S, S), got {shape}")
-    channels, size = int(image.shape[0]), int(image.shape[1])
-    model = model.eval()
-    with torch.no_grad():
-        num_classes = int(model(image.unsqueeze(0)).shape[-1])
+    channels, size = input_extent(splits[0][0][0])
+    num_classes = _class_count(model.eval(), splits[0][0][0].unsqueeze(0))
     if selection is not None:
         selection = selection.dataset if isinstance(selection, DataLoader) else selection
         if len(selection) == 0:
             raise ConfigError("the selection split is empty; pass None for no selection split")
     data = DataBundle(splits[0], splits[1], splits[2], channels, num_classes, size, data_name, selection)
     spec = ModelSpec(name, channels, num_classes, size)
-    graph = ModelGraph(model, spec.example_inputs())
+    graph = build_graph(model, spec.example_inputs())
     return Workspace(spec, data, model, graph, identity_of(spec, model))
+
+
+def _class_count(model: nn.Module, batch: torch.Tensor) -> int:
+    """The classifier outputs of ``model`` on ``batch``; a ConfigError when the model does not run on it."""
+    try:
+        with torch.no_grad():
+            return int(model(batch).shape[-1])
+    except Exception as exc:  # whatever the model raises: say which inputs it was given
+        raise ConfigError(
+            f"the model does not run on the training inputs (a batch of shape {tuple(batch.shape)}): "
+            f"{type(exc).__name__}: {str(exc)[:200]}; pass inputs of the shape the model takes"
+        ) from exc
+
+
+def input_extent(sample: object) -> tuple[int, InputSize]:
+    """Channels and input size (:data:`amc.models.InputSize`) of one input without its batch dimension.
+
+    A square image gives its side; a 1-D signal ``(C, L)``, a non-square image ``(C, H, W)`` and a volume
+    ``(C, D, H, W)`` give the sizes of their dimensions.
+
+    Raises:
+        ConfigError: When ``sample`` is not a tensor of 2 to 4 dimensions.
+    """
+    if not isinstance(sample, torch.Tensor) or not 2 <= sample.dim() <= 4 or 0 in sample.shape:
+        shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+        raise ConfigError(
+            "inputs must be tensors of (C, L) signals, (C, H, W) images or (C, D, H, W) volumes, without the batch "
+            f"dimension; got {shape}"
+        )
+    spatial = tuple(int(s) for s in sample.shape[1:])
+    square = len(spatial) == 2 and spatial[0] == spatial[1]
+    return int(sample.shape[0]), spatial[0] if square else spatial
 
 
 def identity_of(spec: ModelSpec, model: nn.Module) -> ModelIdentity:
@@ -157,7 +185,7 @@ def make_policy(
 
     Groups that ``ratios`` leaves out are written into the policy with ratio 0.0 (dense), explicitly.
     """
-    graph = ModelGraph(model, example_inputs)
+    graph = build_graph(model, example_inputs)
     with torch.no_grad():
         was_training = model.training
         num_classes = int(model.eval()(example_inputs[:1]).shape[-1])
@@ -229,7 +257,7 @@ def prune_with_policy(
         PolicyMismatchError: when the policy was made for another model.
         PolicyError: when the policy leaves groups out and ``allow_partial`` is false.
     """
-    graph = graph or ModelGraph(model, example_inputs)
+    graph = graph or build_graph(model, example_inputs)
     identity = ModelIdentity.of(model, tuple(example_inputs.shape[1:]), policy.model.num_classes, policy.model.name)
     policy.check_matches(identity, graph.names)
     policy.check_complete(graph.names, allow_partial)
@@ -511,6 +539,7 @@ __all__ = [
     "cost_ratio",
     "cost_report",
     "identity_of",
+    "input_extent",
     "kept_channels",
     "make_policy",
     "prune_and_finetune",

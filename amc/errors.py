@@ -44,3 +44,7 @@ class ModelFileError(AmcError, ValueError):
 
 class BudgetError(AmcError, ValueError):
     """A target cannot be met within the allowed pruning ratios."""
+
+
+class TraceTimeoutError(TraceError):
+    """Tracing a model's dependency groups took longer than its time limit (``$AMC_TRACE_TIMEOUT``)."""

@@ -12,6 +12,8 @@ configuration are known without building the pruned model (tests check it agains
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +27,7 @@ from torch import nn
 
 from amc.cost import Cost, count_cost
 from amc.errors import ConfigError, TraceError
+from amc.time_limit import TimeLimit
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 PRUNABLE_TYPES = (*CONV_TYPES, nn.Linear)
@@ -48,8 +51,11 @@ class PrunableGroup:
         flops: Dense FLOPs of all layers whose input or output channels the group scales.
         multiple: Kept channel counts must be a multiple of this: the least common multiple of the
             ``groups`` of the grouped convs (and ``num_groups`` of the GroupNorms) the group touches, since
-            each conv group keeps the same number of channels (1 when nothing is grouped; the whole
-            group when it cannot shrink at all).
+            each conv group keeps the same number of channels, and of the equal slices a model cuts the
+            channels into (``torch.split``, ``chunk``, slicing: each slice keeps the same number, so none is
+            left empty); 1 when nothing is grouped or sliced; the whole group when it cannot shrink at all.
+        frozen: Why the group cannot shrink (empty when it can): its channels are sliced unevenly, or a
+            grouped conv holds only part of them. A frozen group's :attr:`multiple` is its channel count.
     """
 
     name: str
@@ -63,6 +69,7 @@ class PrunableGroup:
     spatial: int
     flops: int
     multiple: int = 1
+    frozen: str = ""
 
 
 @dataclass
@@ -188,6 +195,17 @@ def output_layer(model: nn.Module, order: list[str]) -> str:
     raise TraceError("the model has no conv or linear layer, so it has nothing to prune")
 
 
+def _dense_cost(model: nn.Module, example_inputs: torch.Tensor) -> Cost:
+    """The exact dense cost; a TraceError when torch's FLOP counter cannot run the model."""
+    try:
+        return count_cost(model, example_inputs)
+    except Exception as exc:  # FlopCounterMode's module tracker asserts on some forwards (timm's CaiT)
+        raise TraceError(
+            f"cannot count the FLOPs of {type(model).__name__} with torch's FlopCounterMode: {type(exc).__name__}: "
+            f"{exc}; the cost model needs it: choose another model"
+        ) from exc
+
+
 def _failing_location(exc: BaseException, model: nn.Module) -> str:
     """Best effort: the module or op Torch-Pruning was handling when it failed."""
     names = {id(m): n for n, m in model.named_modules()}
@@ -209,14 +227,17 @@ class ModelGraph:
 
     Args:
         model: The dense model (not modified).
-        example_inputs: A batch of example inputs (the first image is used).
+        example_inputs: A batch of example inputs (the first one is used).
+        trace_timeout: Seconds the tracing may take (None: ``$AMC_TRACE_TIMEOUT``, default 120; 0: no limit).
 
     Raises:
         TraceError: when Torch-Pruning cannot trace the model; the message names the failing module/op.
+        TraceTimeoutError: when the tracing takes longer than ``trace_timeout``.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, trace_timeout: float | None = None) -> None:
         self.example_inputs = example_inputs[:1].detach().clone()
+        self.trace_timeout = trace_timeout
         _reject_unsupported_modules(model)
         order, shapes = execution_order(model, self.example_inputs)
         self.classifier = output_layer(model, order)
@@ -226,7 +247,7 @@ class ModelGraph:
         self._param_dims: dict[int, int] = {}
         raw_groups = self._trace(model)
         self.groups = self._describe(model, raw_groups, shapes)
-        self.dense_cost = count_cost(model, self.example_inputs)
+        self.dense_cost = _dense_cost(model, self.example_inputs)
         self._costs = self._cost_table(model, raw_groups, shapes)
         self._vectors = _CostVectors(list(self._costs.values()), [g.channels for g in self.groups])
         modelled = self._estimate_raw({g.index: g.channels for g in self.groups})
@@ -236,12 +257,19 @@ class ModelGraph:
     # ------------------------------------------------------------------ tracing
     def _trace(self, model: nn.Module) -> list[list[tuple[nn.Module, str, int]]]:
         classifier = model.get_submodule(self.classifier)
-        try:
+        limit = TimeLimit(f"tracing the dependency groups of {type(model).__name__}", self.trace_timeout)
+
+        def trace() -> list[tuple[list[tuple[nn.Module, str, int]], int]]:
+            limit.phase = "DependencyGraph.build_dependency"
             graph = tp.DependencyGraph().build_dependency(model, self.example_inputs, verbose=False)
             # parameters used outside a module's forward (ConvNeXt's layer_scale, ViT's class token) shrink too
             self._param_dims = {id(u.parameters): int(u.pruning_dim) for u in graph.unwrapped_parameters}
-            found = graph.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES)
-            groups = [[(dep.target.module, dep.handler.__name__, len(idxs)) for dep, idxs in g.items] for g in found]
+            return [(_plain_items(g), _slices(g)) for g in all_groups(graph, classifier, limit)]
+
+        try:
+            groups = limit.call(trace)
+        except TraceError:
+            raise
         except Exception as exc:  # Torch-Pruning raises anything; name the place instead
             where = _failing_location(exc, model)
             hint = ""
@@ -252,16 +280,17 @@ class ModelGraph:
                 f"{type(exc).__name__}: {exc} while handling {where}{hint}"
             ) from exc
         keyed = []
-        for items in groups:
+        for items, slices in groups:
             outs = [
                 self._names[id(m)] for m, h, _ in items if h == "prune_out_channels" and isinstance(m, PRUNABLE_TYPES)
             ]
             if outs:
-                keyed.append((min(self._order.get(n, 10**9) for n in outs), items))
-        keyed.sort(key=lambda pair: pair[0])
+                keyed.append((min(self._order.get(n, 10**9) for n in outs), items, slices))
+        keyed.sort(key=lambda entry: entry[0])
         if not keyed:
             raise TraceError(f"{type(model).__name__} has no prunable channel group besides its classifier")
-        return [items for _, items in keyed]
+        self._slices = [slices for _, _, slices in keyed]
+        return [items for _, items, _ in keyed]
 
     def _describe(self, model: nn.Module, raw: list, shapes: dict[str, torch.Size]) -> list[PrunableGroup]:
         described = []
@@ -274,6 +303,7 @@ class ModelGraph:
             depthwise = any(is_depthwise(m) for m, _, _ in items)
             kind = "depthwise" if depthwise else ("linear" if isinstance(root, nn.Linear) else "conv")
             shape = shapes.get(outs[0], torch.Size())
+            multiple, frozen = _channel_multiple(items, self._slices[index])
             described.append(
                 PrunableGroup(
                     name=outs[0],
@@ -286,7 +316,8 @@ class ModelGraph:
                     stride=int(getattr(root, "stride", (1,))[0]),
                     spatial=int(torch.Size(shape[2:]).numel()) if len(shape) > 2 else 1,
                     flops=0,
-                    multiple=_channel_multiple(items),
+                    multiple=multiple,
+                    frozen=frozen,
                 )
             )
         return described
@@ -324,6 +355,17 @@ class ModelGraph:
             flops = sum(_module_flops_params(mc, full, dense)[0] for mc in touched)
             filled.append(PrunableGroup(**{**g.__dict__, "flops": flops}))
         self.groups = filled
+
+    def sliced(self) -> set[str]:
+        """Names of the groups whose channels the model slices (into equal parts) and that are not frozen."""
+        return {g.name for g in self.groups if 1 < self._slices[g.index] and not g.frozen}
+
+    def freeze(self, reasons: Mapping[str, str]) -> None:
+        """Freezes the groups named in ``reasons`` (kept dense: :attr:`PrunableGroup.frozen` gives the reason)."""
+        self.groups = [
+            dataclasses.replace(g, multiple=g.channels, frozen=reasons[g.name]) if g.name in reasons else g
+            for g in self.groups
+        ]
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -383,6 +425,16 @@ class ModelGraph:
         return out
 
 
+def architecture_hash(model: nn.Module) -> str:
+    """A short hash of the dense architecture: module names, types and parameter shapes."""
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        digest.update(f"{name}:{type(module).__name__};".encode())
+    for name, param in model.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
+    return digest.hexdigest()[:16]
+
+
 ATTENTION_TYPES = frozenset(
     {
         "Attention",
@@ -396,20 +448,33 @@ ATTENTION_TYPES = frozenset(
 
 
 def _is_attention(module: nn.Module) -> bool:
-    return any(cls.__name__ in ATTENTION_TYPES for cls in type(module).__mro__)
+    """An attention layer: a class of :data:`ATTENTION_TYPES`, or a class named ``...Attention...`` / ``...Attn``
+    with attention heads (``num_heads``: timm's ``ClassAttn``, ``WindowAttention``, ...). Channel attention without
+    heads (ResNeSt's ``SplitAttn``, SKNet's ``SelectiveKernelAttn``, squeeze-excite) prunes like any conv."""
+    names = [cls.__name__ for cls in type(module).__mro__]
+    if any(n in ATTENTION_TYPES for n in names):
+        return True
+    named = any("Attention" in n or n.endswith("Attn") for n in names)
+    return named and hasattr(module, "num_heads")
 
 
 def _reject_unsupported_modules(model: nn.Module) -> None:
     """Refuses what the pruning cannot keep consistent or the cost table cannot count exactly.
 
     Attention layers (ViT, Swin, MaxViT): their heads and embedding width would need head-aware pruning
-    and attention FLOPs in the cost table. Transposed convs, and depthwise convs with a channel multiplier.
+    and attention FLOPs in the cost table. Recurrent layers (LSTM, GRU: timm's Sequencer), transposed convs,
+    and depthwise convs with a channel multiplier.
     """
     for name, module in model.named_modules():
         if _is_attention(module):
             raise TraceError(
                 f"module {name!r} ({type(module).__name__}) is an attention layer; pruning attention heads and "
                 "embedding widths is not supported: choose a convolutional model (ResNet, RegNet, MobileNet, ...)"
+            )
+        if isinstance(module, nn.RNNBase):
+            raise TraceError(
+                f"module {name!r} is a recurrent layer ({type(module).__name__}); the cost model does not count "
+                "recurrent layers, so their pruning is not supported: choose a convolutional model"
             )
         if isinstance(module, nn.modules.conv._ConvTransposeNd):
             raise TraceError(
@@ -435,23 +500,87 @@ def is_depthwise(module: nn.Module) -> bool:
     )
 
 
-def _channel_multiple(items: list[tuple[nn.Module, str, int]]) -> int:
-    """Kept channels of a group must be a multiple of this (see :attr:`PrunableGroup.multiple`).
+def _channel_multiple(items: list[tuple[nn.Module, str, int]], slices: int) -> tuple[int, str]:
+    """Kept channels of a group must be a multiple of this (see :attr:`PrunableGroup.multiple`), and why the
+    group is frozen (empty when it is not).
 
     A grouped conv keeps its ``groups``: the same channel positions are removed from every conv group
     (Torch-Pruning's rule for grouped convs), so every group it touches shrinks in steps of ``groups``.
     When the group covers only part of such a conv's channels (e.g. one input of a concatenation) that
-    rule cannot hold, and the group is kept whole.
+    rule cannot hold, and the group is kept whole. ``slices`` equal slices (see :func:`_slices`; 0: uneven)
+    shrink the same way.
     """
     channels = items[0][2]
-    multiple = 1
+    if slices == 0:
+        return channels, "its channels are sliced into parts of unequal size, which would not shrink in step"
+    multiple, frozen = slices, ""
     for module, handler, n in items:
         if isinstance(module, CONV_TYPES) and module.groups > 1 and not is_depthwise(module):
             size = module.out_channels if handler == "prune_out_channels" else module.in_channels
             multiple = math.lcm(multiple, module.groups if n == size else channels)
+            frozen = frozen or ("" if n == size else "a grouped convolution holds only part of its channels")
         elif isinstance(module, nn.GroupNorm) and module.num_groups > 1:
             multiple = math.lcm(multiple, module.num_groups if n == module.num_channels else channels)
-    return multiple if channels % multiple == 0 else channels
+            frozen = frozen or ("" if n == module.num_channels else "a GroupNorm holds only part of its channels")
+    if channels % multiple:
+        return channels, frozen or f"its {channels} channels are not a multiple of the grouping ({multiple})"
+    return multiple, frozen if multiple == channels and channels > 1 else ""
+
+
+def all_groups(graph: tp.DependencyGraph, classifier: nn.Module, limit: TimeLimit | None = None) -> Iterator[tp.Group]:
+    """Torch-Pruning's ``get_all_groups`` (every group but the classifier's outputs), counting its root layers in
+    ``limit`` (its progress lines and error say how far it got)."""
+    if limit is None:
+        yield from graph.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES)
+        return
+    limit.phase, limit.done = "DependencyGraph.get_all_groups", 0
+    limit.total = sum(isinstance(m, PRUNABLE_TYPES) for m in graph.module2node)
+    find = graph.get_pruning_group
+
+    def counted(*args: object, **kwargs: object) -> tp.Group:
+        limit.done = (limit.done or 0) + 1
+        return find(*args, **kwargs)
+
+    graph.get_pruning_group = counted  # an instance attribute: get_all_groups calls self.get_pruning_group
+    try:
+        yield from graph.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES)
+    finally:
+        del graph.get_pruning_group
+
+
+def _plain_items(group: tp.Group) -> list[tuple[nn.Module, str, int]]:
+    """(module, handler name, channels it holds) of every member of a Torch-Pruning group."""
+    return [(dep.target.module, dep.handler.__name__, len(idxs)) for dep, idxs in group.items]
+
+
+def _root_indices(idxs: Sequence[object]) -> frozenset[int]:
+    """The group channels (root indices) a member's indices stand for."""
+    return frozenset(int(getattr(i, "root_idx", None) if getattr(i, "root_idx", None) is not None else i) for i in idxs)
+
+
+def _slices(group: tp.Group) -> int:
+    """Into how many equal, contiguous slices the model cuts the group's channels (1: none; 0: uneven).
+
+    A member (conv, linear, norm) that holds only part of the group's channels sees a slice of them (a
+    ``torch.split``, ``chunk`` or slicing after the group's layer). Pruning that removes all channels of
+    one slice would leave that member with no channels at all, so the slices must shrink in step: the
+    group is cut into the finest common slices, and when they are equal and contiguous each keeps the
+    same number (the group's :attr:`PrunableGroup.multiple`); otherwise the group is frozen.
+    """
+    channels = len(group.items[0].idxs)
+    parts = {
+        _root_indices(idxs)
+        for dep, idxs in group.items
+        if isinstance(dep.target.module, (*PRUNABLE_TYPES, *NORM_TYPES)) and 0 < len(idxs) < channels
+    }
+    if not parts:
+        return 1
+    signature = {c: tuple(c in p for p in parts) for c in range(channels)}  # the finest common slices
+    cuts = [c for c in range(1, channels) if signature[c] != signature[c - 1]]
+    bounds = [0, *cuts, channels]
+    sizes = {b - a for a, b in zip(bounds[:-1], bounds[1:])}
+    distinct = len(set(signature.values())) == len(bounds) - 1  # each slice contiguous
+    return len(bounds) - 1 if len(sizes) == 1 and distinct else 0
 
 
 def _module_cost(module: nn.Module, shape: torch.Size | None) -> _ModuleCost | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import math
 import numbers
@@ -23,6 +22,7 @@ from torch import nn
 from amc.config import read_input_text, retyped, show
 from amc.errors import PolicyError, PolicyMismatchError
 from amc.files import write_json_atomic
+from amc.groups import architecture_hash
 from amc.pruning import CRITERIA, GRANULARITIES
 
 SCHEMA_VERSION = 1
@@ -46,16 +46,6 @@ _POLICY_FIELDS = (
 )
 _MODEL_FIELDS = ("name", "input_shape", "num_classes", "arch_hash")
 _TARGET_FIELDS = ("metric", "ratio")
-
-
-def architecture_hash(model: nn.Module) -> str:
-    """A short hash of the dense architecture: module names, types and parameter shapes."""
-    digest = hashlib.sha256()
-    for name, module in model.named_modules():
-        digest.update(f"{name}:{type(module).__name__};".encode())
-    for name, param in model.named_parameters():
-        digest.update(f"{name}:{tuple(param.shape)};".encode())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ zero weights in place, so they change the non-zero parameter count but make no l
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import sys
 from collections.abc import Callable, Mapping
@@ -20,9 +21,19 @@ import torch_pruning as tp
 from torch import nn
 
 from amc.apoz import apoz_importance
-from amc.errors import ConfigError
-from amc.groups import PRUNABLE_TYPES, ModelGraph, PrunableGroup, is_depthwise
+from amc.cost import count_cost
+from amc.errors import ConfigError, TraceError
+from amc.groups import (
+    NORM_TYPES,
+    PRUNABLE_TYPES,
+    ModelGraph,
+    PrunableGroup,
+    all_groups,
+    architecture_hash,
+    is_depthwise,
+)
 from amc.registry import Registry
+from amc.time_limit import TimeLimit
 
 GRANULARITIES = ("channel", "unstructured", "nm")
 History = list[tuple[str, bool, list[int]]]
@@ -221,9 +232,13 @@ def prune_channels(
     if crit.needs_gradients:
         _accumulate_gradients(pruned, _required_batch(criterion, calib_batch))
     importance = crit.importance(pruned, calib_batch)
-    dg = tp.DependencyGraph().build_dependency(pruned, graph.example_inputs, verbose=False)
     names = {id(m): n for n, m in pruned.named_modules()}
-    return _prune_groups(pruned, dg, names, graph, widths, importance)
+
+    def prune() -> PruneResult:
+        dg = tp.DependencyGraph().build_dependency(pruned, graph.example_inputs, verbose=False)
+        return _prune_groups(pruned, dg, names, graph, widths, importance)
+
+    return TimeLimit(f"pruning {type(model).__name__}", graph.trace_timeout).call(prune)
 
 
 def _required_batch(
@@ -245,15 +260,18 @@ def _prune_groups(
     """Cuts every group of ``pruned`` (in place, through its traced graph ``dg``) to ``widths[name]`` channels."""
     tracker = _KeptTracker(names)
     classifier = pruned.get_submodule(graph.classifier)
-    for group in dg.get_all_groups(ignored_layers=[classifier], root_module_types=PRUNABLE_TYPES):
+    for group in all_groups(dg, classifier):
         name = _group_name(group.items, names, graph.order)
         current = len(group.items[0].idxs)
-        target = int(widths.get(name, current)) if name is not None else current
+        multiple = graph.group(name).multiple if name is not None else current
+        # never fewer than one channel per slice / conv group, whatever the widths say
+        target = max(int(widths.get(name, current)), multiple) if name is not None else current
         if target >= current:
             continue
-        idxs = _channels_to_remove(group, importance, current - target, graph.group(name).multiple, name)
+        idxs = _channels_to_remove(group, importance, current - target, multiple, name)
         dep = group.items[0].dep
         pruning_group = dg.get_pruning_group(dep.target.module, dep.handler, idxs)
+        _refuse_emptied(group, pruning_group, names, name)
         tracker.record(pruning_group)
         pruning_group.prune()
         _IndexMappings.sizes_changed(dg)
@@ -261,6 +279,28 @@ def _prune_groups(
     history = [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in dg.pruning_history()]
     widths_out = {g.name: int(widths.get(g.name, g.channels)) for g in graph}
     return PruneResult(pruned, widths_out, history, tracker.result())
+
+
+def _refuse_emptied(group: tp.Group, pruning: tp.Group, names: Mapping[int, str], name: str) -> None:
+    """Refuses a removal that would leave a conv, linear or norm member of ``group`` with none of its channels.
+
+    The group's slices (:func:`amc.groups._slices`) shrink in step, so this holds unless the model slices the
+    channels in a way the tracing did not show; torch would then fail later with "expected weight to be at
+    least 1 at dimension 0".
+
+    Raises:
+        TraceError: naming the module that would be left empty.
+    """
+    held = {(id(dep.target.module), dep.handler.__name__): len(idxs) for dep, idxs in group.items}
+    for dep, idxs in pruning.items:
+        module = dep.target.module
+        n = held.get((id(module), dep.handler.__name__), 0)
+        if isinstance(module, (*PRUNABLE_TYPES, *NORM_TYPES)) and n and len(idxs) >= n:
+            raise TraceError(
+                f"pruning group {name!r} would leave module {names.get(id(module), type(module).__name__)!r} with "
+                f"none of its {n} channels from the group (the model slices them in a way the tracing did not "
+                "show); prune this group less or leave it dense (ratio 0)"
+            )
 
 
 class ChannelPruner:
@@ -304,7 +344,9 @@ class ChannelPruner:
         self._importance = (
             self._criterion.importance(self._model, calib_batch) if self._criterion.from_activations else None
         )
-        self._dg = tp.DependencyGraph().build_dependency(self._model, graph.example_inputs, verbose=False)
+        self._dg = TimeLimit(f"tracing {type(model).__name__} for pruning", graph.trace_timeout).call(
+            lambda: tp.DependencyGraph().build_dependency(self._model, graph.example_inputs, verbose=False)
+        )
         self._names = {id(m): n for n, m in self._model.named_modules()}
         self._state = _TracedState(self._model, self._dg)
         _IndexMappings.follow(self._dg)
@@ -318,7 +360,9 @@ class ChannelPruner:
                 grad = self._grads.get(id(p))
                 p.grad = None if grad is None else grad.clone()
         importance = self._importance or self._criterion.importance(self._model)
-        return _prune_groups(self._model, self._dg, self._names, self.graph, widths, importance)
+        return TimeLimit(f"pruning {type(self._model).__name__}", self.graph.trace_timeout).call(
+            lambda: _prune_groups(self._model, self._dg, self._names, self.graph, widths, importance)
+        )
 
 
 class _IndexMappings:
@@ -459,6 +503,83 @@ def _channels_to_remove(
     per_group = scores.detach().float().reshape(multiple, size).mean(dim=0)
     positions = torch.argsort(per_group)[: n_remove // multiple].tolist()
     return sorted(int(p) + g * size for g in range(multiple) for p in positions)
+
+
+def build_graph(model: nn.Module, example_inputs: torch.Tensor, trace_timeout: float | None = None) -> ModelGraph:
+    """The traced groups of ``model`` (:class:`~amc.groups.ModelGraph`), checked to prune consistently.
+
+    Every group is pruned to its fewest channels on a copy and the copy run: Torch-Pruning keeps its own
+    record of split sizes in step, but a forward that slices with fixed sizes (``torch.split(x, 4)``,
+    ``x[:, :16]``) no longer runs once the channels shrink, and some architectures (channel counts computed in
+    ``forward``, parameters Torch-Pruning does not know) break the same way, or have a cost the analytic model
+    does not count (the pruned copy's FLOPs and params must equal its estimate). When the pruned copy fails, the
+    sliced groups are frozen (:attr:`PrunableGroup.frozen` gives the error) and it is tried again; when it still
+    fails, the model is refused. The outcome is remembered per architecture, settings and input shape, so a
+    model is probed once per process.
+
+    Args:
+        model: The dense model (not modified).
+        example_inputs: A batch of example inputs (the first one is used).
+        trace_timeout: Seconds the tracing may take (None: ``$AMC_TRACE_TIMEOUT``, default 120; 0: no limit).
+
+    Raises:
+        TraceError: when the model cannot be traced, or does not run with its groups pruned (the message gives
+            the error); TraceTimeoutError when the tracing takes longer than ``trace_timeout``.
+    """
+    graph = ModelGraph(model, example_inputs, trace_timeout)
+    key = (type(model).__qualname__, architecture_hash(model), _settings_hash(model), tuple(graph.example_inputs.shape))
+    if key not in _PROBED:
+        failure, frozen = _probe(model, graph), {}
+        if failure and graph.sliced():
+            reason = f"the forward pass slices its channels with fixed sizes: pruned, it fails with {failure}"
+            frozen = dict.fromkeys(graph.sliced(), reason)
+            failure = _probe(model, graph, set(frozen))
+        _PROBED[key] = (failure, frozen)
+    failure, frozen = _PROBED[key]
+    if failure:
+        raise TraceError(
+            f"{type(model).__name__} cannot be pruned consistently: with every channel group cut to its fewest "
+            f"channels (on a copy) it fails with {failure}; Torch-Pruning cannot keep this architecture "
+            "consistent: choose another model or prune it by hand"
+        )
+    graph.freeze(frozen)
+    return graph
+
+
+def _probe(model: nn.Module, graph: ModelGraph, dense: set[str] = frozenset()) -> str:
+    """Empty when ``model`` runs with every group (but ``dense`` and the frozen ones) at its fewest channels,
+    else the error."""
+    widths = {g.name: g.multiple for g in graph if g.name not in dense and g.multiple < g.channels}
+    try:
+        pruned = prune_channels(model, graph, widths).model
+        with torch.no_grad():
+            pruned.eval()(graph.example_inputs)
+        counted = count_cost(pruned, graph.example_inputs)
+    except TraceError:
+        raise
+    except Exception as exc:  # whatever the pruned forward or Torch-Pruning raises: report it
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if counted != graph.estimate(widths):  # an op the cost table does not model scales with the channels
+        return f"a cost the analytic model cannot count exactly ({graph.estimate(widths)} estimated, {counted} counted)"
+    return ""
+
+
+_PROBED: dict[tuple[str, str, str, tuple[int, ...]], tuple[str, dict[str, str]]] = {}
+"""Outcome of :func:`build_graph` per (class, architecture hash, settings hash, input shape): the
+error (empty: none) and the groups frozen with their reasons."""
+
+
+def _settings_hash(model: nn.Module) -> str:
+    """A hash of the plain settings of every module (numbers, strings, flags: what ``forward`` may branch on)."""
+    plain = (bool, int, float, str, type(None))
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        for key, value in sorted(vars(module).items()):
+            if key == "training":
+                continue
+            if isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value)):
+                digest.update(f"{name}.{key}={value!r};".encode())
+    return digest.hexdigest()[:16]
 
 
 def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: History) -> nn.Module:

@@ -33,6 +33,7 @@ from amc.pruning import (
     DEFAULT_CRITERION,
     GRANULARITIES,
     ChannelPruner,
+    build_graph,
     prune_channels,
     sparsify,
     sparsity_ratios,
@@ -359,7 +360,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     ) -> None:
         self.config = config if config is not None else EnvConfig()
         self.model = model
-        self.graph = graph if graph is not None else ModelGraph(model, example_inputs)
+        self.graph = graph if graph is not None else build_graph(model, example_inputs)
         self.target = Target(self.config.target_metric, self.config.target_ratio)
         if cost_model is None:
             cost_model = create_cost_model(

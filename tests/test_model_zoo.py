@@ -53,3 +53,22 @@ def test_classifier_prunes_and_replays_or_is_refused(zoo: ModuleType, name: str,
     else:
         assert result.detail.startswith("TraceError: ")
         assert re.search(detail, result.detail), result.detail
+
+
+# timm, tiny inputs: depthwise convs, channels sliced and concatenated (ghostnet: the slices shrink in equal steps),
+# and a model Torch-Pruning cannot keep consistent (dpn48b: refused with the error its pruned copy raised)
+TIMM_SAMPLE = [
+    ("ghostnet_050", "pruned", ""),
+    ("dpn48b", "refused", r"DPN cannot be pruned consistently: .*fails with IndexError"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "status", "detail"), TIMM_SAMPLE)
+def test_timm_model_prunes_and_replays_or_is_refused(zoo: ModuleType, name: str, status: str, detail: str) -> None:
+    result = zoo.check_model(name, ratio=0.5, sizes=(32, 64), source="timm")
+    assert result.status == status, result.detail
+    if status == "pruned":
+        assert result.groups > 0 and result.flops_ratio < 0.5 and result.params_ratio < 0.6
+    else:
+        assert re.search(detail, result.detail), result.detail

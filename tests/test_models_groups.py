@@ -14,7 +14,7 @@ from amc.data import DataConfig, load_data
 from amc.errors import ConfigError, RegistryError, TraceError
 from amc.groups import ModelGraph
 from amc.importance import group_importance
-from amc.models import MODELS, ModelSpec, create_model
+from amc.models import MODELS, SIGNAL_MODELS, ModelSpec, create_model
 from amc.pruning import CRITERIA, kept_channels, prune_channels, replay_history, widths_for
 from envs.budget import BudgetWall
 from envs.costs import create_cost_model
@@ -31,8 +31,8 @@ CASES = [(name, r) for name in MODELS.names() for r in (0.3, 0.7)] + [(name, 0.5
 
 
 def _spec(name: str) -> ModelSpec:
-    # torchvision classifiers downsample 32x; DenseNet's pooling needs at least 32x32 inputs
-    size = 32 if name.startswith("torchvision:") else 16
+    # torchvision classifiers downsample 32x; DenseNet's pooling needs at least 32x32 inputs; MNIST-1D's length 40
+    size = 32 if name.startswith("torchvision:") else (40,) if name in SIGNAL_MODELS else 16
     return ModelSpec(name, in_channels=1, num_classes=10, input_size=size)
 
 

@@ -337,9 +337,14 @@ def test_workspace_for_refuses_what_it_cannot_search() -> None:
     square = TensorDataset(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
     ws = workspace_for(model, square, square, square, name="tiny")
     assert (ws.spec.in_channels, ws.spec.input_size, ws.spec.num_classes) == (3, 8, 4) and len(ws.graph) >= 1
-    wide = TensorDataset(torch.randn(4, 3, 8, 12), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ConfigError, match="square CHW"):
-        workspace_for(model, wide, wide, wide)
+    volumes = TensorDataset(torch.randn(4, 1, 3, 8, 12), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(
+        ConfigError, match=r"does not run on the training inputs \(a batch of shape \(1, 1, 3, 8, 12\)\)"
+    ):
+        workspace_for(model, volumes, volumes, volumes)  # a 2-D model
+    batched = TensorDataset(torch.randn(4, 1, 1, 3, 8, 12), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"\(C, L\) signals, \(C, H, W\) images or \(C, D, H, W\) volumes"):
+        workspace_for(model, batched, batched, batched)
     with pytest.raises(ConfigError, match="val split is empty"):
         workspace_for(model, square, TensorDataset(torch.randn(0, 3, 8, 8), torch.zeros(0)), square)
 

@@ -58,17 +58,22 @@ def _out_dir(text: str) -> Path:
     return path
 
 
-MODEL_HELP = "model name: resnet20, resnet56, plain20, vgg_small, mobilenetv2_small or torchvision:NAME"
+MODEL_HELP = (
+    "model name: resnet20, resnet56, plain20, vgg_small, mobilenetv2_small, resnet20_1d / resnet20_1d_wide (1-D "
+    "signals, --data mnist1d), torchvision:NAME or timm:NAME"
+)
 
 
-def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) -> None:
+def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False, device: bool = True) -> None:
     p.add_argument(
         "--model",
         required=model_required,
         help=MODEL_HELP + (" (required)" if model_required else " (default: the model of --checkpoint)"),
     )
     p.add_argument(
-        "--data", default="digits", help="data set: digits (embedded, default), cifar10, imagefolder, synthetic"
+        "--data",
+        default="digits",
+        help="data set: digits (embedded, default), mnist1d (generated offline, cached), cifar10, imagefolder, synthetic",
     )
     p.add_argument(
         "--data-dir", default=None, help="directory of a data set on disk (cifar10, imagefolder); nothing is downloaded"
@@ -76,7 +81,8 @@ def _add_model_data(p: argparse.ArgumentParser, model_required: bool = False) ->
     p.add_argument(
         "--input-size", type=non_negative_int, default=0, help="input image side (0: the data set's default)"
     )
-    add_device(p)
+    if device:
+        add_device(p)
     p.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
 
 
@@ -510,7 +516,7 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the calibration batches (default: 0)")
     p.add_argument("--latency-batch", type=positive_int, default=1, help="batch size for latency (default: 1)")
     p.add_argument("--latency-threads", type=positive_int, default=1, help="CPU threads for latency (default: 1)")
-    _add_quantize(p)
+    _add_calib_batches(p)
     p.add_argument(
         "--out", required=True, type=_out_dir, help="output directory (model.onnx, model.int8.onnx, report.json)"
     )
@@ -535,6 +541,36 @@ def _quantize(args: argparse.Namespace) -> int:
     for a, b, c in _int8_rows({**report}):
         print(f"{a:<34}  {b:>10}  {c:>22}")
     print(f"wrote {args.out / 'model.int8.onnx'} and {args.out / 'report.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- check
+@command("check", "pre-flight report: prunable groups, frozen or refused modules, cost, reload, rounding, search time")
+def _check_args(p: argparse.ArgumentParser) -> None:
+    _add_model_data(p, device=False)  # runs on the CPU
+    p.add_argument("--checkpoint", default=None, help="dense model file (default: a randomly initialised --model)")
+    p.add_argument("--episodes", type=positive_int, default=300, help="episodes of the search time estimate")
+
+
+@_check_args.run
+def _check(args: argparse.Namespace) -> int:
+    import torch
+
+    from amc.checkpoint import load_model
+    from amc.data import load_data
+    from amc.engine import spec_for
+    from amc.errors import TraceError
+    from amc.models import create_model
+    from amc.preflight import check
+
+    data = load_data(_data_config(args))
+    spec = spec_for(_model_name(args), data)
+    torch.manual_seed(args.seed)  # the random initialisation of a model without --checkpoint
+    model = load_model(args.checkpoint, spec=spec).model if args.checkpoint else create_model(spec)
+    report = check(model, spec.example_inputs(), args.episodes, val_size=len(data.val))
+    print(report, flush=True)
+    if not report.prunable:
+        raise TraceError(f"nothing in {spec.name} can be pruned: {report.refused}")
     return 0
 
 

@@ -263,20 +263,21 @@ def _spec_of(policy: Policy) -> ModelSpec:
     from amc.models import ModelSpec
 
     identity = policy.model
-    channels, height, width = identity.input_shape
-    if identity.name.startswith("python:") or height != width:
+    channels, *spatial = identity.input_shape
+    if identity.name.startswith("python:") or not spatial:
         raise ConfigError(
             f"model {identity.name!r} (input {list(identity.input_shape)}) cannot be rebuilt from the "
             "model registry; export with --format amc and apply it in Python with amc.apply_policy"
         )
-    return ModelSpec(identity.name, channels, identity.num_classes, height)
+    square = len(spatial) == 2 and spatial[0] == spatial[1]
+    return ModelSpec(identity.name, channels, identity.num_classes, spatial[0] if square else tuple(spatial))
 
 
 def dense_graph(policy: Policy) -> ModelGraph:
     """The dependency groups of the dense architecture a policy was made for (built without weights)."""
-    from amc.groups import ModelGraph
     from amc.models import create_model
     from amc.policy import architecture_hash
+    from amc.pruning import build_graph
 
     spec = _spec_of(policy)
     model = create_model(spec).eval()
@@ -285,7 +286,7 @@ def dense_graph(policy: Policy) -> ModelGraph:
             f"the registry's {spec.name!r} is not the architecture the policy was made for (hash "
             f"{architecture_hash(model)} vs {policy.model.arch_hash}); export with --format amc"
         )
-    return ModelGraph(model, spec.example_inputs())
+    return build_graph(model, spec.example_inputs())
 
 
 def _require_channel(policy: Policy) -> None:
@@ -427,7 +428,7 @@ def _dense_for(
 ) -> tuple[nn.Module, ModelGraph, Batch | None, dict[str, Any] | None]:
     """The dense model and its groups (built as ``amc prune`` builds them), the gradient batch and its record."""
     from amc.engine import build_workspace, identity_of
-    from amc.groups import ModelGraph
+    from amc.pruning import build_graph
 
     spec = _spec_of(policy)
     if needs_batch:  # exactly `amc prune`'s workspace and batch
@@ -441,7 +442,7 @@ def _dense_for(
         }
     else:
         model, batch, calibration = _load_dense(spec, dense.checkpoint), None, None
-        graph = ModelGraph(model, spec.example_inputs())
+        graph = build_graph(model, spec.example_inputs())
         identity = identity_of(spec, model)
     policy.check_matches(identity, graph.names)
     return model, graph, batch, calibration

@@ -1,7 +1,10 @@
-"""Model-zoo walk: every torchvision classifier traced, pruned uniformly, counted and replayed.
+"""Model-zoo walk: every torchvision classifier, and timm's CNN families, traced, pruned uniformly, counted and
+replayed.
 
-For each name in ``torchvision.models.list_models(module=torchvision.models)`` (random weights, 10
-classes, the smallest square input of 64 / 96 / 128 / 224 pixels the model accepts) it
+For each name in ``torchvision.models.list_models(module=torchvision.models)`` and each timm model chosen by
+:func:`timm_models` (one per family, the smallest, plus every model under ``--timm-max-params``; random weights,
+``pretrained=False``, 10 classes, the smallest square input of 64 / 96 / 128 / 224 pixels, or a timm model's
+default size, the model accepts) it
 
 * traces the dependency groups (:class:`amc.groups.ModelGraph`),
 * prunes every group at the same ratio (default 0.5) with :func:`amc.pruning.prune_channels`,
@@ -14,14 +17,16 @@ classes, the smallest square input of 64 / 96 / 128 / 224 pixels the model accep
   reloaded model gives the fine-tuned model's outputs.
 
 A model is ``pruned`` when all of this holds, ``refused`` when amc-search raised one of its own errors
-(:class:`amc.errors.AmcError`, whose message names the operator / module), and ``failed`` otherwise (a
-bug: a raw exception or a check that did not hold). Each model runs in its own forked process, so the
-largest ones (``regnet_y_128gf``, ``vit_h_14``) free their memory.
+(:class:`amc.errors.AmcError`, whose message names the operator / module; a trace past its time limit is one),
+``hung`` when its process ran past ``--timeout``, and ``failed`` otherwise (a bug: a raw exception or a check
+that did not hold). Each model runs in its own forked process, so the largest ones (``regnet_y_128gf``,
+``vit_h_14``) free their memory.
 
 Usage::
 
-    python experiments/bench/model_zoo.py                  # every classifier; writes results/model_zoo.json
+    python experiments/bench/model_zoo.py                  # torchvision and timm; writes results/model_zoo.json
     python experiments/bench/model_zoo.py --models resnext50_32x4d,regnet_x_400mf --no-write
+    python experiments/bench/model_zoo.py --source timm --timm-max-params 2e6 --update  # only the timm part
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from amc.cost import count_cost
 from amc.errors import AmcError
 from amc.groups import ModelGraph
 from amc.models import ModelSpec, create_model
-from amc.pruning import prune_channels, replay_history, widths_for
+from amc.pruning import build_graph, prune_channels, replay_history, widths_for
 
 SIZES = (64, 96, 128, 224)
 RESULTS = Path(__file__).parent / "results" / "model_zoo.json"
@@ -54,8 +59,8 @@ class ZooResult:
     """The outcome of one model.
 
     Attributes:
-        model: torchvision name.
-        status: ``pruned``, ``refused`` or ``failed``.
+        model: torchvision / timm name (without the ``torchvision:`` / ``timm:`` prefix).
+        status: ``pruned``, ``refused``, ``failed`` or ``hung``.
         size: Input side used (0 when no size worked).
         groups: Prunable groups found (0 when not traced).
         grouped: Groups whose widths are tied to grouped convs (kept in multiples of their ``groups``).
@@ -76,9 +81,56 @@ class ZooResult:
     detail: str = ""
 
 
-def _build(name: str, size: int) -> nn.Module:
+SOURCES = ("torchvision", "timm")
+
+
+def sizes_for(name: str, source: str) -> tuple[int, ...]:
+    """Input sides tried for a model, smallest first: :data:`SIZES`, and for timm the model's own default side last
+    (some take only that one, e.g. halonet_h1 256, swinv2_tiny_window16_256)."""
+    if source != "timm":
+        return SIZES
+    import timm
+
+    with torch.device("meta"):
+        side = int(timm.create_model(name, pretrained=False).pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    return tuple(sorted({*SIZES, side}))
+
+
+STATUSES = ("pruned", "refused", "failed", "hung")
+
+
+def _build(name: str, size: int, source: str = "torchvision") -> nn.Module:
     torch.manual_seed(0)
-    return create_model(ModelSpec(f"torchvision:{name}", 3, 10, size)).eval()
+    return create_model(ModelSpec(f"{source}:{name}", 3, 10, size)).eval()
+
+
+def timm_models(max_params: float, families: list[str] | None = None) -> list[str]:
+    """timm models to walk: the smallest of each family (timm module), plus every model under ``max_params``.
+
+    Parameters are counted on the meta device (nothing is allocated); a model that cannot be built there is
+    counted as large.
+    """
+    import timm
+
+    chosen: set[str] = set()
+    for family in families or timm.list_modules():
+        sizes = {name: _meta_params(name) for name in timm.list_models(module=family)}
+        if not sizes:
+            continue
+        chosen.add(min(sizes, key=lambda n: (sizes[n], n)))
+        chosen.update(n for n, p in sizes.items() if p <= max_params)
+    return sorted(chosen)
+
+
+def _meta_params(name: str) -> float:
+    import timm
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=10)
+        return float(sum(p.numel() for p in model.parameters()))
+    except Exception:
+        return float("inf")
 
 
 @torch.no_grad()
@@ -93,9 +145,11 @@ def smallest_size(model: nn.Module, sizes: tuple[int, ...] = SIZES) -> int:
     return 0
 
 
-def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -> ZooResult:
-    """Traces, prunes uniformly at ``ratio``, counts and replays torchvision model ``name``."""
-    model = _build(name, sizes[0])
+def check_model(
+    name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES, source: str = "torchvision"
+) -> ZooResult:
+    """Traces, prunes uniformly at ``ratio``, counts and replays model ``name`` of ``source`` (torchvision, timm)."""
+    model = _build(name, sizes[0], source)
     size = smallest_size(model, sizes)
     if size == 0:
         return ZooResult(name, "failed", detail=f"runs on none of the input sizes {sizes}")
@@ -103,16 +157,16 @@ def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -
     start = time.perf_counter()
     graph: ModelGraph | None = None
     try:
-        graph = ModelGraph(model, x)
+        graph = build_graph(model, x)
         widths = widths_for(graph, {g.name: ratio for g in graph})
         result = prune_channels(model, graph, widths)
         counted = count_cost(result.model, x)
-        fresh = _build(name, size)
+        fresh = _build(name, size, source)
         fresh.load_state_dict(model.state_dict())
         replay_history(fresh, x, result.history)
         with torch.no_grad():
             same = torch.equal(fresh(x), result.model(x))
-        reloaded = _finetune_save_reload(name, size, result)
+        reloaded = _finetune_save_reload(f"{source}:{name}", size, result)
     except AmcError as exc:
         return ZooResult(
             name,
@@ -153,7 +207,7 @@ def check_model(name: str, ratio: float = 0.5, sizes: tuple[int, ...] = SIZES) -
     )
 
 
-def _finetune_save_reload(name: str, size: int, result) -> bool:
+def _finetune_save_reload(model_name: str, size: int, result) -> bool:
     """One fine-tuning epoch with keep-best on 8 random images, saved and loaded back: the same outputs?"""
     import tempfile
 
@@ -167,7 +221,7 @@ def _finetune_save_reload(name: str, size: int, result) -> bool:
     data = TensorDataset(torch.randn(8, 3, size, size, generator=gen), torch.randint(0, 10, (8,), generator=gen))
     loader = DataLoader(data, batch_size=8)
     finetune(result.model, loader, epochs=1, lr=1e-3, progress=False, val_loader=loader)
-    spec = ModelSpec(f"torchvision:{name}", 3, 10, size)
+    spec = ModelSpec(model_name, 3, 10, size)
     x = data.tensors[0]
     with tempfile.TemporaryDirectory() as tmp:
         path = save_model(Path(tmp) / "model.pt", result.model, spec, history=result.history)
@@ -176,22 +230,23 @@ def _finetune_save_reload(name: str, size: int, result) -> bool:
         return torch.equal(loaded(x), result.model.eval()(x))
 
 
-def _check_in_child(name: str, ratio: float, conn: multiprocessing.connection.Connection) -> None:
+def _check_in_child(name: str, ratio: float, source: str, conn: multiprocessing.connection.Connection) -> None:
     torch.set_num_threads(1)
     try:
-        conn.send(check_model(name, ratio))
+        conn.send(check_model(name, ratio, sizes_for(name, source), source))
     except BaseException as exc:
         conn.send(ZooResult(name, "failed", detail=f"{type(exc).__name__}: {exc}"))
 
 
-def walk(names: list[str], ratio: float, timeout: float) -> list[ZooResult]:
-    """Checks each model in a fresh forked process (memory of the large ones is given back)."""
+def walk(names: list[str], ratio: float, timeout: float, source: str = "torchvision") -> list[ZooResult]:
+    """Checks each model in a fresh forked process (memory of the large ones is given back); a process still
+    running after ``timeout`` seconds is stopped and its model counted as ``hung``."""
     context = multiprocessing.get_context("fork")
     results = []
     for name in names:
         start = time.perf_counter()
         receive, send = context.Pipe(duplex=False)
-        worker = context.Process(target=_check_in_child, args=(name, ratio, send))
+        worker = context.Process(target=_check_in_child, args=(name, ratio, source, send))
         worker.start()
         send.close()  # the child holds the only writer: its death reads as EOF
         if receive.poll(timeout):
@@ -203,7 +258,7 @@ def walk(names: list[str], ratio: float, timeout: float) -> list[ZooResult]:
         else:
             result = ZooResult(
                 name,
-                "failed",
+                "hung",
                 seconds=time.perf_counter() - start,
                 detail=f"timed out after {timeout:.0f} s (worker exit code {worker.exitcode})",
             )
@@ -222,33 +277,78 @@ def _row(r: ZooResult) -> str:
     )
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--source", choices=(*SOURCES, "all"), default="all", help="which models to walk")
+    parser.add_argument("--models", default="", help="comma-separated names of --source (default: its whole walk)")
+    parser.add_argument("--ratio", type=float, default=0.5, help="uniform pruning ratio")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per model before it counts as hung")
+    parser.add_argument(
+        "--timm-max-params",
+        type=float,
+        default=3e6,
+        help="timm: every model up to this many parameters (and the smallest of each family)",
+    )
+    parser.add_argument("--timm-families", default="", help="timm: comma-separated modules (default: all)")
+    parser.add_argument("--update", action="store_true", help="keep the other source's part of the results file")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
+    return parser
+
+
+def _names(source: str, args: argparse.Namespace) -> list[str]:
+    if args.models:
+        return args.models.split(",")
+    if source == "timm":
+        return timm_models(args.timm_max_params, args.timm_families.split(",") if args.timm_families else None)
     import torchvision
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="", help="comma-separated names (default: every classifier)")
-    parser.add_argument("--ratio", type=float, default=0.5, help="uniform pruning ratio")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per model before it counts as failed")
-    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
-    args = parser.parse_args()
-    names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
-    print(f"{'model':<22} {'status':<8} {'size':>4} {'groups':>6} {'grouped':>7} {'flops':>7} {'seconds':>7}  detail")
-    results = walk(names, args.ratio, args.timeout)
-    counts = {s: sum(r.status == s for r in results) for s in ("pruned", "refused", "failed")}
-    print(", ".join(f"{n} {s}" for s, n in counts.items()))
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "ratio": args.ratio,
-            "counts": counts,
-            "threads": 1,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "torch_pruning": importlib.metadata.version("torch-pruning"),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "results": [asdict(r) for r in results],
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _counts(results: list[ZooResult]) -> dict[str, int]:
+    return {s: sum(r.status == s for r in results) for s in STATUSES}
+
+
+def _payload(source: str, results: list[ZooResult], args: argparse.Namespace) -> dict:
+    """The results file's part for ``source``: torchvision's at the top level (as before), timm's under "timm"."""
+    if source == "timm":
+        import timm
+
+        return {
+            "timm": {
+                **_counts(results),
+                "timm": timm.__version__,
+                "max_params": args.timm_max_params,
+                "models": [asdict(r) for r in results],
+            }
         }
+    import torchvision
+
+    return {"counts": _counts(results), "torchvision": torchvision.__version__, "results": [asdict(r) for r in results]}
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    payload = json.loads(RESULTS.read_text()) if args.update and RESULTS.is_file() else {}
+    for source in SOURCES if args.source == "all" else (args.source,):
+        names = _names(source, args)
+        print(f"{source}: {len(names)} models")
+        print(
+            f"{'model':<22} {'status':<8} {'size':>4} {'groups':>6} {'grouped':>7} {'flops':>7} {'seconds':>7}  detail"
+        )
+        results = walk(names, args.ratio, args.timeout, source)
+        print(", ".join(f"{n} {s}" for s, n in _counts(results).items()))
+        payload.update(_payload(source, results, args))
+    if not args.no_write:
+        payload.update(
+            ratio=args.ratio,
+            threads=1,
+            torch=torch.__version__,
+            torch_pruning=importlib.metadata.version("torch-pruning"),
+            machine=platform.machine(),
+            processor=platform.processor(),
+        )
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {RESULTS}")
 

@@ -15,6 +15,7 @@ plot per model and target of best-so-far search-val top-1 against episode (mean 
     .venv/bin/python experiments/bench/search_quality.py --models resnet20 --seeds 1 --episodes 60   # a quick look
     .venv/bin/python experiments/bench/search_quality.py --reconstruct --targets 0.2 --criteria  # searches with reconstruction
     .venv/bin/python experiments/bench/search_quality.py --selection-size 200 --methods tpe ddpg --criteria
+    .venv/bin/python experiments/bench/search_quality.py --data mnist1d   # 1-D ResNet-20s on MNIST-1D at 5% / 10% FLOPs
 
 With ``--selection-size N``, N training images are held out as the selection split (the dense models train on N
 fewer) and every search returns the best of its top policies re-ranked there (``selection_top_k``); each run also
@@ -48,6 +49,16 @@ MODELS = {
     "resnet20": CONFIGS / "digits-resnet20-flops50.yaml",
     "mobilenetv2_small": CONFIGS / "digits-mobilenetv2-flops50.yaml",
 }
+DATA_MODELS = {
+    "digits": MODELS,
+    "mnist1d": {
+        "resnet20_1d": CONFIGS / "mnist1d-resnet20_1d-flops10.yaml",
+        "resnet20_1d_wide": CONFIGS / "mnist1d-resnet20_1d_wide-flops05.yaml",
+    },
+}
+"""The models of each data set (``--data``) and their preset configs."""
+DATA_TARGETS = {"digits": [0.2, 0.5], "mnist1d": [0.05, 0.1]}
+"""Default FLOPs targets per data set: budgets where the methods differ (MNIST-1D's models saturate at 20%)."""
 METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32")
 SINGLE_EPISODE = ("uniform", "global", "sensitivity")
 # DDPG as AMC configures it (the defaults before critic-ranked proposals): warm-up of 50 uniform episodes, one
@@ -64,14 +75,27 @@ RESULTS = Path(__file__).parent / "results"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--data", choices=list(DATA_MODELS), default="digits", help="data set (default: digits)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=[m for models in DATA_MODELS.values() for m in models],
+        help="models of --data (default: all of them)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="dense models per model (seeds 0..N-1)")
     parser.add_argument(
         "--search-seeds", type=int, default=2, help="searches per dense model and searching method (random, tpe, ddpg)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="searches run side by side, one process and thread each")
     parser.add_argument("--episodes", type=int, default=300, help="episode budget of random, tpe and ddpg")
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5], help="FLOPs ratios kept")
+    parser.add_argument(
+        "--targets",
+        type=float,
+        nargs="+",
+        default=None,
+        help="FLOPs ratios kept (default: digits 0.2 0.5, mnist1d 0.05 0.1)",
+    )
     parser.add_argument(
         "--methods", nargs="*", default=list(METHODS), choices=METHODS, help="none: the criterion table only"
     )
@@ -108,9 +132,17 @@ def main() -> int:
         help="JSON file (default: results/search_quality.json, or _reconstruct / _selection beside it)",
     )
     args = parser.parse_args()
+    args.models = args.models or list(DATA_MODELS[args.data])
+    args.targets = args.targets or DATA_TARGETS[args.data]
+    other = [m for m in args.models if m not in DATA_MODELS[args.data]]
+    if other:
+        parser.error(
+            f"--models {' '.join(other)}: not models of --data {args.data} ({', '.join(DATA_MODELS[args.data])})"
+        )
     if args.out is None:
         suffix = "_reconstruct" if args.reconstruct else "_selection" if args.selection_size else ""
-        args.out = RESULTS / f"search_quality{suffix}.json"
+        data = "" if args.data == "digits" else f"_{args.data}"
+        args.out = RESULTS / f"search_quality{data}{suffix}.json"
     torch.set_num_threads(1)  # small models: one thread per process is fastest and keeps runs comparable
     for model in args.models:
         started = time.perf_counter()
@@ -124,13 +156,20 @@ def main() -> int:
 
 
 def bench_model(model: str, args: argparse.Namespace) -> dict:
-    base = SearchConfig.from_yaml(MODELS[model]).replace(episodes=args.episodes, workers=0)  # in-process: comparable
+    base = SearchConfig.from_yaml(DATA_MODELS[args.data][model]).replace(
+        episodes=args.episodes, workers=0
+    )  # in-process: comparable
     if args.reconstruct:
         base = base.replace(env=base.env.replace(reconstruct=True))
     if args.selection_size:
         data = dataclasses.replace(base.env.data, selection_size=args.selection_size)
         base = base.replace(env=base.env.replace(data=data))
-    table: dict = {"dense_test_top1_per_seed": [], "criterion": base.env.criterion, "reconstruct": base.env.reconstruct}
+    table: dict = {
+        "dense_test_top1_per_seed": [],
+        "criterion": base.env.criterion,
+        "reconstruct": base.env.reconstruct,
+        "selection_size": base.env.data.selection_size,  # the preset's (MNIST-1D: 2,000) unless --selection-size
+    }
     seeded = [  # dense baselines trained (or read from the cache) here, before the jobs start
         resolve_checkpoint(
             base.replace(seed=seed, baseline=TrainConfig(**{**vars(base.baseline), "seed": seed})),
@@ -369,8 +408,8 @@ def _merge(path: Path, model: str, table: dict, args: argparse.Namespace) -> dic
         "episodes": args.episodes,
         "seeds": args.seeds,
         "search_seeds": args.search_seeds,
-        "data": "digits",
-        "selection_size": args.selection_size,
+        "data": args.data,
+        "selection_size": table["selection_size"],
     }
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
