@@ -244,4 +244,15 @@ def test_demo_footnotes_an_unreliable_latency_column() -> None:
     note = latency_caveat(dense, overlapping, load=0.5, cores=2)
     assert note is not None and "searched (DDPG) overlaps the dense model's" in note and "uniform" not in note
     note = latency_caveat(dense, apart, load=4.2, cores=2)
-    assert note is not None and "1-min load average is 4.2 on 2 cores" in note
+    assert note is not None and "1-min load average of 4.2 on 2 cores" in note
+
+
+def test_the_demo_does_not_count_its_own_load_as_other_work() -> None:
+    import os
+    import time
+
+    from amc.cli.demo import others_load
+
+    # as if this process had kept two cores busy for the last 10 s
+    load = others_load(time.monotonic() - 10, time.process_time() - 20)
+    assert load == pytest.approx(max(os.getloadavg()[0] - 2.0, 0.0), abs=0.1)

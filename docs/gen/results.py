@@ -462,6 +462,29 @@ def model_zoo() -> list[str]:
     return out
 
 
+def model_zoo_timm() -> list[str]:
+    d = load("model_zoo.json")["timm"]
+    out = [
+        f"timm {d['timm']} (the smallest model of each family plus every model up to {d['max_params'] / 1e6:g}M "
+        f"params): **{d['pruned']}** pruned, replayed, fine-tuned, saved and reloaded exactly; **{d['refused']}** "
+        f"refused with the module and the reason; **{d['failed']}** failed; **{d['hung']}** hung.",
+        "",
+        "| model | status | input | groups | FLOPs kept | params kept | detail |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in d["models"]:
+        pruned = r["status"] == "pruned"
+        flops = f"{_pct(r['flops_ratio'])}%" if pruned else "–"
+        params = f"{_pct(r['params_ratio'])}%" if pruned else "–"
+        detail = " ".join((r.get("detail") or "").split())
+        detail = detail if len(detail) <= 100 else detail[:99] + "…"
+        groups = r.get("groups", "–") if pruned else "–"
+        out.append(
+            f"| {r['model']} | {r['status']} | {r.get('size', '–')} | {groups} | {flops} | {params} | {_cell(detail)} |"
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- compression beyond channel ratios
 def quantize() -> list[str]:
     d = load("quantize.json")
@@ -579,6 +602,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "episode_cost": _with_source(episode_cost, "episode_cost.json", "episode_cost_greedy.json"),
     "shared_machine": _with_source(shared_machine, "shared_machine.json"),
     "model_zoo": _with_source(model_zoo, "model_zoo.json"),
+    "model_zoo_timm": _with_source(model_zoo_timm, "model_zoo.json"),
     "quantize": _with_source(quantize, "quantize.json"),
     "retraining": _with_source(retraining, "retraining.json"),
     "sparsity_search": _with_source(sparsity_search, "sparsity_search.json"),
