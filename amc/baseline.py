@@ -100,10 +100,16 @@ BASELINE_VERSION = 2
 (2: PyTorch's default conv init and zero-background digits; models cached before are trained again)."""
 
 
+LATER_DATA_FIELDS = ("selection_size", "train_size", "test_size")
+"""DataConfig fields added after baselines were cached; left out of the key while 0 (their default), so that a
+baseline trained before a field existed is still found."""
+
+
 def baseline_key(model_name: str, data_config: DataConfig, config: TrainConfig) -> str:
     data = asdict(data_config)
-    if not data["selection_size"]:  # no selection split: the key of the baselines cached before it existed
-        del data["selection_size"]
+    for later in LATER_DATA_FIELDS:  # at their defaults: the key of the baselines cached before they existed
+        if not data[later]:
+            del data[later]
     blob = json.dumps(
         {"model": model_name, "data": data, "train": asdict(config), "version": BASELINE_VERSION},
         sort_keys=True,
