@@ -2,7 +2,8 @@
 
 On a terminal :class:`Progress` draws a tqdm bar. When its stream is a file or a pipe (logs, CI, ``nohup``)
 a bar is useless, so it writes one plain line every ``interval`` seconds instead, e.g.
-``search ddpg: 120/300 episodes, 2.1 s/episode, ETA 6m18s, best_top1=97.30%``, and a last line when the
+``search ddpg: 120/300 episodes, 2.1 s/episode, ETA 6m18s, best_top1=97.30%`` (the rate is the average since
+the start, the ETA uses the rate since the previous line), and a last line when the
 loop ends. The interval is ``$AMC_PROGRESS_INTERVAL`` seconds (default :data:`DEFAULT_INTERVAL`).
 """
 
@@ -102,6 +103,7 @@ class Progress:
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=self.stream)
         self._start = self._last = clock()
+        self._mark = (self._start, self.n)  # clock and count at the last line: the window of the ETA's rate
 
     @property
     def lines(self) -> bool:
@@ -160,11 +162,18 @@ class Progress:
             if final:
                 parts.append(f"took {format_duration(elapsed)}")
             elif self.total is not None:
-                parts.append(f"ETA {format_duration(max(self.total - self.n, 0) * per_unit)}")
+                parts.append(f"ETA {format_duration(max(self.total - self.n, 0) * self._recent(now, per_unit))}")
         elif final:
             parts.append(f"took {format_duration(elapsed)}")
         parts.extend(f"{k}={v}" for k, v in self._postfix.items())
         return ", ".join(parts)
+
+    def _recent(self, now: float, overall: float) -> float:
+        """Seconds per unit since the last line (``overall`` before the first): the ETA's rate. A search's first
+        episodes (the warm-up: no learner) run several times faster than the rest, so the average since the start
+        promised a 5.5-minute search in 2.3 minutes."""
+        since, n = self._mark
+        return (now - since) / (self.n - n) if self.n > n and now > since else overall
 
     def _write(self, now: float, final: bool = False) -> None:
         self._printed_n = self.n
@@ -172,6 +181,7 @@ class Progress:
             print(self.line(now, final), file=self.stream, flush=True)
         except (OSError, ValueError):  # a closed or broken stream must not stop the work
             pass
+        self._mark = (now, self.n)
 
 
 __all__ = ["DEFAULT_INTERVAL", "INTERVAL_ENV", "Progress", "default_interval", "format_duration"]

@@ -56,6 +56,20 @@ def test_lines_wait_for_the_interval() -> None:
     assert _lines(out)[0] == "search ddpg: 4/300 episodes, 3.0 s/episode, ETA 14m48s"
 
 
+def test_the_eta_follows_the_recent_rate_not_the_warm_up() -> None:
+    out, clock = io.StringIO(), FakeClock()
+    bar = Progress(40, "search ddpg", "episode", stream=out, interval=10, clock=clock)
+    for _ in range(10):  # the warm-up: 1 s per episode
+        clock.now += 1.0
+        bar.update()
+    for _ in range(10):  # the learner joins: 4 s per episode
+        clock.now += 4.0
+        bar.update()
+    # lines at 10 s (10 done), then every 12 s in the slow phase: the last at 46 s with 19 done
+    assert _lines(out)[-1] == "search ddpg: 19/40 episodes, 2.4 s/episode, ETA 1m24s"  # 21 left at the recent 4 s
+    # (the average since the start, 46 s / 19, would have said 51s)
+
+
 def test_close_writes_the_last_count_and_the_time_taken() -> None:
     out, clock = io.StringIO(), FakeClock()
     bar = Progress(4, "train resnet20", "step", stream=out, interval=60, clock=clock)
