@@ -10,7 +10,8 @@ as the ``onnxruntime`` latency backend (:mod:`amc.onnx_latency`).
 ONNX Runtime rather than PyTorch's PT2E flow: its output is the file users deploy (ONNX Runtime, TensorRT),
 it runs INT8 kernels on the CPU here without a compiler, and the same session times the float and INT8
 models. A PT2E model runs INT8 only once lowered (``torch.compile`` with the x86 Inductor backend); in eager
-mode it simulates quantization in float32, so neither its size nor its latency would be the deployed one.
+mode it simulates quantization in float32, so neither its size nor its latency would be the deployed one. (Chosen by
+argument, not measured: with torch 2.14.1 PT2E lives in ``torchao``, not a dependency.)
 """
 
 from __future__ import annotations
