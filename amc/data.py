@@ -157,10 +157,10 @@ def mnist1d(config: DataConfig) -> DataBundle:
     if config.input_size not in (0, 40):
         raise ConfigError(f"mnist1d signals have length 40; leave --input-size unset, got {config.input_size}")
     sizes = {
-        "train": _size(config, "train_size", config.train_size or MNIST1D_SIZES["train"]),
-        "val": _size(config, "val_size", config.val_size or MNIST1D_SIZES["val"]),
-        "test": _size(config, "test_size", config.test_size or MNIST1D_SIZES["test"]),
-        "selection": _size(config, "selection_size", config.selection_size, minimum=0),
+        "train": _size("train_size", config.train_size or MNIST1D_SIZES["train"]),
+        "val": _size("val_size", config.val_size or MNIST1D_SIZES["val"]),
+        "test": _size("test_size", config.test_size or MNIST1D_SIZES["test"]),
+        "selection": _size("selection_size", config.selection_size, minimum=0),
     }
     x, y = _mnist1d_pool(sum(sizes.values()), config.seed)
     parts = _split(len(y), tuple(sizes.values()), config.seed)
@@ -169,7 +169,7 @@ def mnist1d(config: DataConfig) -> DataBundle:
     return DataBundle(data["train"], data["val"], data["test"], 1, 10, (int(x.shape[-1]),), "mnist1d", selection)
 
 
-def _size(config: DataConfig, field: str, value: object, minimum: int = 1) -> int:
+def _size(field: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"data.{field} must be an integer >= {minimum}, got {value!r}")
     return value

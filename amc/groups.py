@@ -538,7 +538,7 @@ def all_groups(graph: tp.DependencyGraph, classifier: nn.Module, limit: TimeLimi
     find = graph.get_pruning_group
 
     def counted(*args: object, **kwargs: object) -> tp.Group:
-        limit.done = (limit.done or 0) + 1
+        limit.done += 1
         return find(*args, **kwargs)
 
     graph.get_pruning_group = counted  # an instance attribute: get_all_groups calls self.get_pruning_group

@@ -194,9 +194,8 @@ def trusted_table(
         _say(progress, check.line() + "; measuring its entries again")
         table = LatencyTable.build(model, graph, config, fewest, cache_dir, progress, measure=measure, refresh=True)
         check = check_table(table, model, measure, rebuilt=True)
-        if not check.agrees:
-            _say(progress, check.line() + "; the machine is too noisy to do better: the estimates are kept as measured")
-    _say(progress, check.line())
+    noisy = "" if check.agrees else "; the machine is too noisy to do better: the estimates are kept as measured"
+    _say(progress, check.line() + noisy)
     table.check = check
     return table
 

@@ -73,21 +73,37 @@ def check_available(device: str) -> None:
         )
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
-    """``model`` (in eval mode, on ``example``'s device and dtype) exported to an in-memory ONNX model."""
+def export_onnx(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> bytes:
+    """``model`` (on ``example``'s device and dtype) exported in eval mode to an in-memory ONNX model; its train/eval
+    mode is restored. With ``dynamic_batch`` the batch size is left open (input ``input``, output ``logits``), for a
+    file that is shipped."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # torch 2.9+ warns that the TorchScript exporter is deprecated (the module docstring says why it is used)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            buffer,
-            input_names=["input"],
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    dynamic = {"output_names": ["logits"], "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}
+    was_training = model.training
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # torch 2.9+ warns that the TorchScript exporter is deprecated (the module docstring says why it is used)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model.eval(),
+                (example,),
+                buffer,
+                input_names=["input"],
+                do_constant_folding=True,
+                dynamo=False,
+                **(dynamic if dynamic_batch else {}),
+            )
+    finally:
+        model.train(was_training)
     return buffer.getvalue()
+
+
+def on_cpu(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model`` itself when its parameters are on the CPU in ``dtype``, else a copy moved there (the caller's model
+    stays where and what it was)."""
+    if any(p.device.type != "cpu" or p.dtype != dtype for p in model.parameters()):
+        return copy.deepcopy(model).cpu().to(dtype=dtype)
+    return model
 
 
 def session(onnx_model: bytes, threads: int, device: str = "cpu") -> Any:
@@ -119,14 +135,7 @@ def exported_session(
     """
     check_available(device)
     example = example.cpu()
-    if any(p.device.type != "cpu" or p.dtype != example.dtype for p in model.parameters()):
-        model = copy.deepcopy(model).cpu().to(dtype=example.dtype)
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            onnx_model = export_onnx(model.eval(), example)
-    finally:
-        model.train(was_training)
+    onnx_model = export_onnx(on_cpu(model, example.dtype), example)
     if int8:
         from amc.onnx_quant import quantize_bytes
 
@@ -159,6 +168,7 @@ __all__ = [
     "check_available",
     "export_onnx",
     "exported_session",
+    "on_cpu",
     "onnx_runner",
     "runtime",
     "runtime_version",

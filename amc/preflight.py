@@ -9,6 +9,7 @@ multiples of 8 or 16 does to latency, and how long an episode and a whole search
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import time
@@ -19,10 +20,10 @@ from torch import nn
 
 from amc.cost import Cost, LatencyConfig
 from amc.errors import AmcError
-from amc.groups import ModelGraph, PrunableGroup
+from amc.groups import PrunableGroup
 from amc.latency import fastest_latency
 from amc.progress import format_duration
-from amc.pruning import ChannelPruner, build_graph, replay_history, widths_for
+from amc.pruning import ChannelPruner, build_graph, group_round_to, replay_history, widths_for
 
 ROUNDINGS = (1, 8, 16)
 """Channel multiples whose latency effect :func:`check` measures (1: the dense widths)."""
@@ -117,23 +118,25 @@ def check(
     if not report.prunable:
         return _refused(report, "every group is frozen: " + "; ".join(f"{g.name}: {g.frozen}" for g in graph))
     batches = bn_batches + math.ceil(val_size / batch_size)
-    return CheckReport(
-        **{
-            **report.__dict__,
-            "reload_exact": _reloads_exactly(model, graph, example_inputs[:1]),
-            "latency_ms": _rounding_latency(model, graph, shape, latency or LatencyConfig()),
-            "episode": _episode_cost(model, graph, example_inputs[:1], batches, batch_size),
-        }
+    pruner = ChannelPruner(
+        model, graph
+    )  # one traced working copy for the three measurements (each done before the next)
+    half = widths_for(graph, dict.fromkeys(graph.names, 0.5))
+    return dataclasses.replace(
+        report,
+        reload_exact=_reloads_exactly(model, pruner, half, example_inputs[:1]),
+        latency_ms=_rounding_latency(model, pruner, shape, latency or LatencyConfig()),
+        episode=_episode_cost(pruner, half, example_inputs[:1], batches, batch_size),
     )
 
 
 def _refused(report: CheckReport, reason: str) -> CheckReport:
-    return CheckReport(**{**report.__dict__, "refused": reason})
+    return dataclasses.replace(report, refused=reason)
 
 
-def _reloads_exactly(model: nn.Module, graph: ModelGraph, x: torch.Tensor) -> bool:
-    """Prunes a copy (uniform 0.5), saves its history and state_dict, reloads them onto a fresh dense copy."""
-    result = ChannelPruner(model, graph).prune(widths_for(graph, dict.fromkeys(graph.names, 0.5)))
+def _reloads_exactly(model: nn.Module, pruner: ChannelPruner, widths: dict[str, int], x: torch.Tensor) -> bool:
+    """Prunes a copy to ``widths``, saves its history and state_dict, reloads them onto a fresh dense copy."""
+    result = pruner.prune(widths)
     buffer = io.BytesIO()
     torch.save({"history": result.history, "state_dict": result.model.state_dict()}, buffer)
     buffer.seek(0)
@@ -146,14 +149,14 @@ def _reloads_exactly(model: nn.Module, graph: ModelGraph, x: torch.Tensor) -> bo
 
 
 def _rounding_latency(
-    model: nn.Module, graph: ModelGraph, shape: tuple[int, ...], config: LatencyConfig
+    model: nn.Module, pruner: ChannelPruner, shape: tuple[int, ...], config: LatencyConfig
 ) -> dict[int, float]:
     """Latency with every group's dense width rounded to a multiple of each of :data:`ROUNDINGS`."""
-    pruner = ChannelPruner(model, graph)
+    graph = pruner.graph
     measured: dict[tuple[int, ...], float] = {}
     out = {}
     for multiple in ROUNDINGS:
-        widths = {g.name: _rounded_down(g.channels, math.lcm(multiple, g.multiple)) for g in graph}
+        widths = {g.name: _rounded_down(g.channels, group_round_to(g, multiple)) for g in graph}
         key = tuple(widths.values())
         if key not in measured:  # widths already multiples: the same model, measured once
             pruned = pruner.prune(widths).model if widths != graph.dense_widths() else model
@@ -167,9 +170,9 @@ def _rounded_down(channels: int, multiple: int) -> int:
     return channels if channels < multiple else channels // multiple * multiple
 
 
-def _episode_cost(model: nn.Module, graph: ModelGraph, x: torch.Tensor, batches: int, batch_size: int) -> EpisodeCost:
-    pruner = ChannelPruner(model, graph)
-    widths = widths_for(graph, dict.fromkeys(graph.names, 0.5))
+def _episode_cost(
+    pruner: ChannelPruner, widths: dict[str, int], x: torch.Tensor, batches: int, batch_size: int
+) -> EpisodeCost:
     pruner.prune(widths)  # the first call builds kernels for the new widths
     start = time.perf_counter()
     pruned = pruner.prune(widths).model

@@ -360,9 +360,8 @@ class ChannelPruner:
                 grad = self._grads.get(id(p))
                 p.grad = None if grad is None else grad.clone()
         importance = self._importance or self._criterion.importance(self._model)
-        return TimeLimit(f"pruning {type(self._model).__name__}", self.graph.trace_timeout).call(
-            lambda: _prune_groups(self._model, self._dg, self._names, self.graph, widths, importance)
-        )
+        # no time limit here (an episode's hot path): the group walk it runs was bounded when the graph was traced
+        return _prune_groups(self._model, self._dg, self._names, self.graph, widths, importance)
 
 
 class _IndexMappings:
@@ -530,10 +529,12 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, trace_timeout: f
     key = (type(model).__qualname__, architecture_hash(model), _settings_hash(model), tuple(graph.example_inputs.shape))
     if key not in _PROBED:
         failure, frozen = _probe(model, graph), {}
-        if failure and graph.sliced():
+        sliced = graph.sliced() if failure else set()
+        if sliced:
             reason = f"the forward pass slices its channels with fixed sizes: pruned, it fails with {failure}"
-            frozen = dict.fromkeys(graph.sliced(), reason)
-            failure = _probe(model, graph, set(frozen))
+            frozen = dict.fromkeys(sliced, reason)
+            graph.freeze(frozen)  # a frozen group stays dense in the probe too
+            failure = _probe(model, graph)
         _PROBED[key] = (failure, frozen)
     failure, frozen = _PROBED[key]
     if failure:
@@ -546,10 +547,9 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, trace_timeout: f
     return graph
 
 
-def _probe(model: nn.Module, graph: ModelGraph, dense: set[str] = frozenset()) -> str:
-    """Empty when ``model`` runs with every group (but ``dense`` and the frozen ones) at its fewest channels,
-    else the error."""
-    widths = {g.name: g.multiple for g in graph if g.name not in dense and g.multiple < g.channels}
+def _probe(model: nn.Module, graph: ModelGraph) -> str:
+    """Empty when ``model`` runs with every group (but the frozen ones) at its fewest channels, else the error."""
+    widths = {g.name: g.multiple for g in graph if g.multiple < g.channels}
     try:
         pruned = prune_channels(model, graph, widths).model
         with torch.no_grad():

@@ -17,7 +17,6 @@ argument, not measured: with torch 2.14.1 PT2E lives in ``torchao``, not a depen
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,6 @@ from amc.onnx_quant import (
     quantize_file,
 )
 
-QUANTIZE_MODES = ("int8",)
-"""What ``amc prune --quantize`` and ``amc quantize`` produce."""
 CALIBRATION_BATCHES = 4
 """Training batches of 64 images the INT8 activation ranges are calibrated on by default."""
 
@@ -65,20 +62,13 @@ class Quantized:
 
 
 def export_float(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> Path:
-    """Writes ``model`` (eval mode, CPU, float32) as ONNX with a dynamic batch size, atomically."""
-    model = model.eval().cpu()
-    with warnings.catch_warnings(), atomic_path(path) as tmp, torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: see amc.onnx_latency
-        torch.onnx.export(
-            model,
-            (example_inputs[:1].cpu().float(),),
-            str(tmp),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    """Writes ``model`` (in eval mode, on the CPU in float32; a copy when it is elsewhere) as ONNX with a dynamic batch
+    size and compact names, atomically (:func:`amc.onnx_latency.export_onnx`)."""
+    from amc.onnx_latency import export_onnx, on_cpu
+
+    data = export_onnx(on_cpu(model, torch.float32), example_inputs[:1].cpu().float(), dynamic_batch=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return compact_names(path)
 
 
@@ -92,7 +82,7 @@ def quantize_int8(
     """Exports ``model`` to ``out/model.onnx`` and writes its INT8 quantization to ``out/model.int8.onnx``.
 
     Args:
-        model: The float model (left unchanged but for its eval mode).
+        model: The float model (left unchanged).
         example_inputs: An input batch of the model's shape (its first image is used to export).
         calibration: Input batches the activation ranges are calibrated on (e.g. from the training split).
         out: Output directory.

@@ -832,9 +832,11 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     def outcome(self, widths: Mapping[str, int], accuracy: float) -> Outcome:
         """What the reward sees of a model pruned to ``widths`` that scored ``accuracy``: exact costs and ratios
         (for a sparsity search: the non-zero parameters, and the dense FLOPs, which zeroed weights do not lower)."""
-        cost, dense = self.graph.estimate(widths), self.graph.dense_cost
+        dense = self.graph.dense_cost
         if self.config.sparse:
             cost = Cost(dense.flops, int(self.cost_model.cost(widths)))
+        else:
+            cost = self.graph.estimate(widths)
         return Outcome(
             top1=float(accuracy),
             flops=int(cost.flops),

@@ -275,13 +275,10 @@ def test_config_reference_documents_every_field() -> None:
 
 
 # --------------------------------------------------------------------------- results
-MARK = re.compile(r"^<!-- gen:([\w.]+) -->$", flags=re.M)
-
-
 def test_every_generated_section_expands() -> None:
     used = set()
     for page in _pages():
-        for name in MARK.findall(page.read_text()):
+        for name in hooks.MARK.findall(page.read_text()):
             assert hooks.generate(name).strip(), f"{page.name}: gen:{name} is empty"
             used.add(name)
     unused = {f"results.{n}" for n in results.TABLES} - used
@@ -311,7 +308,7 @@ def test_results_tables_read_the_json_and_name_their_source() -> None:
 
 # --------------------------------------------------------------------------- the README as a front page
 def _site_text() -> str:
-    return "\n".join(MARK.sub(lambda m: hooks.generate(m.group(1)), p.read_text()) for p in _pages())
+    return "\n".join(hooks.expand(p.read_text()) for p in _pages())
 
 
 def test_readme_is_a_front_page() -> None:

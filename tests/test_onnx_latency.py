@@ -129,7 +129,7 @@ def test_int8_backend_times_the_quantized_graph_and_keeps_its_own_table(trained_
     int8 = LatencyConfig(min_run_time=0.002, grid=3, backend="onnxruntime-int8")
     example = torch.stack([ws.data.val[i][0] for i in range(8)])  # real digits: the trained model is sure of them
     with torch.no_grad():
-        quantized = quantize_bytes(export_onnx(ws.model.eval(), example), [example])
+        quantized = quantize_bytes(export_onnx(ws.model, example), [example])
     ops = {node.op_type for node in onnx.load_from_string(quantized).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     session = exported_session(ws.model, example, 1, int8=True)

@@ -130,11 +130,11 @@ def demo_experiment(config) -> str:
 
 def next_commands(tracking_uri: str | None, experiment: str) -> list[str]:
     """The demo's last lines: the commands that show its searches, runnable as printed from any directory."""
-    from amc.service.tracking import absolute_uri, resolve_tracking_uri
+    from amc.service.tracking import resolve_tracking_uri
 
     venv_amc = Path(sys.executable).parent / "amc"
     amc = shlex.quote(str(venv_amc)) if venv_amc.is_file() else "amc"
-    store = f"--tracking-uri {shlex.quote(absolute_uri(resolve_tracking_uri(tracking_uri)))}"
+    store = f"--tracking-uri {shlex.quote(resolve_tracking_uri(tracking_uri))}"  # absolute: resolve_tracking_uri
     where = f"{store} --experiment {shlex.quote(experiment)}"
     return [
         f"browse the searches in MLflow: {amc} ui {where}",

@@ -16,6 +16,7 @@ from amc.cli.options import (
     LATENCY_BACKEND_NAMES,
     add_criterion,
     add_device,
+    fraction,
     non_negative_int,
     positive_int,
     seed_int,
@@ -252,7 +253,7 @@ def _add_recovery(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", action="store_true", help="fine-tune with the dense model as a teacher")
     p.add_argument(
         "--distill-weight",
-        type=_fraction,
+        type=lambda text: fraction(text, "the teacher's weight"),
         default=0.5,
         help="with --distill: weight of the teacher's term, in [0, 1] (default: 0.5)",
     )
@@ -262,16 +263,6 @@ def _add_recovery(p: argparse.ArgumentParser) -> None:
         default=4.0,
         help="with --distill: softening temperature (default: 4)",
     )
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
 
 
 def _retraining(args: argparse.Namespace):

@@ -31,6 +31,17 @@ def integer(text: str, minimum: int, maximum: int = 2**63 - 1) -> int:
     return value
 
 
+def fraction(text: str, meaning: str = "a number") -> float:
+    """``text`` as a number in [0, 1] (argparse's message otherwise, saying what the number is: ``meaning``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{meaning} is in [0, 1]; got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     return integer(text, 1)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amc.cli.commands import command
-from amc.cli.options import add_tracking_uri, non_negative_int, seed_int
+from amc.cli.options import add_tracking_uri, fraction, non_negative_int, seed_int
 from amc.errors import ConfigError
 from amc.service.ui import PARETO_FILTER
 
@@ -35,13 +35,7 @@ def _flops_ratio(text: str) -> float:
 
 
 def _top1(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"top-1 is a fraction in [0, 1] (0.9 for 90%); got {text}")
-    return value
+    return fraction(text, "top-1 (a fraction: 0.9 for 90%)")
 
 
 MIN_TOP1_HELP = (

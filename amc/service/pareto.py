@@ -28,7 +28,6 @@ from amc.service.candidates import (
     KIND_TAG,
     PARETO_KIND,
     SEARCH_ARTIFACT,
-    all_runs,
     find_experiment,
     load_search_runs,
     mlflow_client,
@@ -71,11 +70,15 @@ def write_front(front: ParetoFront, experiment: str, out: Path, runs: Sequence[S
 
 # --------------------------------------------------------------------------- logging to MLflow
 def find_pareto_run(client: Any, experiment_id: str) -> str | None:
-    """The id of the experiment's Pareto run (tag ``amc.kind=pareto``), None before the first ``amc pareto``."""
-    for run in all_runs(client, experiment_id):
-        if run.data.tags.get(KIND_TAG) == PARETO_KIND:
-            return run.info.run_id
-    return None
+    """The id of the experiment's Pareto run (tag ``amc.kind=pareto``; the oldest active one), None before the first
+    ``amc pareto``. One filtered query, not a walk over every run of the experiment."""
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{KIND_TAG}` = '{PARETO_KIND}'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    return found[0].info.run_id if found else None
 
 
 def _pareto_run_id(client: Any, experiment_id: str) -> str:

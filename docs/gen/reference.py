@@ -109,17 +109,14 @@ def cli_reference() -> str:
 
 def _cli_reference() -> str:
     out: list[str] = []
-    for name, parser in parsers().items():
-        level = 2 if name == "amc" or name == "make demo" else 3
-        if name == "amc":
-            from amc.cli.commands import COMMANDS
+    from amc.cli.commands import COMMANDS
 
-            out += command_section(name, parser, level)
+    for name, parser in parsers().items():
+        out += command_section(name, parser, 2 if name in ("amc", "make demo") else 3)
+        if name == "amc":
             out += ["| command | what it does |", "| --- | --- |"]
             out += [f"| [`amc {c}`](#amc-{c}) | {_cell(h)} |" for c, (_, _, h) in COMMANDS.items()]
             out.append("")
-            continue
-        out += command_section(name, parser, level)
     return "\n".join(out)
 
 

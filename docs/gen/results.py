@@ -451,15 +451,18 @@ def model_zoo() -> list[str]:
         "| model | status | groups | FLOPs kept | params kept | detail |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for r in d["results"]:
-        pruned = r["status"] == "pruned"
-        flops = f"{_pct(r['flops_ratio'])}%" if pruned else "–"
-        params = f"{_pct(r['params_ratio'])}%" if pruned else "–"
-        detail = " ".join((r.get("detail") or "").split())
-        detail = detail if len(detail) <= 100 else detail[:99] + "…"
-        groups = r.get("groups", "–") if pruned else "–"
-        out.append(f"| {r['model']} | {r['status']} | {groups} | {flops} | {params} | {_cell(detail)} |")
-    return out
+    return out + [f"| {r['model']} | {r['status']} | {_zoo_cells(r)} |" for r in d["results"]]
+
+
+def _zoo_cells(r: dict) -> str:
+    """A model zoo row's groups, FLOPs and params kept (dashes unless pruned) and its detail, as table cells."""
+    pruned = r["status"] == "pruned"
+    detail = " ".join((r.get("detail") or "").split())
+    detail = detail if len(detail) <= 100 else detail[:99] + "…"
+    cells = (
+        (r.get("groups", "–"), f"{_pct(r['flops_ratio'])}%", f"{_pct(r['params_ratio'])}%") if pruned else ("–",) * 3
+    )
+    return " | ".join([*map(str, cells), _cell(detail)])
 
 
 def model_zoo_timm() -> list[str]:
@@ -472,17 +475,7 @@ def model_zoo_timm() -> list[str]:
         "| model | status | input | groups | FLOPs kept | params kept | detail |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in d["models"]:
-        pruned = r["status"] == "pruned"
-        flops = f"{_pct(r['flops_ratio'])}%" if pruned else "–"
-        params = f"{_pct(r['params_ratio'])}%" if pruned else "–"
-        detail = " ".join((r.get("detail") or "").split())
-        detail = detail if len(detail) <= 100 else detail[:99] + "…"
-        groups = r.get("groups", "–") if pruned else "–"
-        out.append(
-            f"| {r['model']} | {r['status']} | {r.get('size', '–')} | {groups} | {flops} | {params} | {_cell(detail)} |"
-        )
-    return out
+    return out + [f"| {r['model']} | {r['status']} | {r.get('size', '–')} | {_zoo_cells(r)} |" for r in d["models"]]
 
 
 # --------------------------------------------------------------------------- compression beyond channel ratios
