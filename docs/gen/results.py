@@ -37,6 +37,7 @@ MACHINE_NOTES = {
     "quantize.json": "2-core CPU development machine, shared with other jobs (latencies noisy)",
     "retraining.json": "2-core CPU development machine, shared with other jobs",
     "sparsity_search.json": "2-core CPU development machine, shared with other jobs",
+    "uniform_budgets_mnist1d.json": "2-core CPU development machine, one thread",
 }
 
 
