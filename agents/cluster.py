@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from agents.parallel import local_cpus, require_ray
-from amc.errors import ConfigError
+from amc.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def init_ray(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
         raise ConfigError(
-            f"could not join the Ray cluster at {address} ({_first_line(exc)}); check the address (`ray start --head` "
+            f"could not join the Ray cluster at {address} ({first_line(exc)}); check the address (`ray start --head` "
             f"prints it) and, if the cluster uses token authentication, set {AUTH_MODE}=token and the token: {TOKEN_HELP}"
         ) from exc
     return True
@@ -98,7 +98,7 @@ def _wants_token(address: str) -> bool:
         return True
     except ray.exceptions.RpcError as exc:
         raise ConfigError(
-            f"no Ray cluster answers at {address} ({_first_line(exc)}); start one with "
+            f"no Ray cluster answers at {address} ({first_line(exc)}); start one with "
             "`ray start --head --port=PORT` and pass the address it prints"
         ) from exc
     except Exception as exc:  # only a probe: ray.init reports any real problem
@@ -139,11 +139,6 @@ def _quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["init_ray", "token_source"]

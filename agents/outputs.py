@@ -16,7 +16,13 @@ from amc.service.plots import policy_bars, search_curves
 
 
 def write_outputs(
-    env: Any, state: SearchState, config: SearchConfig, out: Path, tracker: Any = None, max_staleness: int = 0
+    env: Any,
+    state: SearchState,
+    config: SearchConfig,
+    out: Path,
+    tracker: Any = None,
+    max_staleness: int = 0,
+    rollouts: dict | None = None,
 ) -> SearchResult:
     """Evaluates the best policy on the test split, writes the search's files and logs them to ``tracker``.
 
@@ -28,6 +34,9 @@ def write_outputs(
         tracker: An :class:`amc.service.tracking.RunTracker`, or None (no MLflow).
         max_staleness: The search's staleness bound (``config.max_staleness`` resolved; see
             :class:`agents.search.Search`), reported with the staleness observed.
+        rollouts: What the Ray workers went through, written as search.json's ``rollouts`` (None: in-process):
+            ``workers`` started, ``lost`` (each worker that died and the episode it was playing, run again) and
+            ``restarts`` (replacements asked for).
     """
     per_target = reports(env, state.records, config) if config.env.targets is not None else None
     # best and best_policy.json: the first reported budget an episode meets (each meets the loosest), or the target
@@ -72,6 +81,8 @@ def write_outputs(
     }
     if state.warm_start is not None:
         summary["warm_start"] = state.warm_start
+    if rollouts is not None:
+        summary["rollouts"] = rollouts
     if selection is not None:
         summary["best"]["selection_top1"] = measured["selection_top1"] = selection.selection_top1
         summary["selection"] = selection.summary(env.split_size("selection"))

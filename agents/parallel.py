@@ -12,13 +12,17 @@ restarted actor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import time
+from collections import deque
 from typing import Any
 
 from agents.base import EpisodePlan
 from agents.rollout import EpisodeResult, EpisodeRunner
+from amc.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,16 @@ class _Worker:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+ROLLOUT_TIMEOUT_ENV = "AMC_ROLLOUT_TIMEOUT"
+"""Environment variable: seconds a parallel search may go without any episode finishing (0: no limit)."""
+DEFAULT_ROLLOUT_TIMEOUT = 1800.0
+"""Seconds without a finished episode before a parallel search stops with :class:`amc.errors.RolloutError`."""
+PLACE_LIMIT_S = 300.0
+"""Seconds a parallel search whose workers were all lost waits for Ray to start a replacement before giving up."""
+STALL_REPORT_S = 60.0
+"""Seconds without a finished episode before the pool says what it is waiting for (then once per interval)."""
+
+
 class RolloutPool:
     """``workers`` Ray actors sharing one payload (model, data, env config) from the object store.
 
@@ -109,16 +123,39 @@ class RolloutPool:
     :meth:`next_result`, :meth:`shutdown` and :attr:`timeline`; :meth:`busy` and :meth:`pid` say which
     worker plays which episode in which process.
 
+    A worker that dies (its process killed, or its node lost) loses only its episode: the same plan runs again on
+    the first worker free, and a replacement actor is asked for, which joins when Ray places it (a cluster that
+    lost a node may have no CPU for it; the search goes on with the workers left). Fewer workers than asked start
+    when the cluster has fewer CPUs. Nothing waits silently: past :data:`STALL_REPORT_S` without a finished episode
+    the pool logs what it waits for, and past ``$AMC_ROLLOUT_TIMEOUT`` seconds (default
+    :data:`DEFAULT_ROLLOUT_TIMEOUT`), or when no worker is left to run the lost episodes, it raises
+    :class:`amc.errors.RolloutError` with the reason.
+
     Args:
         payload: The engine workspace (dense model, data, traced groups) and the env config (see :func:`build_env`).
         workers: Number of rollout actors.
         ddpg_config: DDPG settings (network shape of the actor).
         threads: torch threads per worker (0: local CPUs / workers).
+        timeout: Seconds without a finished episode before giving up (None: ``$AMC_ROLLOUT_TIMEOUT``; 0: never).
     """
 
-    def __init__(self, payload: dict, workers: int, ddpg_config: Any, threads: int = 0) -> None:
+    def __init__(
+        self, payload: dict, workers: int, ddpg_config: Any, threads: int = 0, timeout: float | None = None
+    ) -> None:
+        from amc.time_limit import seconds_from_env
+
         ray = require_ray()
         self.ray = ray
+        self.timeout = seconds_from_env(ROLLOUT_TIMEOUT_ENV, DEFAULT_ROLLOUT_TIMEOUT) if timeout is None else timeout
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if 0 < cpus < workers:
+            log.warning(
+                "%d rollout workers asked, but the Ray cluster has %d CPUs (one per worker): starting %d",
+                workers,
+                cpus,
+                cpus,
+            )
+            workers = cpus
         self.payload_ref = ray.put(payload)
         self.threads = threads or max(1, local_cpus() // workers)
         self.ddpg_config = ddpg_config
@@ -128,6 +165,10 @@ class RolloutPool:
         for _ in range(workers):
             self._spawn()
         self.restarts = 0
+        """Replacement workers asked for after a worker died."""
+        self.lost: list[dict] = []
+        """One entry per worker that died: ``worker`` (index), ``episode`` (the one it was playing, run again),
+        ``error`` (Ray's reason, first line)."""
         self.timeline: list[tuple[int, int, float, float]] = []
         """(worker, episode, started, finished) of every episode played, in the order they finished
         (``time.time()`` on the worker's machine)."""
@@ -135,6 +176,8 @@ class RolloutPool:
         """Actor weight versions put into the object store."""
         self._idle = list(range(workers))
         self._pending: dict[Any, tuple[int, EpisodePlan]] = {}
+        self._starting: dict[Any, int] = {}  # process-id ref of a replacement not yet placed -> its worker index
+        self._retry: deque[EpisodePlan] = deque()  # plans of lost episodes, waiting for a worker
         self._weights: dict[Any, tuple[Any, Any]] = {}  # version key -> (actor state, its object ref)
         self._latest: Any = None
 
@@ -153,8 +196,12 @@ class RolloutPool:
         return self.ray.get(self._pids[index])
 
     def peak_rss_mb(self) -> list[float]:
-        """Each worker's peak resident memory so far, in MiB (see :func:`worker_payload` for what it holds)."""
-        return self.ray.get([actor.peak_rss_mb.remote() for actor in self.actors])
+        """Each live worker's peak resident memory so far, in MiB (see :func:`worker_payload` for what it holds)."""
+        live = [actor for index, actor in enumerate(self.actors) if self._live(index)]
+        return self.ray.get([actor.peak_rss_mb.remote() for actor in live])
+
+    def _live(self, index: int) -> bool:
+        return self.actors[index] is not None and self._pids[index] not in self._starting
 
     def busy(self) -> dict[int, int]:
         """Worker index -> the episode it is playing."""
@@ -170,6 +217,11 @@ class RolloutPool:
 
     def _start(self, index: int, plan: EpisodePlan) -> None:
         self._pending[self.actors[index].run.remote(self._shipped(plan))] = (index, plan)
+
+    def _run_lost(self) -> None:
+        """Hands the plans of lost episodes to idle workers, oldest first."""
+        while self._retry and self._idle:
+            self._start(self._idle.pop(), self._retry.popleft())
 
     @staticmethod
     def _version(plan: EpisodePlan) -> Any:
@@ -188,32 +240,99 @@ class RolloutPool:
 
     def _release(self) -> None:
         """Drops the object refs of weight versions no pending plan uses (the latest is kept for the next plans)."""
-        used = {self._version(p) for _, p in self._pending.values() if p.actor_state is not None}
+        used = {self._version(p) for _, p in [*self._pending.values(), *((0, p) for p in self._retry)]}
         for key in [k for k in self._weights if k not in used and k != self._latest]:
             del self._weights[key]
 
     def next_result(self) -> EpisodeResult:
-        """The next episode to finish (an episode whose worker died is run again on a restarted one)."""
+        """The next episode to finish (an episode whose worker died runs again on the first worker free).
+
+        Raises:
+            RolloutError: when lost episodes wait and no worker is left or can be started, or when no episode finished
+                for ``timeout`` seconds.
+        """
+        waiting_since = last_report = time.monotonic()
         while True:
-            (ref,), _ = self.ray.wait(list(self._pending), num_returns=1)
+            self._run_lost()
+            refs = [*self._pending, *self._starting]
+            if not refs:
+                raise self._stuck("every rollout worker was lost and Ray has none to start again")
+            ready, _ = self.ray.wait(refs, num_returns=1, timeout=min(STALL_REPORT_S, self.timeout or STALL_REPORT_S))
+            now = time.monotonic()
+            if not ready:
+                if not self._pending and now - waiting_since >= PLACE_LIMIT_S:
+                    raise self._stuck(f"no rollout worker is left and Ray started none in {now - waiting_since:.0f} s")
+                if self.timeout and now - waiting_since >= self.timeout:
+                    raise self._stuck(
+                        f"no episode finished in {now - waiting_since:.0f} s (${ROLLOUT_TIMEOUT_ENV}={self.timeout:g}; "
+                        "raise it for episodes that take longer, 0 for no limit)"
+                    )
+                if now - last_report >= STALL_REPORT_S:
+                    log.warning("waiting %.0f s for an episode: %s", now - waiting_since, self._waiting_for())
+                    last_report = now
+                continue
+            (ref,) = ready
+            if ref in self._starting:  # a replacement worker was placed, or failed to start
+                index = self._starting.pop(ref)
+                try:
+                    self.ray.get(ref)
+                except self.ray.exceptions.RayActorError as exc:
+                    log.warning("replacement rollout worker %d did not start (%s)", index, first_line(exc))
+                    self.actors[index] = None
+                else:
+                    self._idle.append(index)
+                continue
             index, plan = self._pending.pop(ref)
             try:
                 result = self.ray.get(ref)
-            except self.ray.exceptions.RayActorError:
-                log.warning("rollout worker %d died during episode %d; restarting it", index, plan.episode)
-                self.replace(index)
-                self._start(index, plan)
+            except self.ray.exceptions.RayActorError as exc:
+                self._lose(index, plan, exc)
                 continue
             self._idle.append(index)
+            self._run_lost()
             self._release()
             self.timeline.append((index, plan.episode, result.started, result.finished))
             return dataclasses.replace(result, plan=plan)
 
+    def _lose(self, index: int, plan: EpisodePlan, exc: BaseException) -> None:
+        """Worker ``index`` died playing ``plan``: the plan runs again on the next worker free; a replacement is asked
+        for, which joins when Ray places it."""
+        log.warning(
+            "rollout worker %d died during episode %d (%s); the episode runs again on the next worker free",
+            index,
+            plan.episode,
+            first_line(exc),
+        )
+        self.lost.append({"worker": index, "episode": plan.episode, "error": first_line(exc)})
+        self._retry.append(plan)
+        with contextlib.suppress(Exception):  # an actor Ray calls unavailable could come back: it must not
+            self.ray.kill(self.actors[index], no_restart=True)
+        self.replace(index)
+
     def replace(self, index: int) -> None:
-        """Restarts the actor at ``index`` after it died."""
+        """Asks Ray for a new actor at ``index`` after the old one died; it takes episodes once it has started."""
         self._spawn(index)
+        self._starting[self._pids[index]] = index
         self.restarts += 1
+
+    def _waiting_for(self) -> str:
+        playing = ", ".join(f"episode {plan.episode} on worker {index}" for index, plan in self._pending.values())
+        parts = [playing or "no episode in flight"]
+        if self._starting:
+            parts.append(
+                f"{len(self._starting)} replacement worker(s) not started (Ray has no free CPU for them yet: "
+                f"`ray status`; free now: {self.ray.available_resources().get('CPU', 0):g} CPU)"
+            )
+        if self._retry:
+            parts.append("lost episodes waiting: " + ", ".join(str(p.episode) for p in self._retry))
+        return "; ".join(parts)
+
+    def _stuck(self, reason: str) -> Exception:
+        from amc.errors import RolloutError
+
+        return RolloutError(f"the parallel search cannot go on: {reason}; {self._waiting_for()}")
 
     def shutdown(self) -> None:
         for actor in self.actors:
-            self.ray.kill(actor)
+            if actor is not None:
+                self.ray.kill(actor)

@@ -250,7 +250,11 @@ class Search:
 
     def finish(self) -> SearchResult:
         """Evaluates the best policy on the test split and writes the outputs."""
-        return write_outputs(self.env, self.state, self.config, self.out, self.tracker, self.max_staleness)
+        rollouts = None
+        if self.uses_ray and self.pool is not None:
+            pool = self.pool
+            rollouts = {"workers": len(pool.actors), "lost": pool.lost, "restarts": pool.restarts}
+        return write_outputs(self.env, self.state, self.config, self.out, self.tracker, self.max_staleness, rollouts)
 
 
 EPISODE_METRICS = ("reward", "top1", "flops_ratio", "params_ratio")

@@ -7,6 +7,12 @@ and exit code 2. Messages say what was wrong and how to fix it.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none): for errors that quote another one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class AmcError(Exception):
     """Base class of every error amc-search raises on purpose."""
 
@@ -48,3 +54,7 @@ class BudgetError(AmcError, ValueError):
 
 class TraceTimeoutError(TraceError):
     """Tracing a model's dependency groups took longer than its time limit (``$AMC_TRACE_TIMEOUT``)."""
+
+
+class RolloutError(AmcError, RuntimeError):
+    """A parallel search's rollout workers made no progress: all of them were lost, or past ``$AMC_ROLLOUT_TIMEOUT``."""

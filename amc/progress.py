@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 INTERVAL_ENV = "AMC_PROGRESS_INTERVAL"
 """Environment variable: seconds between two progress lines when the output is not a terminal."""
+RECENT_MIN_S = 1.0
+"""Seconds since the previous progress line below which the ETA uses the average rate since the start."""
 DEFAULT_INTERVAL = 10.0
 """Seconds between two progress lines when the output is not a terminal and the variable is not set."""
 
@@ -171,9 +173,10 @@ class Progress:
     def _recent(self, now: float, overall: float) -> float:
         """Seconds per unit since the last line (``overall`` before the first): the ETA's rate. A search's first
         episodes (the warm-up: no learner) run several times faster than the rest, so the average since the start
-        promised a 5.5-minute search in 2.3 minutes."""
+        promised a 5.5-minute search in 2.3 minutes. Under a second since the last line (several workers' episodes
+        finishing together, lines printed on every update) says nothing about the rate: ``overall`` then."""
         since, n = self._mark
-        return (now - since) / (self.n - n) if self.n > n and now > since else overall
+        return (now - since) / (self.n - n) if self.n > n and now - since >= RECENT_MIN_S else overall
 
     def _write(self, now: float, final: bool = False) -> None:
         self._printed_n = self.n

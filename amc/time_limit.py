@@ -33,22 +33,31 @@ DEFAULT_TRACE_TIMEOUT = 120.0
 the model zoo prunes traced well within it; four timm models ran past it, see ``results/model_zoo.json``)."""
 
 
+def seconds_from_env(name: str, default: float) -> float:
+    """The environment variable ``name`` as seconds >= 0 (0: no limit), else ``default`` when it is unset or empty.
+
+    Raises:
+        ConfigError: when the variable is set to something that is not a number >= 0.
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"${name} must be a number of seconds >= 0 (0: no limit), got {text!r}")
+    return value
+
+
 def trace_timeout() -> float:
     """``$AMC_TRACE_TIMEOUT`` as seconds (0: no limit), else :data:`DEFAULT_TRACE_TIMEOUT`.
 
     Raises:
         ConfigError: when the variable is set to something that is not a number >= 0.
     """
-    text = os.environ.get(TRACE_TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_TRACE_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"${TRACE_TIMEOUT_ENV} must be a number of seconds >= 0 (0: no limit), got {text!r}")
-    return value
+    return seconds_from_env(TRACE_TIMEOUT_ENV, DEFAULT_TRACE_TIMEOUT)
 
 
 class _Expired(BaseException):

@@ -1,11 +1,14 @@
-"""`amc search --address HOST:PORT` against a real head started with `ray start --head --block`.
+"""`amc search --address HOST:PORT` against a real head started with `ray start --head --block`, and a second node.
 
 The head runs as a new user's would: ``ray start`` finds a token in ``~/.ray/auth_token`` (here a
-temporary HOME) and turns Ray's token authentication on; the search joins it without being told.
+temporary HOME) and turns Ray's token authentication on; the search joins it without being told. A second
+node joins with ``ray start --address --block``; each node has one CPU, so a search with two workers plays
+on both, and the second node is killed (its raylet and workers, SIGKILL) in the middle of a search.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -58,27 +61,56 @@ def head():
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
     port, log = _free_port(), root / "head.log"
-    cmd = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
+    cmd = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"]
     cmd += [f"--temp-dir={root / 'ray'}", "--disable-usage-stats"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=_env(home), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + HEAD_START_S
-        while "Ray runtime started" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        text = log.read_text()
-        assert proc.poll() is None and "Ray runtime started" in text, f"the head did not start:\n{text[-3000:]}"
+        text = _started(proc, log, "the head")
         assert "Token authentication is enabled" in text, "ray start turns token authentication on"
         yield f"127.0.0.1:{port}", home
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # --block: the head stops its GCS, raylet and workers
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _started(proc: subprocess.Popen, log: Path, what: str) -> str:
+    """Waits for ``ray start --block`` to say it started; returns its log."""
+    deadline = time.monotonic() + HEAD_START_S
+    while "Ray runtime started" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = log.read_text()
+    assert proc.poll() is None and "Ray runtime started" in text, f"{what} did not start:\n{text[-3000:]}"
+    return text
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stops a ``ray start --block`` process: SIGTERM stops its node's processes; SIGKILL to its group after 60 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def second_node(head, tmp_path: Path):
+    """A second Ray node with one CPU joining the head (``ray start --address --block``), in its own process group."""
+    address, home = head
+    log = tmp_path / "node2.log"
+    cmd = [RAY, "start", f"--address={address}", "--block", "--num-cpus=1", "--disable-usage-stats"]
+    env = {**_env(home), "RAY_AUTH_MODE": "token"}  # a node joining by HOST:PORT sends the token only when told
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _started(proc, log, "the second node")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +160,65 @@ def test_without_the_token_the_search_says_what_to_set(head, config_file: Path, 
     assert error.startswith("amc search: error:") and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "token authentication" in error and "RAY_AUTH_TOKEN" in error and "ray get-auth-token" in error
     assert not (out / "config.yaml").exists(), "the same command can be run again once the token is set"
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL to ``pid`` and every process below it (Ray's workers run in process groups of their own)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grown = {pid}, True
+    while grown:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        grown = bool(below)
+    for victim in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
+def test_losing_a_node_mid_search_loses_no_episode(head, second_node, trained_resnet20: Path, tmp_path: Path) -> None:
+    """Two workers on two one-CPU nodes; the second node is killed (SIGKILL to its raylet and workers) after a few
+    episodes: the episode it was playing runs again on the head, the search finishes with every episode exactly once,
+    and search.json says which worker was lost during which episode."""
+    address, home = head
+    episodes = 40
+    env = EnvConfig(
+        model="resnet20", checkpoint=str(trained_resnet20 / "model.pt"), target_ratio=0.4, eval_batches=1, bn_batches=1
+    )
+    config = SearchConfig(env=env, agent="random", episodes=episodes, seed=5, workers=2, threads=1)
+    save_yaml(config, tmp_path / "config.yaml")
+    out = tmp_path / "search"
+    argv = [*AMC, "search", "--config", str(tmp_path / "config.yaml"), "--address", address, "--no-tracking"]
+    argv += ["--out", str(out)]
+    log = tmp_path / "search.log"
+    with open(log, "w") as stderr:
+        search = subprocess.Popen(
+            argv, env={**_env(home), "AMC_PROGRESS_INTERVAL": "0"}, cwd=tmp_path, stdout=stderr, stderr=stderr
+        )
+    try:
+        deadline = time.monotonic() + SEARCH_S
+        while f" 3/{episodes} " not in log.read_text() and search.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert search.poll() is None, f"the search ended before the node was killed:\n{log.read_text()[-3000:]}"
+        _kill_tree(second_node.pid)  # the node's raylet and its workers, without warning
+        second_node.wait()
+        code = search.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if search.poll() is None:
+            search.kill()
+            search.wait()
+    text = log.read_text()
+    assert code == 0, f"exit code {code}:\n{text[-3000:]}"
+    summary = json.loads((out / "search.json").read_text())
+    assert [e["episode"] for e in summary["episodes"]] == list(range(episodes)), "nothing missing, nothing twice"
+    rollouts = summary["rollouts"]
+    assert rollouts["workers"] == 2, "one worker per node"
+    assert len(rollouts["lost"]) == 1, f"{rollouts}\n{text[-3000:]}"
+    lost = rollouts["lost"][0]["episode"]
+    assert 3 <= lost < episodes, rollouts
+    assert f"died during episode {lost}" in text

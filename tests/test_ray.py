@@ -264,7 +264,7 @@ def test_worker_killed_with_sigkill_is_survived(trained_resnet20: Path, tmp_path
     save_yaml(config, out / "config.yaml")
     search = Search(config, out, progress=False)
     search.tracker = start_tracker(config, search.state, uri, out, staleness_bound=search.max_staleness)
-    killed: list[tuple[int, int]] = []  # (pid, episode it was playing)
+    killed: list[tuple[int, int]] = []  # (worker, episode it was playing)
 
     def kill_one(record, stats) -> None:
         busy = search.pool.busy()
@@ -273,12 +273,13 @@ def test_worker_killed_with_sigkill_is_survived(trained_resnet20: Path, tmp_path
         index, episode = next(iter(busy.items()))
         pid = search.pool.pid(index)
         os.kill(pid, signal.SIGKILL)
-        killed.append((pid, episode))
+        killed.append((index, episode))
 
     result = search.run(kill_one)
     assert killed, "a worker was killed while playing an episode"
-    pid, episode = killed[0]
-    assert search.pool.restarts == 1 and pid not in {search.pool.pid(i) for i in range(2)}
+    index, episode = killed[0]
+    assert search.pool.restarts == 1, "a replacement worker was asked for"
+    assert [(lost["worker"], lost["episode"]) for lost in search.pool.lost] == [(index, episode)]
     assert sum(1 for _, e, _, _ in search.pool.timeline if e == episode) == 1, "the lost episode ran again, once"
     records = json.loads((out / "search.json").read_text())["episodes"]
     assert [r["episode"] for r in records] == list(range(10)), "nothing missing, nothing duplicated"
