@@ -46,12 +46,16 @@ def rollout_workers(workers: int | str) -> int:
 
 def build_env(payload: dict) -> Any:
     """The channel-pruning env for a payload of ``ws`` (engine workspace), ``env_config`` and optionally
-    ``cost_model`` (the learner's, so that every worker budgets against the same measured latency table) and
-    ``calibration`` (the learner's calibration batches; see :func:`worker_payload`)."""
+    ``cost_model`` (the learner's, so that every worker budgets against the same measured latency table),
+    ``calibration`` (the learner's calibration batches; see :func:`worker_payload`) and ``load_data`` (the workspace
+    came without data: load the search-val split here, see :func:`load_eval_data`)."""
     from envs import ChannelPruningEnv
 
+    ws = payload["ws"]
+    if payload.get("load_data"):
+        ws = dataclasses.replace(ws, data=load_eval_data(payload["env_config"]))
     return ChannelPruningEnv.from_workspace(
-        payload["ws"],
+        ws,
         payload["env_config"],
         payload.get("cost_model"),
         payload.get("progress", True),
@@ -59,9 +63,26 @@ def build_env(payload: dict) -> Any:
     )
 
 
-def worker_payload(payload: dict, env: Any) -> dict:
+def load_eval_data(env_config: Any) -> Any:
+    """``env_config.data`` loaded here with only the search-val split, as the tensors an episode evaluates on
+    (``eval_batches`` applied): the same images :func:`worker_payload` ships, read from the data set's path (or
+    generated) on this node. The training, test and selection splits are dropped once loaded."""
+    from torch.utils.data import TensorDataset
+
+    from amc.data import load_data
+    from envs.evaluation import fixed_size_batches, real_images
+
+    data = load_data(env_config.data)
+    size, limit = env_config.eval_batch_size, env_config.eval_batches or None
+    val = TensorDataset(*real_images(fixed_size_batches(data.loader("val", size), size, limit)))
+    return dataclasses.replace(data, train=None, val=val, test=None, selection=None)
+
+
+def worker_payload(payload: dict, env: Any, worker_data: str = "object_store") -> dict:
     """What a rollout worker reads, from the learner's ``payload`` and its env ``env``: the dense model and its traced
-    groups, the env config and cost model, ``env``'s calibration batches, and the search-val images as tensors.
+    groups, the env config and cost model, ``env``'s calibration batches, and the search-val images as tensors
+    (``worker_data`` ``object_store``) or nothing of the data (``path``: each worker loads them, see
+    :func:`load_eval_data`).
 
     An episode reads nothing else: the training split (only its calibration batches), the test and the selection
     splits (evaluated by the learner at the end) stay out of the object store, and a data set read through
@@ -70,6 +91,8 @@ def worker_payload(payload: dict, env: Any) -> dict:
     from torch.utils.data import TensorDataset
 
     ws = payload["ws"]
+    if worker_data == "path":
+        return {**payload, "ws": dataclasses.replace(ws, data=None), "calibration": env.calibration, "load_data": True}
     val = TensorDataset(*env.split_tensors("val"))
     data = dataclasses.replace(ws.data, train=None, val=val, test=None, selection=None)
     return {**payload, "ws": dataclasses.replace(ws, data=data), "calibration": env.calibration}

@@ -70,6 +70,11 @@ class SearchConfig:
             A larger bound lets more plans queue ahead, so workers idle less while the learner trains, with
             plans from an older actor. ``auto``: workers - 1 (0 in-process and with one worker).
         threads: torch threads per rollout worker (0: local CPUs divided by workers).
+        worker_data: How Ray rollout workers get the search-val images an episode evaluates on: ``object_store``
+            (the learner's tensors, put into Ray's object store once) or ``path`` (each worker loads ``env.data``
+            itself: a data set on disk, ``cifar10`` or ``imagefolder``, must be at ``env.data.root`` on every node;
+            nothing of the data goes through the object store, and the first episode waits for no transfer).
+            Both give the same episodes.
         uniform_first: The first episode of a searching agent (random, tpe, ddpg) plays the uniform policy,
             so the search's best is never below the uniform baseline on search-val (with reward ``acc``).
         selection_top_k: When the data has a selection split (``env.data.selection_size``), the search
@@ -93,6 +98,7 @@ class SearchConfig:
     workers: int | str = "auto"
     uniform_first: bool = True
     threads: int = 0
+    worker_data: str = "object_store"
     max_staleness: int | str = "auto"
     selection_top_k: int = 10
     init_from: str | None = None
@@ -110,6 +116,11 @@ class SearchConfig:
             raise ConfigError(
                 f"workers must be auto (one Ray actor per local CPU), 0 (in-process, no Ray) or N >= 1 Ray actors, "
                 f"got {self.workers!r}"
+            )
+        if self.worker_data not in ("object_store", "path"):
+            raise ConfigError(
+                f"worker_data must be object_store (search-val tensors shipped through Ray's object store) or path "
+                f"(each worker loads env.data itself, from the same path), got {self.worker_data!r}"
             )
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: local CPUs divided by workers), got {self.threads}")

@@ -106,6 +106,11 @@ class Search:
 
         self.config, self.out, self.tracker, self.progress = config, out, tracker, progress
         ws = workspace or build_workspace(config.env.model, config.env.data, config.env.checkpoint)
+        if workspace is not None and config.worker_data == "path":
+            raise ConfigError(
+                "worker_data: path has each Ray worker load env.data itself, but this search was given a workspace "
+                "of its own (its data cannot be loaded by name): use worker_data: object_store"
+            )
         self.payload = {"ws": ws, "env_config": config.env, "progress": progress}
         self.env = build_env(self.payload)
         if config.env.target_metric == "latency":  # measured once, here: the workers reuse the table
@@ -166,7 +171,7 @@ class Search:
         if self.uses_ray:
             from agents.parallel import RolloutPool, worker_payload
 
-            payload = worker_payload(self.payload, self.env)
+            payload = worker_payload(self.payload, self.env, self.config.worker_data)
             self.pool = RolloutPool(payload, max(1, self.workers), self.config.ddpg, self.config.threads)
         else:
             self.pool = LocalRollouts(self.env, self.config.ddpg)

@@ -44,7 +44,7 @@ from amc.train import CALIBRATION_BATCH_SIZE, draw_calibration, evaluate, recali
 from envs.budget import BudgetWall, Choice, fewest_widths
 from envs.costs import COST_MODELS, CostModel, LatencyCost, create_cost_model
 from envs.embedding import LayerEmbedding
-from envs.evaluation import EvalBatch, evaluation_fingerprint, fixed_size_batches, top1
+from envs.evaluation import EvalBatch, evaluation_fingerprint, fixed_size_batches, real_images, top1
 from envs.rewards import REWARDS, Outcome, Reward, create_reward
 from envs.targets import TargetRange, contains, parse_targets, smallest
 
@@ -494,9 +494,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels ``split`` is evaluated on, in order (``eval_batches`` applied), as two tensors."""
-        batches = self._cached_batches(split)
-        inputs = torch.cat([b.inputs[: b.count] for b in batches])
-        return inputs, torch.cat([b.targets[: b.count] for b in batches])
+        return real_images(self._cached_batches(split))
 
     def _draw_calibration(self, train_loader: Iterable[Batch]) -> Calibration:
         """The fixed BatchNorm calibration inputs, and a batch for gradient-based criteria."""

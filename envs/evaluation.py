@@ -63,6 +63,12 @@ def fixed_size_batches(
     return batches
 
 
+def real_images(batches: Sequence[EvalBatch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real images and labels of ``batches`` (padding left out), in order, as two tensors."""
+    inputs = torch.cat([b.inputs[: b.count] for b in batches])
+    return inputs, torch.cat([b.targets[: b.count] for b in batches])
+
+
 @torch.no_grad()
 def top1(model: nn.Module, batches: Sequence[EvalBatch]) -> float:
     """Top-1 accuracy (fraction in [0, 1]) of ``model`` on the real images of ``batches``."""

@@ -96,6 +96,42 @@ def test_workers_get_only_what_episodes_read(trained_resnet20: Path, criterion: 
         )
 
 
+def test_a_worker_reading_the_data_from_disk_plays_the_same_episodes(tmp_path: Path) -> None:
+    """worker_data path on an image folder on disk: the payload holds no data, the worker loads the same search-val
+    images from the same path, and its episodes equal the learner's and those of a worker fed through the object
+    store."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from agents.parallel import worker_payload
+    from amc.data import DataConfig
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("val", 2)):
+        for label in range(4):
+            folder = tmp_path / "images" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) // (label + 1)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    data = DataConfig("imagefolder", root=str(tmp_path / "images"), input_size=16, val_size=16)
+    env_config = EnvConfig(model="resnet20", data=data, target_ratio=0.5, bn_batches=1, bn_batch_size=8)
+    ws = build_workspace(env_config.model, env_config.data)
+    full = {"ws": ws, "env_config": env_config}
+    learner = build_env(full)
+    by_path, shipped = worker_payload(full, learner, "path"), worker_payload(full, learner)
+    assert by_path["ws"].data is None, "no image travels"
+    assert len(pickle.dumps(by_path)) < len(pickle.dumps(shipped)) - 16 * 3 * 16 * 16 * 4
+    workers = [build_env(pickle.loads(pickle.dumps(payload))) for payload in (by_path, shipped)]
+    assert {w.fingerprint() for w in workers} == {learner.fingerprint()}, "the same search-val images and calibration"
+    agent = RandomAgent(SEED)
+    for episode in range(2):
+        want = EpisodeRunner(learner).run(agent.plan(episode)).record
+        assert [EpisodeRunner(w).run(agent.plan(episode)).record for w in workers] == [want, want]
+
+
 def _assert_same_episodes(records: list[dict], in_process) -> None:
     for got in records:
         want = in_process(got["episode"])
@@ -108,7 +144,10 @@ def _assert_same_episodes(records: list[dict], in_process) -> None:
 def ray_random(trained_resnet20: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """The episode records of a 4-episode random search on 2 Ray workers."""
     out = tmp_path_factory.mktemp("ray-random") / "s"
-    run_search(_config(trained_resnet20 / "model.pt", 2, 4, "random"), out, track=False, progress=False)
+    # the workers load the data themselves: test_resume_with_workers_and_more_episodes gets the same episodes with
+    # the search-val tensors shipped through the object store
+    config = _config(trained_resnet20 / "model.pt", 2, 4, "random").replace(worker_data="path")
+    run_search(config, out, track=False, progress=False)
     return json.loads((out / "search.json").read_text())["episodes"]
 
 

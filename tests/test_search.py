@@ -370,6 +370,12 @@ def test_bad_workers_are_refused(bad) -> None:
         SearchConfig(workers=bad)
 
 
+@pytest.mark.parametrize("bad", ["disk", "", None])
+def test_bad_worker_data_is_refused(bad) -> None:
+    with pytest.raises(ConfigError, match="worker_data must be object_store .* or path"):
+        SearchConfig(worker_data=bad)
+
+
 @pytest.mark.parametrize(("written", "legacy", "now"), [(1, True, 0), (0, True, "auto"), (3, True, 3), (1, False, 1)])
 def test_a_search_directory_of_an_older_version_keeps_its_workers(tmp_path: Path, written, legacy, now) -> None:
     """Before ``max_staleness`` existed, workers 1 meant in-process and 0 the local CPUs."""
