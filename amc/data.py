@@ -254,7 +254,13 @@ def cifar10(config: DataConfig) -> DataBundle:
         [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]
     )
     eval_tf = transforms.Compose([transforms.ToTensor(), norm])
-    train_aug = torchvision.datasets.CIFAR10(str(root), train=True, transform=train_tf, download=False)
+    try:
+        train_aug = torchvision.datasets.CIFAR10(str(root), train=True, transform=train_tf, download=False)
+    except RuntimeError as exc:  # torchvision checks every file against CIFAR-10's published checksums
+        raise DataNotFoundError(
+            f"the CIFAR-10 files under {root} do not match CIFAR-10's published checksums (torchvision: {exc}); "
+            "extract cifar-10-python.tar.gz again into that directory"
+        ) from exc
     train_plain = torchvision.datasets.CIFAR10(str(root), train=True, transform=eval_tf, download=False)
     test = torchvision.datasets.CIFAR10(str(root), train=False, transform=eval_tf, download=False)
     n_val = config.val_size or 5000

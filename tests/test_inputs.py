@@ -640,3 +640,16 @@ def test_set_fuzz_loads_or_exits_2(key: str, value: str) -> None:
             ],
             d,
         )
+
+
+def test_cifar10_files_that_fail_the_checksums_are_named(tmp_path: Path) -> None:
+    """Files with CIFAR-10's names but other contents: the data set's own error, not torchvision's download hint."""
+    from amc.data import DataConfig, load_data
+    from amc.errors import DataNotFoundError
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"not CIFAR-10")
+    with pytest.raises(DataNotFoundError, match="do not match CIFAR-10's published checksums.*extract"):
+        load_data(DataConfig("cifar10", root=str(tmp_path)))
