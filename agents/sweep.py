@@ -85,6 +85,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
 
 def _trial(params: dict[str, Any], base: SearchConfig, root: str) -> None:
     """One Tune trial: one search, reported once at the end."""
+    import ray
     from ray import tune
 
     config = base
@@ -100,6 +101,7 @@ def _trial(params: dict[str, Any], base: SearchConfig, root: str) -> None:
             "best_flops_ratio": result.best.flops_ratio,
             "episodes": result.episodes,
             "out": str(out),
+            "node": ray.get_runtime_context().get_node_id(),
         }
     )
 
@@ -154,7 +156,7 @@ def run_sweep(
     results = [
         {
             **r.config,
-            **{k: r.metrics.get(k) for k in ("best_top1", "best_test_top1", "best_flops_ratio", "out")},
+            **{k: r.metrics.get(k) for k in ("best_top1", "best_test_top1", "best_flops_ratio", "out", "node")},
             "error": str(r.error) if r.error else None,
         }
         for r in grid
@@ -184,7 +186,12 @@ def log_sweep(
     for r in results:
         if r.get("out") and not r["error"]:
             log_search_dir(
-                uri, base.experiment, Path(r["out"]), parent_run_id=parent.run_id, artifact_root=artifact_root
+                uri,
+                base.experiment,
+                Path(r["out"]),
+                parent_run_id=parent.run_id,
+                artifact_root=artifact_root,
+                tags={"amc.ray_node": r["node"]} if r.get("node") else None,
             )
     best = max((r["best_top1"] for r in results if r.get("best_top1") is not None), default=None)
     if best is not None:
@@ -194,7 +201,12 @@ def log_sweep(
 
 
 def log_search_dir(
-    uri: str, experiment: str, out: Path, parent_run_id: str | None = None, artifact_root: str | None = None
+    uri: str,
+    experiment: str,
+    out: Path,
+    parent_run_id: str | None = None,
+    artifact_root: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Logs a finished search directory as one MLflow run (used by sweeps, whose trials do not track).
 
@@ -207,6 +219,7 @@ def log_search_dir(
         out: The finished search directory.
         parent_run_id: Makes the run a child of this one (the sweep's run).
         artifact_root: Artifact root of the experiment if it is created now.
+        tags: More tags of the run (a sweep's trials: ``amc.ray_node``, the Ray node that ran the search).
     """
     from amc.service.tracking import RunTracker
 
@@ -218,7 +231,7 @@ def log_search_dir(
         experiment,
         run_name=name,
         parent_run_id=parent_run_id,
-        tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out)},
+        tags={"amc.agent": config.agent, "amc.model": config.env.model, "amc.out": str(out), **(tags or {})},
         artifact_root=artifact_root,
     )
     tracker.log_params({**flatten(config), **run_params(summary.get("staleness", {}).get("bound"))})

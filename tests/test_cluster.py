@@ -222,3 +222,73 @@ def test_losing_a_node_mid_search_loses_no_episode(head, second_node, trained_re
     lost = rollouts["lost"][0]["episode"]
     assert 3 <= lost < episodes, rollouts
     assert f"died during episode {lost}" in text
+
+
+def test_a_sweep_on_two_nodes_logs_every_trial_to_an_mlflow_server(
+    head, second_node, trained_resnet20: Path, tmp_path: Path
+) -> None:
+    """Two trials on two one-CPU nodes, tracked by an MLflow server on loopback: one finished child run per trial,
+    each tagged with the node that ran it, and the two nodes both ran one."""
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    from amc.service.ui import ui_command
+
+    address, home = head
+    port = _free_port()
+    server_log = tmp_path / "mlflow.log"
+    with open(server_log, "w") as log:
+        server = subprocess.Popen(
+            [
+                *ui_command(f"sqlite:///{tmp_path / 'mlflow.db'}", port),
+                "--default-artifact-root",
+                str(tmp_path / "art"),
+            ],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + HEAD_START_S
+        while time.monotonic() < deadline and server.poll() is None:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{uri}/health", timeout=5)
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"the MLflow server did not start:\n{server_log.read_text()[-3000:]}")
+        env = EnvConfig(
+            model="resnet20",
+            checkpoint=str(trained_resnet20 / "model.pt"),
+            target_ratio=0.4,
+            eval_batches=1,
+            bn_batches=1,
+        )
+        base = SearchConfig(env=env, agent="random", episodes=3, workers=0, threads=1, experiment="test-two-nodes")
+        save_yaml(base, tmp_path / "base.yaml")
+        (tmp_path / "sweep.yaml").write_text("name: nodes\nbase: base.yaml\ngrid:\n  seed: [0, 1]\n")
+        argv = [*AMC, "sweep", "--config", str(tmp_path / "sweep.yaml"), "--address", address, "--tracking-uri", uri]
+        proc = subprocess.run(
+            [*argv, "--out", str(tmp_path / "sweep")],
+            env=_env(home),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=SEARCH_S,
+        )
+        assert proc.returncode == 0, f"exit code {proc.returncode}:\n{proc.stderr[-3000:]}"
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("test-two-nodes")
+        runs = client.search_runs([experiment.experiment_id])
+        parent = [r for r in runs if r.data.tags.get("amc.kind") == "sweep"]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+        assert len(parent) == 1 and len(children) == 2, [r.data.tags for r in runs]
+        assert {r.data.params["seed"] for r in children} == {"0", "1"}, "one run per trial, none lost"
+        assert all(r.info.status == "FINISHED" for r in runs)
+        assert all(len(client.get_metric_history(r.info.run_id, "reward")) == 3 for r in children)
+        assert len({r.data.tags["amc.ray_node"] for r in children}) == 2, "each node ran a trial"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
