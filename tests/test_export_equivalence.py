@@ -215,6 +215,8 @@ def test_export_policy_file_bad_input_writes_nothing(
     ]
     for args, message in cases:
         _fails(args, message, out, capsys)
+    assert main(["check", "--checkpoint", str(tmp_path / "pruned" / "model.pt")]) == 2
+    assert "holds a pruned model; `amc check` reports on the dense model" in capsys.readouterr().err
 
 
 def test_export_policy_file_as_amc(trained_resnet20: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

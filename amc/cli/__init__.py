@@ -23,7 +23,7 @@ from amc.cli.commands import COMMANDS
 from amc.errors import AmcError
 
 log = logging.getLogger("amc")
-COMPUTE_COMMANDS = ("train", "prune", "sensitivity", "check", "search", "sweep")
+COMPUTE_COMMANDS = ("train", "prune", "quantize", "sensitivity", "check", "search", "sweep")
 """Commands that train, prune or evaluate: they take the CPUs other work leaves free (:mod:`amc.threads`)."""
 
 

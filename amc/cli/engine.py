@@ -557,7 +557,16 @@ def _check(args: argparse.Namespace) -> int:
     data = load_data(_data_config(args))
     spec = spec_for(_model_name(args), data)
     torch.manual_seed(args.seed)  # the random initialisation of a model without --checkpoint
-    model = load_model(args.checkpoint, spec=spec).model if args.checkpoint else create_model(spec)
+    if args.checkpoint:
+        saved = load_model(args.checkpoint, spec=spec)
+        if saved.history:
+            raise ConfigError(
+                f"{args.checkpoint} holds a pruned model; `amc check` reports on the dense model a search starts "
+                "from: pass its checkpoint"
+            )
+        model = saved.model
+    else:
+        model = create_model(spec)
     report = check(model, spec.example_inputs(), args.episodes, val_size=len(data.val))
     print(report, flush=True)
     if not report.prunable:

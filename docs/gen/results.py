@@ -387,6 +387,32 @@ def ray_payload() -> list[str]:
     return out
 
 
+def scale() -> list[str]:
+    d = load("scale.json")
+    out = [
+        "| worker data | data set | workers | pickled payload MiB | has the training split | first episode after "
+        "| episodes/s | each worker's peak MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for mode, m in d["modes"].items():
+        for w, r in m["by_workers"].items():
+            peaks = " / ".join(f"{x:,.0f}" for x in r["worker_peak_mb"])
+            eps = f"{r['eps_per_s']:.3f}" if r["eps_per_s"] is not None else "–"
+            out.append(
+                f"| {mode} | {m['data']} | {w} | {m['payload_mb']:,.0f} | {'yes' if m['payload_has_train'] else 'no'} "
+                f"| {r['first_episode_s']:.1f} s | {eps} | {peaks} |"
+            )
+    out += [
+        "",
+        f"({d['model']}, {d['train_images']:,} training images of which {d['val_size']:,} search-val, "
+        f"{d['evaluated_images']:,} evaluated per episode, {d['rounds']} episodes per worker, {d['cpus']} CPUs. "
+        f"The DDPG learner: {1000 * d['learner_s_per_episode']:.0f} ms per episode against "
+        f"{d['episode_s']:.1f} s for one worker's episode: a ceiling of {d['learner_ceiling_workers']:,.0f} "
+        "workers.)",
+    ]
+    return out
+
+
 def worker_quality() -> list[str]:
     d = load("worker_quality.json")
     out = [
@@ -592,6 +618,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "latency_backends": _with_source(latency_backends, "latency_backends.json"),
     "ray_scaling": _with_source(ray_scaling, "ray_scaling.json"),
     "ray_payload": _with_source(ray_payload, "ray_scaling.json"),
+    "scale": _with_source(scale, "scale.json"),
     "worker_quality": _with_source(worker_quality, "worker_quality.json"),
     "episode_cost": _with_source(episode_cost, "episode_cost.json", "episode_cost_greedy.json"),
     "shared_machine": _with_source(shared_machine, "shared_machine.json"),
