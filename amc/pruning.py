@@ -281,6 +281,14 @@ def _prune_groups(
     return PruneResult(pruned, widths_out, history, tracker.result())
 
 
+class EmptiedModuleError(TraceError):
+    """Cutting group :attr:`group` would leave a conv, linear or norm module with none of its channels."""
+
+    def __init__(self, group: str, message: str) -> None:
+        super().__init__(message)
+        self.group = group
+
+
 def _refuse_emptied(group: tp.Group, pruning: tp.Group, names: Mapping[int, str], name: str) -> None:
     """Refuses a removal that would leave a conv, linear or norm member of ``group`` with none of its channels.
 
@@ -289,17 +297,18 @@ def _refuse_emptied(group: tp.Group, pruning: tp.Group, names: Mapping[int, str]
     least 1 at dimension 0".
 
     Raises:
-        TraceError: naming the module that would be left empty.
+        EmptiedModuleError: naming the module that would be left empty.
     """
     held = {(id(dep.target.module), dep.handler.__name__): len(idxs) for dep, idxs in group.items}
     for dep, idxs in pruning.items:
         module = dep.target.module
         n = held.get((id(module), dep.handler.__name__), 0)
         if isinstance(module, (*PRUNABLE_TYPES, *NORM_TYPES)) and n and len(idxs) >= n:
-            raise TraceError(
+            raise EmptiedModuleError(
+                name,
                 f"pruning group {name!r} would leave module {names.get(id(module), type(module).__name__)!r} with "
                 f"none of its {n} channels from the group (the model slices them in a way the tracing did not "
-                "show); prune this group less or leave it dense (ratio 0)"
+                "show); prune this group less or leave it dense (ratio 0)",
             )
 
 
@@ -528,13 +537,17 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, trace_timeout: f
     graph = ModelGraph(model, example_inputs, trace_timeout)
     key = (type(model).__qualname__, architecture_hash(model), _settings_hash(model), tuple(graph.example_inputs.shape))
     if key not in _PROBED:
-        failure, frozen = _probe(model, graph), {}
-        sliced = graph.sliced() if failure else set()
+        (failure, emptied), frozen = _probe(model, graph), {}
+        while emptied is not None and emptied not in frozen:  # freeze the group that would empty a module; again
+            frozen[emptied] = f"cut to its fewest channels it would leave a module with none ({failure})"
+            graph.freeze(frozen)
+            failure, emptied = _probe(model, graph)
+        sliced = graph.sliced() - frozen.keys() if failure else set()
         if sliced:
             reason = f"the forward pass slices its channels with fixed sizes: pruned, it fails with {failure}"
-            frozen = dict.fromkeys(sliced, reason)
+            frozen.update(dict.fromkeys(sliced, reason))
             graph.freeze(frozen)  # a frozen group stays dense in the probe too
-            failure = _probe(model, graph)
+            failure, _ = _probe(model, graph)
         _PROBED[key] = (failure, frozen)
     failure, frozen = _PROBED[key]
     if failure:
@@ -547,21 +560,25 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, trace_timeout: f
     return graph
 
 
-def _probe(model: nn.Module, graph: ModelGraph) -> str:
-    """Empty when ``model`` runs with every group (but the frozen ones) at its fewest channels, else the error."""
+def _probe(model: nn.Module, graph: ModelGraph) -> tuple[str, str | None]:
+    """Whether ``model`` runs with every group (but the frozen ones) at its fewest channels: the error (empty: it
+    does), and the group whose cut would leave a module with no channel (None: another error, or none)."""
     widths = {g.name: g.multiple for g in graph if g.multiple < g.channels}
     try:
         pruned = prune_channels(model, graph, widths).model
         with torch.no_grad():
             pruned.eval()(graph.example_inputs)
         counted = count_cost(pruned, graph.example_inputs)
+    except EmptiedModuleError as exc:
+        return str(exc), exc.group
     except TraceError:
         raise
     except Exception as exc:  # whatever the pruned forward or Torch-Pruning raises: report it
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}", None
     if counted != graph.estimate(widths):  # an op the cost table does not model scales with the channels
-        return f"a cost the analytic model cannot count exactly ({graph.estimate(widths)} estimated, {counted} counted)"
-    return ""
+        estimate = graph.estimate(widths)
+        return f"a cost the analytic model cannot count exactly ({estimate} estimated, {counted} counted)", None
+    return "", None
 
 
 _PROBED: dict[tuple[str, str, str, tuple[int, ...]], tuple[str, dict[str, str]]] = {}

@@ -98,6 +98,24 @@ def test_sliced_channels_shrink_in_step_and_no_slice_is_emptied() -> None:
     assert pruned(x).shape == (2, 10)
 
 
+def test_a_group_whose_cut_would_empty_a_module_is_frozen_and_the_rest_pruned() -> None:
+    """timm's MambaOut: cutting a gated MLP's hidden group to its fewest channels leaves the block's conv with none
+    (a slice the tracing does not show): that group stays dense with the reason, the others prune."""
+    import timm
+
+    model = timm.create_model("test_mambaout", num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = build_graph(model, x)
+    frozen = [g for g in graph if g.frozen and "would leave module" in g.frozen]
+    assert frozen and all("with none of its" in g.frozen for g in frozen)
+    free = [g for g in graph if not g.frozen]
+    assert free, "the other groups stay prunable"
+    widths = widths_for(graph, {g.name: 0.9 for g in graph})
+    assert all(widths[g.name] == g.channels for g in frozen)
+    pruned = prune_channels(model, graph, widths).model
+    assert pruned(x).shape == (1, 10) and count_cost(pruned, x) == graph.estimate(widths)
+
+
 @pytest.mark.parametrize(("kwargs", "reason"), [({"fixed": True}, "fixed sizes"), ({"uneven": True}, "unequal size")])
 def test_slices_that_cannot_shrink_in_step_freeze_their_group_with_the_reason(kwargs: dict, reason: str) -> None:
     model = _Sliced(**kwargs).eval()
