@@ -599,6 +599,13 @@ TABLES: dict[str, Callable[[], list[str]]] = {
         for model in ("resnet20", "mobilenetv2_small")
     },
     "criteria.resnet20": _with_source(lambda: _quality("criteria", "resnet20"), "search_quality.json"),
+    **{
+        f"{kind}.mnist1d.{model}": _with_source(
+            lambda k=kind, m=model: _quality(k, m, "search_quality_mnist1d.json"), "search_quality_mnist1d.json"
+        )
+        for kind in ("methods", "val", "criteria")
+        for model in ("resnet20_1d",)
+    },
     "selection.resnet20": _with_source(
         lambda: _quality("selection", "resnet20", "search_quality_selection.json"), "search_quality_selection.json"
     ),
