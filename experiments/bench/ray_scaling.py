@@ -35,16 +35,17 @@ warm-up and ``--learner-episodes`` learning episodes of the default search in-pr
 transitions, then learns from the learning episodes again from the same saved agent under each setting, the
 settings alternating over ``--learner-rounds`` rounds: ``before`` (the gradient step as SB3's modules compute it,
 :meth:`agents.ddpg.AMCDDPG._sb3_gradient_step`, with torch's default Adam: the agent before the learner was made
-cheaper), ``after`` (the agent's step, AMC's schedule: one step per transition) and ``after_uK`` (``ddpg.updates_per_episode``
-K, for each K of ``--learner-steps``). Per setting, ``learner_ms_per_episode`` is ``end_episode``'s time per learning
+cheaper), ``after`` (the agent's step, AMC's schedule: one step per transition), ``after_uK`` (``ddpg.updates_per_episode``
+K, for each K of ``--learner-steps``) and ``after_u1_x_groups`` (one step per episode of AMC's samples per episode: the
+batch times the groups). Per setting, ``learner_ms_per_episode`` is ``end_episode``'s time per learning
 episode broken down (``store``: into the replay; ``sample``; ``critic_forward_backward`` / ``critic_adam``;
 ``actor_forward_backward`` / ``actor_adam``; ``polyak``; ``other``) plus ``publish`` (``get_actor_state``, the
 weights an ``actor`` plan ships; not needed by the default's proposals), and ``learner_ceiling_workers`` is
 ``episode_ms`` (one worker's episode, timed between the rounds) over the learner's time: the worker count at which
 the learner becomes the limit. ``plan_ms`` (the critic-ranked proposals of a learning episode, also made in the
 search process) and ``search_process_ceiling_workers`` (episode over learner plus plan) show the other serial cost.
-Goes into the JSON's ``learner`` section and the top-level ``learner_ms_per_episode``, ``episode_ms`` and
-``learner_ceiling_workers`` (the default setting's), the other sections left as they are.
+Goes into the JSON's ``learner`` section and the top-level ``learner_ms_per_episode`` and ``learner_ceiling_workers``
+(per setting) and ``episode_ms``, the other sections left as they are.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -241,23 +243,23 @@ class _StepClock:
         setattr(self._module, self._name, self._original)
 
 
-def _learner_setting(saved: Path, name: str, steps: int) -> Any:
+def _learner_setting(saved: Path, name: str, steps: int, batch: int) -> Any:
     """The agent saved in ``saved`` under one setting (see the module docstring)."""
     from agents.ddpg import AMCDDPG
 
     impl = AMCDDPG.load(saved)
+    impl.config = dataclasses.replace(impl.config, updates_per_episode=steps, batch_size=batch)
     if name == "before":
         impl._gradient_step = impl._sb3_gradient_step  # type: ignore[method-assign]
         for optimizer in (impl.model.actor.optimizer, impl.model.critic.optimizer):
             for group in optimizer.param_groups:
                 group["fused"] = None
-    impl.config = dataclasses.replace(impl.config, updates_per_episode=steps)
     return impl
 
 
-def _time_learner(saved: Path, name: str, steps: int, episodes: list[Any]) -> dict[str, float]:
+def _time_learner(saved: Path, name: str, steps: int, batch: int, episodes: list[Any]) -> dict[str, float]:
     """Milliseconds per learning episode of ``end_episode`` (and its parts) and ``get_actor_state`` under a setting."""
-    impl = _learner_setting(saved, name, steps)
+    impl = _learner_setting(saved, name, steps, batch)
     clock = _StepClock(impl, reference=name == "before")
     total = publish = 0.0
     try:
@@ -304,16 +306,19 @@ def _fill_replay(config: SearchConfig, episodes: int) -> tuple[Any, Any, list[An
 def learner_phase(config: SearchConfig, episodes: int, rounds: int, steps: list[int]) -> dict[str, Any]:
     """The learner's time per episode under each setting, and the ceilings (see the module docstring)."""
     torch.set_num_threads(1)
+    load = os.getloadavg()[0]  # other processes on the machine slow every setting alike (they alternate)
     agent, runner, learning, episode_s, plan_s = _fill_replay(config, episodes)
     groups = len(agent.env.group_names)
-    settings = {"before": 0, "after": 0, **{f"after_u{k}": k for k in steps}}
+    batch = config.ddpg.batch_size
+    settings = {"before": (0, batch), "after": (0, batch), **{f"after_u{k}": (k, batch) for k in steps}}
+    settings["after_u1_x_groups"] = (1, groups * batch)  # fewer, larger steps: AMC's samples per episode
     timed: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "agent"
         agent.impl.save(saved)  # the state before learning from ``learning`` a second time
         for _ in range(rounds):
-            for name, k in settings.items():
-                timed[name].append(_time_learner(saved, name, k, learning))
+            for name, (k, b) in settings.items():
+                timed[name].append(_time_learner(saved, name, k, b, learning))
             for result in learning[:3]:  # episodes timed between the learner's rounds, under the same load
                 started = time.perf_counter()
                 runner.run(result.plan)
@@ -321,12 +326,12 @@ def learner_phase(config: SearchConfig, episodes: int, rounds: int, steps: list[
         shutil.rmtree(saved)
     episode_ms, plan_ms = 1000 * statistics.median(episode_s), 1000 * statistics.median(plan_s)
     by_setting = {}
-    for name, k in settings.items():
+    for name, (k, b) in settings.items():
         parts = {part: statistics.fmean(t[part] for t in timed[name]) for part in timed[name][0]}
         learner_ms = parts["total"]
         by_setting[name] = {
             "steps_per_episode": k or groups * config.ddpg.updates_per_transition,
-            "batch_size": config.ddpg.batch_size,
+            "batch_size": b,
             "learner_ms_per_episode": parts,
             "learner_ms_per_round": [t["total"] for t in timed[name]],
             "learner_ceiling_workers": episode_ms / learner_ms,
@@ -342,6 +347,7 @@ def learner_phase(config: SearchConfig, episodes: int, rounds: int, steps: list[
     return {
         "measured": time.strftime("%Y-%m-%d"),
         "threads": 1,
+        "load_average": load,
         "groups": groups,
         "learning_episodes": len(learning),
         "rounds": rounds,
@@ -373,13 +379,13 @@ def main() -> int:
         out = args.out or RESULTS / "ray_scaling.json"
         config = resolve_checkpoint(SearchConfig.from_yaml(CONFIG), progress=False)
         section = learner_phase(config, args.learner_episodes, args.learner_rounds, args.learner_steps)
-        default = section["by_setting"]["after"]
+        by_setting = section["by_setting"]
         results = json.loads(out.read_text()) if out.is_file() else {}
         results.update(
             learner=section,
-            learner_ms_per_episode=default["learner_ms_per_episode"],
+            learner_ms_per_episode={name: r["learner_ms_per_episode"] for name, r in by_setting.items()},
             episode_ms=section["episode_ms"],
-            learner_ceiling_workers=default["learner_ceiling_workers"],
+            learner_ceiling_workers={name: r["learner_ceiling_workers"] for name, r in by_setting.items()},
         )
         write_json_atomic(out, results)
         print(f"wrote {out}")
