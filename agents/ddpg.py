@@ -108,9 +108,10 @@ class DDPGConfig:
             ``update_policy()`` per stored transition; 3 measured no better).
         updates_per_episode: Gradient steps per finished learning episode, whatever its length, instead of
             ``updates_per_transition`` per transition (0, the default: AMC's schedule). The learner's time per
-            episode is proportional to the steps times ``batch_size`` (the networks' products are as fast per
-            sample at 64 as at 768 on a CPU), and it bounds the episodes per second of a search with many
-            workers (``experiments/bench/ray_scaling.py --learner-only``).
+            episode bounds the episodes per second of a search with many workers; it grows with the steps times
+            ``batch_size`` (on ResNet-20, one CPU thread: 12 steps of 64 ~110 ms, 1 step of 768 ~63 ms, 1 of 64
+            ~9 ms against a ~230 ms episode; ``experiments/bench/ray_scaling.py --learner-only``). 1 or 2 steps of
+            64 measured ~5 points lower best search-val top-1 after 100 episodes (``docs/results/scaling.md``).
         warmup_design: How warm-up episodes choose their actions: ``uniform`` (AMC: independent uniform
             actions) or ``lhs`` (a Latin hypercube over the groups' actions, one row per warm-up episode:
             every group's actions spread evenly over [-1, 1] across the warm-up).
