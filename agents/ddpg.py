@@ -12,7 +12,8 @@ protocol, which :class:`AMCDDPG` adds on top (following mit-han-lab/amc ``lib/ag
 * credit assignment: the reward only arrives at the end of an episode, so every transition of an
   episode is stored with the episode's final reward, and the critic regresses onto
   ``reward - baseline`` where the baseline is an exponential moving average of sampled batch means;
-* ``updates_per_transition`` gradient steps per stored transition at each episode end.
+* ``updates_per_transition`` gradient steps per stored transition at each episode end (or
+  ``updates_per_episode`` per episode).
 
 Randomness: network initialisation uses the torch RNG seeded from ``seed`` inside
 ``torch.random.fork_rng`` (the global torch RNG is left untouched); actions and replay sampling
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ import torch.nn.functional as F
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.common.policies import ContinuousCritic
+from torch import nn
 
 from amc.errors import ConfigError
 
@@ -104,6 +106,12 @@ class DDPGConfig:
             batch's mean reward: ``b += alpha * (mean - b)`` (AMC ``moving_alpha``: 0.5).
         updates_per_transition: Gradient steps per transition of a finished episode (AMC runs one
             ``update_policy()`` per stored transition; 3 measured no better).
+        updates_per_episode: Gradient steps per finished learning episode, whatever its length, instead of
+            ``updates_per_transition`` per transition (0, the default: AMC's schedule). The learner's time per
+            episode bounds the episodes per second of a search with many workers; it grows with the steps times
+            ``batch_size`` (on ResNet-20, one CPU thread: 12 steps of 64 ~110 ms, 1 step of 768 ~63 ms, 1 of 64
+            ~9 ms against a ~230 ms episode; ``experiments/bench/ray_scaling.py --learner-only``). 1 or 2 steps of
+            64 measured ~5 points lower best search-val top-1 after 100 episodes (``docs/results/scaling.md``).
         warmup_design: How warm-up episodes choose their actions: ``uniform`` (AMC: independent uniform
             actions) or ``lhs`` (a Latin hypercube over the groups' actions, one row per warm-up episode:
             every group's actions spread evenly over [-1, 1] across the warm-up).
@@ -136,6 +144,7 @@ class DDPGConfig:
     bootstrap: bool = False
     baseline_alpha: float = 0.05
     updates_per_transition: int = 1
+    updates_per_episode: int = 0
     warmup_design: str = "lhs"
     critics: int = 5
     proposals: int = 64
@@ -158,6 +167,7 @@ class DDPGConfig:
         _check_int("batch_size", self.batch_size, 1)
         _check_int("buffer_size", self.buffer_size, 1)
         _check_int("updates_per_transition", self.updates_per_transition, 0)
+        _check_int("updates_per_episode", self.updates_per_episode, 0)
         if not isinstance(self.bootstrap, bool):
             raise ConfigError(f"bootstrap must be true or false, got {self.bootstrap!r}")
         if self.warmup_design not in WARMUP_DESIGNS:
@@ -216,6 +226,49 @@ def truncated_normal_action(mu: np.ndarray, sigma: float, rng: np.random.Generat
     low, high = (-1.0 - mu) / sigma, (1.0 - mu) / sigma
     sample = truncnorm.rvs(low, high, loc=mu, scale=sigma, size=np.shape(mu), random_state=rng)
     return np.clip(sample, -1.0, 1.0).astype(np.float32)
+
+
+def ensemble_q(
+    critic: ContinuousCritic, obs: torch.Tensor, actions: torch.Tensor, frozen: bool = False
+) -> torch.Tensor:
+    """Every critic's Q of ``(obs, actions)``: ``(critics, batch, 1)``, SB3's forward stacked.
+
+    With ``frozen`` the critics' weights are constants: gradients flow to ``obs`` and ``actions`` only. The actor's
+    step needs nothing else; SB3's forward also computes every critic weight's gradient there (a third of the
+    ensemble's backward work), which the next critic step's ``zero_grad`` throws away. One batched product per
+    layer over the stacked weights (``torch.bmm``) measured slower on CPU than one product per critic (forward and
+    backward of the 300x300 layer at batch 64: ~5.3 vs ~3.8 ms for 5 critics): the weights are copied every call
+    and the products are large enough that the dispatch saved is small.
+
+    Args:
+        critic: SB3's critic (its ``q_networks``: ``nn.Sequential`` MLPs).
+        obs: ``(batch, features)`` observations.
+        actions: ``(batch, action size)`` actions.
+        frozen: Treat the critics' weights as constants.
+    """
+    with torch.no_grad():  # the critic's own features extractor: a flatten, nothing to learn
+        features = critic.extract_features(obs, critic.features_extractor)
+    x = torch.cat([features, actions], dim=1)
+    if not frozen:
+        return torch.stack(tuple(q_net(x) for q_net in critic.q_networks))
+    values = []
+    for q_net in critic.q_networks:
+        h = x
+        for layer in q_net:
+            h = F.linear(h, layer.weight.detach(), layer.bias.detach()) if isinstance(layer, nn.Linear) else layer(h)
+        values.append(h)
+    return torch.stack(values)
+
+
+def fused_polyak(params: Iterable[torch.Tensor], target_params: Iterable[torch.Tensor], tau: float) -> None:
+    """SB3's ``polyak_update`` (``target = (1 - tau) * target + tau * param``, the same operations) in two calls."""
+    params, target_params = list(params), list(target_params)
+    if len(params) != len(target_params):
+        raise ValueError(f"{len(params)} parameters for {len(target_params)} target parameters")
+    with torch.no_grad():
+        targets = [t.data for t in target_params]
+        torch._foreach_mul_(targets, 1 - tau)
+        torch._foreach_add_(targets, [p.data for p in params], alpha=tau)
 
 
 def _check_spaces(observation_space: gymnasium.spaces.Space, action_space: gymnasium.spaces.Space) -> None:
@@ -329,10 +382,13 @@ class AMCDDPG:
         return buffer
 
     def _apply_learning_rates(self) -> None:
-        """Gives the actor and the critic optimizers their own learning rates.
+        """Gives the actor and the critic optimizers their own learning rates, and Adam's fused kernel.
 
         SB3 builds both Adam optimizers with ``lr_schedule(1)``; it would overwrite them again in
-        ``_update_learning_rate``, which only its own ``train()`` calls and this class never does.
+        ``_update_learning_rate``, which only its own ``train()`` calls and this class never does. Loading an
+        optimizer's state brings the saved options back, so this runs after every build, load and take-over.
+        The fused Adam (one kernel per parameter instead of a dozen operations; torch's default on neither CPU
+        nor older checkpoints) computes the same update up to float rounding, ~3x faster on CPU.
         """
         for optimizer, lr in (
             (self._model.actor.optimizer, self.config.actor_lr),
@@ -340,6 +396,7 @@ class AMCDDPG:
         ):
             for group in optimizer.param_groups:
                 group["lr"] = lr
+                group["foreach"], group["fused"] = None, True
 
     # --------------------------------------------------------------- acting
     def _actor_output(self, obs: np.ndarray) -> np.ndarray:
@@ -394,7 +451,7 @@ class AMCDDPG:
         act = torch.as_tensor(np.asarray(actions, dtype=np.float32).reshape(len(obs), 1), device=self._model.device)
         self._model.policy.set_training_mode(False)
         with torch.no_grad():
-            values = torch.cat(self._model.critic(obs, act), dim=1).T
+            values = ensemble_q(self._model.critic, obs, act)[:, :, 0]
         return values.cpu().numpy().astype(np.float64) + (self._baseline or 0.0)
 
     def elites(self, count: int, length: int, target: float | None = None, band: float = 0.0) -> np.ndarray:
@@ -492,27 +549,74 @@ class AMCDDPG:
         if was_warmup:
             return {"updates": 0.0, "sigma": self._sigma}
         self._sigma *= self.config.noise_decay
-        stats = self._train(n * self.config.updates_per_transition)
+        stats = self._train(self.steps_per_episode(n))
         return {**stats, "sigma": self._sigma}
+
+    def steps_per_episode(self, transitions: int) -> int:
+        """Gradient steps after a learning episode of ``transitions`` transitions (see ``updates_per_episode``)."""
+        cfg = self.config
+        return cfg.updates_per_episode or transitions * cfg.updates_per_transition
 
     def _train(self, steps: int) -> dict[str, float]:
         """Runs ``steps`` gradient steps; returns the mean losses and the baseline."""
         if steps == 0:
             return {"updates": 0.0}
         self._model.policy.set_training_mode(True)
-        losses = np.array([self._gradient_step() for _ in range(steps)])
+        losses = torch.stack([torch.stack(self._gradient_step()) for _ in range(steps)])
         self._model.policy.set_training_mode(False)
         self.updates += steps
-        critic_loss, actor_loss = losses.mean(axis=0)
+        critic_loss, actor_loss = losses.double().mean(dim=0).tolist()  # one read of the losses per episode
         return {
             "updates": float(steps),
-            "critic_loss": float(critic_loss),
-            "actor_loss": float(actor_loss),
+            "critic_loss": critic_loss,
+            "actor_loss": actor_loss,
             "baseline": float(self._baseline if self._baseline is not None else math.nan),
         }
 
-    def _gradient_step(self) -> tuple[float, float]:
-        """One AMC update: baseline, critic regression, actor ascent, Polyak update of the targets."""
+    def _gradient_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One AMC update: baseline, critic regression, actor ascent, Polyak update of the targets.
+
+        The same update as SB3's modules compute it (:meth:`_sb3_gradient_step`, up to float rounding), cheaper:
+        the actor's step treats the critics' weights as constants (:func:`ensemble_q`), Adam runs fused (see
+        :meth:`_apply_learning_rates`) and each Polyak update is two calls over all parameters. Returns the critic
+        and actor losses (detached tensors, read once per episode).
+        """
+        model, cfg = self._model, self.config
+        data = self.replay_buffer.sample(cfg.batch_size)
+        batch_mean = float(data.rewards.mean())
+        if self._baseline is None:
+            self._baseline = batch_mean
+        else:
+            self._baseline += cfg.baseline_alpha * (batch_mean - self._baseline)
+        target = data.rewards - self._baseline
+        if cfg.bootstrap:
+            with torch.no_grad():
+                next_obs = data.next_observations
+                next_q = ensemble_q(model.critic_target, next_obs, model.actor_target(next_obs))[0]
+                target = target + cfg.gamma * (1.0 - data.dones) * next_q
+        predictions = ensemble_q(model.critic, data.observations, data.actions)  # (critics, batch, 1)
+        critic_loss = F.mse_loss(predictions, target.expand_as(predictions))
+        model.critic.optimizer.zero_grad()
+        critic_loss.backward()
+        model.critic.optimizer.step()
+        actor_q = ensemble_q(model.critic, data.observations, model.actor(data.observations), frozen=True)
+        actor_loss = -actor_q.mean()
+        model.actor.optimizer.zero_grad()
+        actor_loss.backward()
+        model.actor.optimizer.step()
+        fused_polyak(model.critic.parameters(), model.critic_target.parameters(), cfg.tau)
+        fused_polyak(model.actor.parameters(), model.actor_target.parameters(), cfg.tau)
+        return critic_loss.detach(), actor_loss.detach()
+
+    def _sb3_gradient_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_gradient_step` as SB3's modules compute it, one critic after the other.
+
+        The critics' gradients of the actor's loss are computed (and dropped by the next step's ``zero_grad``),
+        the targets follow SB3's ``polyak_update``. What the agent ran before the batched step: the reference that
+        step is tested and benchmarked against (``experiments/bench/ray_scaling.py --learner-only``).
+        """
+        from stable_baselines3.common.utils import polyak_update
+
         model, cfg = self._model, self.config
         data = self.replay_buffer.sample(cfg.batch_size)
         batch_mean = float(data.rewards.mean())
@@ -538,7 +642,7 @@ class AMCDDPG:
         model.actor.optimizer.step()
         polyak_update(model.critic.parameters(), model.critic_target.parameters(), cfg.tau)
         polyak_update(model.actor.parameters(), model.actor_target.parameters(), cfg.tau)
-        return critic_loss.item(), actor_loss.item()
+        return critic_loss.detach(), actor_loss.detach()
 
     # ---------------------------------------------------------- warm start
     def take_over(self, other: AMCDDPG) -> None:

@@ -14,7 +14,7 @@ import torch
 from gymnasium.spaces import Box
 from scipy import stats
 
-from agents.ddpg import AMCDDPG, DDPGConfig
+from agents.ddpg import AMCDDPG, DDPGConfig, ensemble_q, fused_polyak
 from amc.errors import ConfigError
 
 TARGETS = np.array([-0.8, -0.4, 0.0, 0.3, 0.6, 0.8])
@@ -234,6 +234,90 @@ def _save_and_load(agent: AMCDDPG, directory: Path) -> AMCDDPG:
     return AMCDDPG.load(directory)
 
 
+def _learning_pair(**overrides: Any) -> tuple[AMCDDPG, AMCDDPG]:
+    """Two identically seeded agents past warm-up with the same replay; the second with torch's default Adam."""
+    pair = []
+    for _ in range(2):
+        agent = make_agent(seed=4, warmup_episodes=3, critics=3, **overrides)
+        train(agent, 3)
+        pair.append(agent)
+    for optimizer in (pair[1].model.actor.optimizer, pair[1].model.critic.optimizer):
+        for group in optimizer.param_groups:
+            group["fused"] = None
+    return pair[0], pair[1]
+
+
+@pytest.mark.parametrize("bootstrap", [False, True])
+def test_gradient_step_matches_sb3s(bootstrap: bool) -> None:
+    """The cheaper step (frozen critics in the actor's step, fused Adam and Polyak) learns what SB3's modules learn."""
+    agent, reference = _learning_pair(bootstrap=bootstrap)
+    for _ in range(8):
+        losses, expected = agent._gradient_step(), reference._sb3_gradient_step()
+        np.testing.assert_allclose([x.item() for x in losses], [x.item() for x in expected], rtol=1e-5, atol=1e-7)
+    assert agent.baseline == pytest.approx(reference.baseline, rel=1e-6)
+    for mine, theirs in zip(agent.model.policy.parameters(), reference.model.policy.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)  # actor, critics and both targets
+    assert any(p.grad is not None for p in agent.model.critic.parameters())
+
+
+def test_ensemble_q_is_sb3s_forward_and_frozen_weights_get_no_gradient() -> None:
+    critic = make_agent(critics=3).model.critic
+    obs, actions = torch.rand(7, 2), torch.rand(7, 1, requires_grad=True)
+    expected = torch.stack(critic(obs, actions))
+    for frozen in (False, True):
+        values = ensemble_q(critic, obs, actions, frozen=frozen)
+        torch.testing.assert_close(values, expected)
+        critic.zero_grad()
+        (action_grad,) = torch.autograd.grad(values.sum(), actions, retain_graph=True)
+        torch.testing.assert_close(action_grad, torch.autograd.grad(expected.sum(), actions, retain_graph=True)[0])
+        values.sum().backward()
+        assert all((p.grad is None) == frozen for p in critic.parameters())
+
+
+def test_fused_polyak_is_sb3s_update() -> None:
+    from stable_baselines3.common.utils import polyak_update
+
+    params = [torch.randn(5, 3), torch.randn(4)]
+    targets = [torch.randn(5, 3), torch.randn(4)]
+    copies = [t.clone() for t in targets]
+    fused_polyak(params, targets, 0.01)
+    polyak_update(params, copies, 0.01)
+    assert all(torch.equal(a, b) for a, b in zip(targets, copies, strict=True))
+    with pytest.raises(ValueError, match="target"):
+        fused_polyak(params, targets[:1], 0.01)
+
+
+def _batch_sizes(agent: AMCDDPG) -> list[int]:
+    """The batch size of every replay sample the agent draws from now on."""
+    sizes: list[int] = []
+    sample = agent.replay_buffer.sample
+
+    def counted(batch_size: int, env: Any = None) -> Any:
+        sizes.append(batch_size)
+        return sample(batch_size, env)
+
+    agent.replay_buffer.sample = counted  # type: ignore[method-assign]
+    return sizes
+
+
+@pytest.mark.parametrize(("overrides", "steps"), [({}, STEPS), ({"updates_per_episode": 2, "batch_size": 16}, 2)])
+def test_updates_per_episode_sets_the_steps_and_their_batch(overrides: dict[str, int], steps: int) -> None:
+    agent = make_agent(warmup_episodes=1, **overrides)
+    sizes = _batch_sizes(agent)
+    train(agent, 3)
+    assert agent.updates == 2 * steps and sizes == [agent.config.batch_size] * (2 * steps)
+
+
+def test_adam_runs_fused_after_a_load(tmp_path: Path) -> None:
+    agent = make_agent(buffer_size=64)
+    for optimizer in (agent.model.actor.optimizer, agent.model.critic.optimizer):
+        for group in optimizer.param_groups:
+            group["fused"] = None  # what a checkpoint of an earlier version holds
+    loaded = _save_and_load(agent, tmp_path)
+    for optimizer in (loaded.model.actor.optimizer, loaded.model.critic.optimizer):
+        assert optimizer.param_groups and all(group["fused"] for group in optimizer.param_groups)
+
+
 def test_actor_state_round_trip() -> None:
     source, sink = make_agent(seed=1), make_agent(seed=2)
     obs = np.array([0.3, -0.2], np.float32)
@@ -274,6 +358,7 @@ def test_defaults_keep_amc_networks_and_match_the_shipped_configs() -> None:
         ("gamma", 1.1),
         ("baseline_alpha", 0.0),
         ("updates_per_transition", -1),
+        ("updates_per_episode", -1),
         ("hidden", ()),
         ("hidden", (64, 0)),
         ("bootstrap", "yes"),

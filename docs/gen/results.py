@@ -371,6 +371,38 @@ def ray_scaling() -> list[str]:
     return out
 
 
+def ray_learner() -> list[str]:
+    d = load("ray_scaling.json")["learner"]
+    labels = {
+        "before": "SB3's step (before)",
+        "after": "the agent's step",
+        "after_u1_x_groups": "`updates_per_episode: 1`, AMC's samples per episode",
+    }
+    out = [
+        "| learner | gradient steps x batch | ms / episode | critics fwd+bwd | critic Adam | actor fwd+bwd "
+        "| actor Adam | Polyak | rest | learner ceiling (workers) | with the planning |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in d["by_setting"].items():
+        ms = r["learner_ms_per_episode"]
+        k = name.removeprefix("after_u")
+        label = labels.get(name, f"`ddpg.updates_per_episode: {k}`")
+        rest = ms["store"] + ms["sample"] + ms["other"]
+        out.append(
+            f"| {label} | {r['steps_per_episode']} x {r['batch_size']} | {ms['total']:.1f} | "
+            f"{ms['critic_forward_backward']:.1f} | {ms['critic_adam']:.1f} | {ms['actor_forward_backward']:.1f} | "
+            f"{ms['actor_adam']:.1f} | {ms['polyak']:.1f} | {rest:.1f} | {r['learner_ceiling_workers']:.1f} | "
+            f"{r['search_process_ceiling_workers']:.1f} |"
+        )
+    out += [
+        "",
+        f"(One thread, the machine's load average {d['load_average']:.1f} at the start; {d['groups']} groups, so AMC's schedule is {d['groups']} steps per episode; mean over "
+        f"{d['learning_episodes']} learning episodes x {d['rounds']} rounds, the settings alternating. One worker's "
+        f"episode: {d['episode_ms']:.0f} ms; the critic-ranked plan of a learning episode: {d['plan_ms']:.0f} ms.)",
+    ]
+    return out
+
+
 def ray_payload() -> list[str]:
     p = load("ray_scaling.json")["payload_memory"]
     out = ["| payload | pickled MiB | each worker's peak MiB |", "| --- | --- | --- |"]
@@ -626,6 +658,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "ray_scaling": _with_source(ray_scaling, "ray_scaling.json"),
     "ray_payload": _with_source(ray_payload, "ray_scaling.json"),
     "scale": _with_source(scale, "scale.json"),
+    "ray_learner": _with_source(ray_learner, "ray_scaling.json"),
     "worker_quality": _with_source(worker_quality, "worker_quality.json"),
     "episode_cost": _with_source(episode_cost, "episode_cost.json", "episode_cost_greedy.json"),
     "shared_machine": _with_source(shared_machine, "shared_machine.json"),

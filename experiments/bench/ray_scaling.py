@@ -21,6 +21,7 @@ slower than one (OpenMP threads wait on each other): measure on a quiet machine,
     .venv/bin/python experiments/bench/ray_scaling.py --workers 1 2 4 8  # on a 16-core machine
     .venv/bin/python experiments/bench/ray_scaling.py --quick            # a short check (writes *_quick.json)
     .venv/bin/python experiments/bench/ray_scaling.py --payload-memory   # only the payload section (below)
+    .venv/bin/python experiments/bench/ray_scaling.py --learner-only     # only the learner section (below), ~2 min
 
 ``--payload-memory`` measures what a worker holds on a CIFAR-10-sized data set instead (``synthetic``, 50,000
 3x32x32 images of which 10,000 search-val, an untrained ResNet-20: accuracy is meaningless, memory is not):
@@ -28,6 +29,23 @@ slower than one (OpenMP threads wait on each other): measure on a quiet machine,
 with :func:`agents.parallel.worker_payload` (``slim``), and the worker payload of 64 images (``tiny``: what a worker
 holds besides the data); ``payload_mb`` (pickled) and ``worker_peak_mb`` (each worker's peak resident memory) go
 into the JSON's ``payload_memory``, the other sections left as they are.
+
+``--learner-only`` measures the learner alone, in this process with one torch thread (a worker's): it plays the
+warm-up and ``--learner-episodes`` learning episodes of the default search in-process to fill the replay with real
+transitions, then learns from the learning episodes again from the same saved agent under each setting, the
+settings alternating over ``--learner-rounds`` rounds: ``before`` (the gradient step as SB3's modules compute it,
+:meth:`agents.ddpg.AMCDDPG._sb3_gradient_step`, with torch's default Adam: the agent before the learner was made
+cheaper), ``after`` (the agent's step, AMC's schedule: one step per transition), ``after_uK`` (``ddpg.updates_per_episode``
+K, for each K of ``--learner-steps``) and ``after_u1_x_groups`` (one step per episode of AMC's samples per episode: the
+batch times the groups). Per setting, ``learner_ms_per_episode`` is ``end_episode``'s time per learning
+episode broken down (``store``: into the replay; ``sample``; ``critic_forward_backward`` / ``critic_adam``;
+``actor_forward_backward`` / ``actor_adam``; ``polyak``; ``other``) plus ``publish`` (``get_actor_state``, the
+weights an ``actor`` plan ships; not needed by the default's proposals), and ``learner_ceiling_workers`` is
+``episode_ms`` (one worker's episode, timed between the rounds) over the learner's time: the worker count at which
+the learner becomes the limit. ``plan_ms`` (the critic-ranked proposals of a learning episode, also made in the
+search process) and ``search_process_ceiling_workers`` (episode over learner plus plan) show the other serial cost.
+Goes into the JSON's ``learner`` section and the top-level ``learner_ms_per_episode`` and ``learner_ceiling_workers``
+(per setting) and ``episode_ms``, the other sections left as they are.
 """
 
 from __future__ import annotations
@@ -35,6 +53,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -172,6 +192,171 @@ def payload_memory(workers: int, samples: int, val_size: int) -> dict[str, Any]:
     return result
 
 
+LEARNER_PARTS = (
+    "store",
+    "sample",
+    "critic_forward_backward",
+    "critic_adam",
+    "actor_forward_backward",
+    "actor_adam",
+    "polyak",
+)
+
+
+class _StepClock:
+    """Times the parts of ``end_episode`` by wrapping what a gradient step calls (both steps call the same things).
+
+    The forward and backward passes are the time between the wrapped calls: from the sample to the critic's Adam
+    step (the critic's), and from there to the actor's Adam step (the actor's forward and backward through the
+    critics).
+    """
+
+    def __init__(self, impl: Any, reference: bool) -> None:
+        import stable_baselines3.common.utils as sb3_utils
+
+        import agents.ddpg as ddpg
+
+        self.parts = dict.fromkeys(LEARNER_PARTS, 0.0)
+        self._mark = time.perf_counter()
+        buffer, model = impl.replay_buffer, impl.model
+        impl.store_episode = self._timed(impl.store_episode, "store")
+        buffer.sample = self._timed(buffer.sample, "sample")
+        model.critic.optimizer.step = self._timed(model.critic.optimizer.step, "critic_adam", "critic_forward_backward")
+        model.actor.optimizer.step = self._timed(model.actor.optimizer.step, "actor_adam", "actor_forward_backward")
+        self._module, self._name = (sb3_utils, "polyak_update") if reference else (ddpg, "fused_polyak")
+        self._original = getattr(self._module, self._name)
+        setattr(self._module, self._name, self._timed(self._original, "polyak"))
+
+    def _timed(self, fn: Any, part: str, since_mark: str | None = None) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            if since_mark is not None:
+                self.parts[since_mark] += started - self._mark
+            result = fn(*args, **kwargs)
+            self._mark = time.perf_counter()
+            self.parts[part] += self._mark - started
+            return result
+
+        return timed
+
+    def close(self) -> None:
+        setattr(self._module, self._name, self._original)
+
+
+def _learner_setting(saved: Path, name: str, steps: int, batch: int) -> Any:
+    """The agent saved in ``saved`` under one setting (see the module docstring)."""
+    from agents.ddpg import AMCDDPG
+
+    impl = AMCDDPG.load(saved)
+    impl.config = dataclasses.replace(impl.config, updates_per_episode=steps, batch_size=batch)
+    if name == "before":
+        impl._gradient_step = impl._sb3_gradient_step  # type: ignore[method-assign]
+        for optimizer in (impl.model.actor.optimizer, impl.model.critic.optimizer):
+            for group in optimizer.param_groups:
+                group["fused"] = None
+    return impl
+
+
+def _time_learner(saved: Path, name: str, steps: int, batch: int, episodes: list[Any]) -> dict[str, float]:
+    """Milliseconds per learning episode of ``end_episode`` (and its parts) and ``get_actor_state`` under a setting."""
+    impl = _learner_setting(saved, name, steps, batch)
+    clock = _StepClock(impl, reference=name == "before")
+    total = publish = 0.0
+    try:
+        for result in episodes:
+            started = time.perf_counter()
+            impl.end_episode(result.observations, result.actions, result.reward)
+            middle = time.perf_counter()
+            impl.get_actor_state()
+            publish += time.perf_counter() - middle
+            total += middle - started
+    finally:
+        clock.close()
+    parts = {**clock.parts, "other": total - sum(clock.parts.values()), "publish": publish}
+    per_episode = {k: 1000 * v / len(episodes) for k, v in parts.items()}
+    return {"total": 1000 * total / len(episodes), **per_episode}
+
+
+def _fill_replay(config: SearchConfig, episodes: int) -> tuple[Any, Any, list[Any], list[float], list[float]]:
+    """Plays the warm-up and ``episodes`` learning episodes in-process; the agent, the runner, the learning episodes'
+    results, the episodes' times and the learning episodes' planning times (seconds)."""
+    from agents.base import create_agent
+    from agents.parallel import build_env
+    from agents.rollout import EpisodeRunner
+    from amc.engine import build_workspace
+
+    ws = build_workspace(config.env.model, config.env.data, config.env.checkpoint)
+    env = build_env({"ws": ws, "env_config": config.env, "progress": False})
+    agent = create_agent("ddpg", env, config.ddpg, config.seed)
+    runner = EpisodeRunner(env, config.ddpg)
+    learning, episode_s, plan_s = [], [], []
+    for episode in range(config.ddpg.warmup_episodes + episodes):
+        started = time.perf_counter()
+        plan = agent.plan(episode)
+        planned = time.perf_counter()
+        result = runner.run(plan)
+        episode_s.append(time.perf_counter() - planned)
+        if not agent.impl.in_warmup:
+            plan_s.append(planned - started)
+            learning.append(result)
+        agent.end_episode(result.observations, result.actions, result.reward)
+    return agent, runner, learning, episode_s, plan_s
+
+
+def learner_phase(config: SearchConfig, episodes: int, rounds: int, steps: list[int]) -> dict[str, Any]:
+    """The learner's time per episode under each setting, and the ceilings (see the module docstring)."""
+    torch.set_num_threads(1)
+    load = os.getloadavg()[0]  # other processes on the machine slow every setting alike (they alternate)
+    agent, runner, learning, episode_s, plan_s = _fill_replay(config, episodes)
+    groups = len(agent.env.group_names)
+    batch = config.ddpg.batch_size
+    settings = {"before": (0, batch), "after": (0, batch), **{f"after_u{k}": (k, batch) for k in steps}}
+    settings["after_u1_x_groups"] = (1, groups * batch)  # fewer, larger steps: AMC's samples per episode
+    timed: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "agent"
+        agent.impl.save(saved)  # the state before learning from ``learning`` a second time
+        for _ in range(rounds):
+            for name, (k, b) in settings.items():
+                timed[name].append(_time_learner(saved, name, k, b, learning))
+            for result in learning[:3]:  # episodes timed between the learner's rounds, under the same load
+                started = time.perf_counter()
+                runner.run(result.plan)
+                episode_s.append(time.perf_counter() - started)
+        shutil.rmtree(saved)
+    episode_ms, plan_ms = 1000 * statistics.median(episode_s), 1000 * statistics.median(plan_s)
+    by_setting = {}
+    for name, (k, b) in settings.items():
+        parts = {part: statistics.fmean(t[part] for t in timed[name]) for part in timed[name][0]}
+        learner_ms = parts["total"]
+        by_setting[name] = {
+            "steps_per_episode": k or groups * config.ddpg.updates_per_transition,
+            "batch_size": b,
+            "learner_ms_per_episode": parts,
+            "learner_ms_per_round": [t["total"] for t in timed[name]],
+            "learner_ceiling_workers": episode_ms / learner_ms,
+            "search_process_ceiling_workers": episode_ms / (learner_ms + plan_ms),
+        }
+        print(
+            f"learner {name}: {learner_ms:.1f} ms/episode ({by_setting[name]['steps_per_episode']} steps; "
+            + ", ".join(f"{part} {parts[part]:.1f}" for part in (*LEARNER_PARTS, "other", "publish"))
+            + f"), ceiling {episode_ms / learner_ms:.1f} workers",
+            flush=True,
+        )
+    print(f"episode {episode_ms:.0f} ms, plan {plan_ms:.0f} ms (one thread)", flush=True)
+    return {
+        "measured": time.strftime("%Y-%m-%d"),
+        "threads": 1,
+        "load_average": load,
+        "groups": groups,
+        "learning_episodes": len(learning),
+        "rounds": rounds,
+        "episode_ms": episode_ms,
+        "plan_ms": plan_ms,
+        "by_setting": by_setting,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (0: in-process)")
@@ -183,7 +368,28 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short check: few episodes of each phase")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: results/ray_scaling.json)")
     parser.add_argument("--payload-memory", action="store_true", help="only measure worker memory (see above)")
+    parser.add_argument("--learner-only", action="store_true", help="only measure the learner (see above)")
+    parser.add_argument("--learner-episodes", type=int, default=20, help="learning episodes timed per setting")
+    parser.add_argument("--learner-rounds", type=int, default=3, help="rounds over the settings, alternating")
+    parser.add_argument(
+        "--learner-steps", type=int, nargs="*", default=[1, 2], help="ddpg.updates_per_episode settings timed"
+    )
     args = parser.parse_args()
+    if args.learner_only:
+        out = args.out or RESULTS / "ray_scaling.json"
+        config = resolve_checkpoint(SearchConfig.from_yaml(CONFIG), progress=False)
+        section = learner_phase(config, args.learner_episodes, args.learner_rounds, args.learner_steps)
+        by_setting = section["by_setting"]
+        results = json.loads(out.read_text()) if out.is_file() else {}
+        results.update(
+            learner=section,
+            learner_ms_per_episode={name: r["learner_ms_per_episode"] for name, r in by_setting.items()},
+            episode_ms=section["episode_ms"],
+            learner_ceiling_workers={name: r["learner_ceiling_workers"] for name, r in by_setting.items()},
+        )
+        write_json_atomic(out, results)
+        print(f"wrote {out}")
+        return 0
     if args.payload_memory:
         import ray
 

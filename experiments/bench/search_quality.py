@@ -59,7 +59,7 @@ DATA_MODELS = {
 """The models of each data set (``--data``) and their preset configs."""
 DATA_TARGETS = {"digits": [0.2, 0.5], "mnist1d": [0.05, 0.1]}
 """Default FLOPs targets per data set: budgets where the methods differ (MNIST-1D's models saturate at 20%)."""
-METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32")
+METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32", "ddpg_u1", "ddpg_u2")
 SINGLE_EPISODE = ("uniform", "global", "sensitivity")
 # DDPG as AMC configures it (the defaults before critic-ranked proposals): warm-up of 50 uniform episodes, one
 # critic, the actor's noisy action played as is, AMC's observation (no history). A reference for what the
@@ -67,6 +67,10 @@ SINGLE_EPISODE = ("uniform", "global", "sensitivity")
 DDPG_VARIANTS = {
     "ddpg_amc": ({**AMC_STYLE, "warmup_episodes": 50, "noise_sigma": 0.5}, {"observe_history": False}),
     "ddpg_p32": ({"proposals": 32}, {}),  # the default agent with 32 proposals (the default before the history)
+    # the default agent with 1 or 2 gradient steps per episode instead of one per transition (a learner that keeps up
+    # with many workers: experiments/bench/ray_scaling.py --learner-only)
+    "ddpg_u1": ({"updates_per_episode": 1}, {}),
+    "ddpg_u2": ({"updates_per_episode": 2}, {}),
 }
 VAL_AT = (30, 100, 300)
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "apoz")
