@@ -136,7 +136,8 @@ DEFAULT_ROLLOUT_TIMEOUT = 1800.0
 PLACE_LIMIT_S = 300.0
 """Seconds a parallel search whose workers were all lost waits for Ray to start a replacement before giving up."""
 STALL_REPORT_S = 60.0
-"""Seconds without a finished episode before the pool says what it is waiting for (then once per interval)."""
+"""Seconds without a finished episode before the pool says what it is waiting for (then once per interval), or three
+times the longest episode so far if that is longer (five times this before the first episode: workers start)."""
 
 
 class RolloutPool:
@@ -149,7 +150,7 @@ class RolloutPool:
     A worker that dies (its process killed, or its node lost) loses only its episode: the same plan runs again on
     the first worker free, and a replacement actor is asked for, which joins when Ray places it (a cluster that
     lost a node may have no CPU for it; the search goes on with the workers left). Fewer workers than asked start
-    when the cluster has fewer CPUs. Nothing waits silently: past :data:`STALL_REPORT_S` without a finished episode
+    when the cluster has fewer CPUs. Nothing waits silently: past :meth:`report_after` without a finished episode
     the pool logs what it waits for, and past ``$AMC_ROLLOUT_TIMEOUT`` seconds (default
     :data:`DEFAULT_ROLLOUT_TIMEOUT`), or when no worker is left to run the lost episodes, it raises
     :class:`amc.errors.RolloutError` with the reason.
@@ -290,7 +291,7 @@ class RolloutPool:
                         f"no episode finished in {now - waiting_since:.0f} s (${ROLLOUT_TIMEOUT_ENV}={self.timeout:g}; "
                         "raise it for episodes that take longer, 0 for no limit)"
                     )
-                if now - last_report >= STALL_REPORT_S:
+                if now - last_report >= self.report_after():
                     log.warning("waiting %.0f s for an episode: %s", now - waiting_since, self._waiting_for())
                     last_report = now
                 continue
@@ -316,6 +317,13 @@ class RolloutPool:
             self._release()
             self.timeline.append((index, plan.episode, result.started, result.finished))
             return dataclasses.replace(result, plan=plan)
+
+    def report_after(self) -> float:
+        """Seconds without a finished episode before the pool logs what it waits for: :data:`STALL_REPORT_S`, or three
+        times the longest episode so far (five times :data:`STALL_REPORT_S` before the first: workers start)."""
+        if not self.timeline:
+            return 5 * STALL_REPORT_S
+        return max(STALL_REPORT_S, 3 * max(finished - started for _, _, started, finished in self.timeline))
 
     def _lose(self, index: int, plan: EpisodePlan, exc: BaseException) -> None:
         """Worker ``index`` died playing ``plan``: the plan runs again on the next worker free; a replacement is asked

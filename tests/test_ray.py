@@ -132,6 +132,18 @@ def test_a_worker_reading_the_data_from_disk_plays_the_same_episodes(tmp_path: P
         assert [EpisodeRunner(w).run(agent.plan(episode)).record for w in workers] == [want, want]
 
 
+def test_the_pool_reports_a_wait_after_three_of_its_longest_episodes() -> None:
+    from agents.parallel import STALL_REPORT_S, RolloutPool
+
+    pool = RolloutPool.__new__(RolloutPool)  # no actors needed: the threshold depends on the timeline only
+    pool.timeline = []
+    assert pool.report_after() == 5 * STALL_REPORT_S, "workers are starting"
+    pool.timeline = [(0, 0, 100.0, 105.0)]
+    assert pool.report_after() == STALL_REPORT_S
+    pool.timeline.append((1, 1, 100.0, 150.0))
+    assert pool.report_after() == 150.0, "three times the longest episode"
+
+
 def _assert_same_episodes(records: list[dict], in_process) -> None:
     for got in records:
         want = in_process(got["episode"])
