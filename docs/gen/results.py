@@ -29,7 +29,13 @@ MACHINE_NOTES = {
     "front_quality.json": "2-core CPU development machine",
     "warm_start.json": "2-core CPU development machine",
     "worker_quality.json": "2-core CPU development machine",
-    "ray_scaling.json": "idle 2-core CPU development machine",
+    "ray_scaling.json": "2-core CPU development machine: the Ray sections idle, the learner section shared with "
+    "another benchmark (its ratios hold)",
+    "scale.json": "2-core CPU development machine, shared with a one-core benchmark during the run (2 workers had "
+    "about one core between them)",
+    "search_quality_mnist1d.json": "2-core CPU development machine, shared with other jobs during the run (timings "
+    "not comparable; results are, every episode is seeded)",
+    "learner_quality.json": "2-core CPU development machine, shared with other jobs",
     "shared_machine.json": "2-core CPU development machine, with 4 competing busy processes the script starts",
     "model_zoo.json": "CPU development machine, one thread",
     "episode_cost.json": "CPU development machine, one thread, CPU time",
