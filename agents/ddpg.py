@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -573,15 +573,13 @@ class AMCDDPG:
             "baseline": float(self._baseline if self._baseline is not None else math.nan),
         }
 
-    def _gradient_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One AMC update: baseline, critic regression, actor ascent, Polyak update of the targets.
-
-        The same update as SB3's modules compute it (:meth:`_sb3_gradient_step`, up to float rounding), cheaper:
-        the actor's step treats the critics' weights as constants (:func:`ensemble_q`), Adam runs fused (see
-        :meth:`_apply_learning_rates`) and each Polyak update is two calls over all parameters. Returns the critic
-        and actor losses (detached tensors, read once per episode).
-        """
-        model, cfg = self._model, self.config
+    def _batch_and_target(
+        self, target_q: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> tuple[Any, torch.Tensor]:
+        """A replay batch and the critics' regression target: the reward less the moving baseline (updated with the
+        batch's mean), plus with ``bootstrap`` the discounted value ``target_q(next_obs, target actor's action)``
+        of the first target critic."""
+        cfg = self.config
         data = self.replay_buffer.sample(cfg.batch_size)
         batch_mean = float(data.rewards.mean())
         if self._baseline is None:
@@ -592,8 +590,20 @@ class AMCDDPG:
         if cfg.bootstrap:
             with torch.no_grad():
                 next_obs = data.next_observations
-                next_q = ensemble_q(model.critic_target, next_obs, model.actor_target(next_obs))[0]
+                next_q = target_q(next_obs, self._model.actor_target(next_obs))
                 target = target + cfg.gamma * (1.0 - data.dones) * next_q
+        return data, target
+
+    def _gradient_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One AMC update: baseline, critic regression, actor ascent, Polyak update of the targets.
+
+        The same update as SB3's modules compute it (:meth:`_sb3_gradient_step`, up to float rounding), cheaper:
+        the actor's step treats the critics' weights as constants (:func:`ensemble_q`), Adam runs fused (see
+        :meth:`_apply_learning_rates`) and each Polyak update is two calls over all parameters. Returns the critic
+        and actor losses (detached tensors, read once per episode).
+        """
+        model, cfg = self._model, self.config
+        data, target = self._batch_and_target(lambda obs, act: ensemble_q(model.critic_target, obs, act)[0])
         predictions = ensemble_q(model.critic, data.observations, data.actions)  # (critics, batch, 1)
         critic_loss = F.mse_loss(predictions, target.expand_as(predictions))
         model.critic.optimizer.zero_grad()
@@ -618,18 +628,7 @@ class AMCDDPG:
         from stable_baselines3.common.utils import polyak_update
 
         model, cfg = self._model, self.config
-        data = self.replay_buffer.sample(cfg.batch_size)
-        batch_mean = float(data.rewards.mean())
-        if self._baseline is None:
-            self._baseline = batch_mean
-        else:
-            self._baseline += cfg.baseline_alpha * (batch_mean - self._baseline)
-        target = data.rewards - self._baseline
-        if cfg.bootstrap:
-            with torch.no_grad():
-                next_obs = data.next_observations
-                next_q = model.critic_target(next_obs, model.actor_target(next_obs))[0]
-                target = target + cfg.gamma * (1.0 - data.dones) * next_q
+        data, target = self._batch_and_target(lambda obs, act: model.critic_target(obs, act)[0])
         predictions = model.critic(data.observations, data.actions)
         critic_loss = sum(F.mse_loss(q, target) for q in predictions) / len(predictions)
         model.critic.optimizer.zero_grad()
