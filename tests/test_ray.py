@@ -15,7 +15,6 @@ from agents.ddpg import AMC_STYLE, DDPGConfig
 from agents.parallel import build_env
 from agents.rollout import EpisodeRunner
 from agents.search import EpisodeRecord, Search, SearchConfig, run_search, save_yaml
-from agents.sweep import SweepConfig, run_sweep
 from amc.engine import build_workspace
 from envs import EnvConfig
 
@@ -340,25 +339,3 @@ def test_worker_killed_with_sigkill_is_survived(trained_resnet20: Path, tmp_path
         history = client.get_metric_history(result.run_id, metric)
         assert sorted(m.step for m in history) == list(range(10)), f"{metric}: each episode logged once"
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [r["top1"] for r in records]
-
-
-def test_tiny_sweep_logs_one_run_per_trial(trained_resnet20: Path, tmp_path: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
-    base = _config(trained_resnet20 / "model.pt", 0, episodes=4)
-    sweep = SweepConfig(base="unused.yaml", name="tiny", grid={"env.target_ratio": [0.3, 0.5]}, max_concurrent=2)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    results = run_sweep(sweep, base, tmp_path / "sweep", tracking_uri=uri)
-    assert sorted(r["env.target_ratio"] for r in results) == [0.3, 0.5]
-    assert all(r["best_flops_ratio"] <= r["env.target_ratio"] for r in results)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("test-ray")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("amc.kind") == "sweep"]
-    assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.params["env.target_ratio"] for r in children) == ["0.3", "0.5"]
-    for child in children:
-        assert len(client.get_metric_history(child.info.run_id, "top1")) == 4
-        assert child.data.params["staleness_bound"] == "0", "trials run in-process"
-        assert "search.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
