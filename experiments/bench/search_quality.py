@@ -121,7 +121,8 @@ def main() -> int:
         "--update",
         action="store_true",
         help="replace only the methods (and criteria) run now in the model's entry of --out, keeping the others' "
-        "cells (the entry must have the same episodes, seeds, search seeds and selection size)",
+        "cells (the entry must have the same episodes, seeds, search seeds and selection size; checked before "
+        "anything runs); a model without an entry gets one",
     )
     parser.add_argument(
         "--selection-size",
@@ -147,6 +148,13 @@ def main() -> int:
         suffix = "_reconstruct" if args.reconstruct else "_selection" if args.selection_size else ""
         data = "" if args.data == "digits" else f"_{args.data}"
         args.out = RESULTS / f"search_quality{data}{suffix}.json"
+    if args.update and args.out.is_file():  # refuse before an hour of searches, not after
+        entries = json.loads(args.out.read_text()).get("models", {})
+        wanted = {"episodes": args.episodes, "seeds": args.seeds, "search_seeds": args.search_seeds, "data": args.data}
+        for model in args.models:
+            differ = [k for k, v in wanted.items() if model in entries and entries[model].get(k) != v]
+            if differ:
+                parser.error(f"--update: {model}'s entry in {args.out} was run with other {', '.join(differ)}")
     torch.set_num_threads(1)  # small models: one thread per process is fastest and keeps runs comparable
     for model in args.models:
         started = time.perf_counter()
@@ -432,8 +440,8 @@ def _merge(path: Path, model: str, table: dict, args: argparse.Namespace) -> dic
 
 def _updated(old: dict | None, table: dict, settings: dict, path: Path, model: str) -> dict:
     """``old`` with this run's method cells (and criteria) written over it; refuses other settings."""
-    if old is None:
-        raise SystemExit(f"--update: {path} has no entry for {model} to update; run without --update")
+    if old is None:  # nothing to keep: the model's first entry
+        return {**table, **settings}
     differ = [k for k, v in settings.items() if old.get(k, 0 if k == "selection_size" else None) != v]
     if differ or old.get("reconstruct") != table["reconstruct"]:
         raise SystemExit(f"--update: {model}'s entry in {path} was run with other settings ({differ}); run all methods")
