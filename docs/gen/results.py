@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import statistics
 import subprocess
 from collections.abc import Callable
@@ -33,6 +34,8 @@ MACHINE_NOTES = {
     "another benchmark (its ratios hold)",
     "scale.json": "2-core CPU development machine, shared with a one-core benchmark during the run (2 workers had "
     "about one core between them)",
+    "search_quality_mnist1d_wide.txt": "2-core CPU development machine, shared with other jobs during the run; "
+    "the run's printed output",
     "search_quality_mnist1d.json": "2-core CPU development machine, shared with other jobs during the run (timings "
     "not comparable; results are, every episode is seeded)",
     "learner_quality.json": "2-core CPU development machine, shared with other jobs",
@@ -76,7 +79,10 @@ def _git_date(path: Path) -> str:
 
 
 def machine(name: str) -> str:
-    """What the JSON file says of the machine (CPU, cores, torch, note), else the benchmark's notes."""
+    """What the JSON file says of the machine (CPU, cores, torch, note), else the benchmark's notes (for a file of
+    printed output, only them)."""
+    if not name.endswith(".json"):
+        return MACHINE_NOTES.get(name, "CPU development machine")
     data = load(name)
     settings = data.get("settings", {}) if isinstance(data, dict) else {}
     parts = []
@@ -121,6 +127,25 @@ def _quality(kind: str, model: str, name: str = "search_quality.json") -> list[s
         "selection": qt.selection_table,
     }[kind]
     return fn(model, table)
+
+
+def printed_quality(name: str) -> list[str]:
+    """Best-so-far search-val @100 (mean ± sd) and fine-tuned test top-1 per method and FLOPs target, read from the
+    summary a ``search_quality.py`` run printed (``name``: its output, kept where its JSON was not written)."""
+    cells: dict[str, dict[str, tuple[str, str]]] = {}
+    target = ""
+    for line in (RESULTS / name).read_text().splitlines():
+        if m := re.match(r"  flops_([\d.]+):$", line):
+            target = m.group(1)
+        elif m := re.match(r" +(\w+)  test .*@100 ([\d.]+)%\+-([\d.]+)%.*?(?:fine-tuned ([\d.]+)%)?$", line):
+            method, val, sd, tuned = m.groups()
+            cells.setdefault(method, {})[target] = (f"{val} ± {sd}", f"{float(tuned):.1f}" if tuned else "–")
+    targets = sorted({t for c in cells.values() for t in c}, key=float)
+    head = [f"{100 * float(t):g}% FLOPs: {what}" for t in targets for what in ("search-val @100", "fine-tuned")]
+    out = ["| method | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+    for method, by_target in cells.items():
+        out.append(f"| {method} | " + " | ".join(" | ".join(by_target.get(t, ("–", "–"))) for t in targets) + " |")
+    return out
 
 
 def versus() -> list[str]:
@@ -644,6 +669,9 @@ TABLES: dict[str, Callable[[], list[str]]] = {
         for kind in ("methods", "val", "criteria")
         for model in ("resnet20_1d",)
     },
+    "mnist1d.resnet20_1d_wide": _with_source(
+        lambda: printed_quality("search_quality_mnist1d_wide.txt"), "search_quality_mnist1d_wide.txt"
+    ),
     "selection.resnet20": _with_source(
         lambda: _quality("selection", "resnet20", "search_quality_selection.json"), "search_quality_selection.json"
     ),
