@@ -151,8 +151,8 @@ def test_without_the_token_the_search_says_what_to_set(head, config_file: Path, 
     assert not (out / "config.yaml").exists(), "the same command can be run again once the token is set"
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL to ``pid`` and every process below it (Ray's workers run in process groups of their own)."""
+def _tree(pid: int) -> set[int]:
+    """``pid`` and every process below it."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -165,7 +165,21 @@ def _kill_tree(pid: int) -> None:
         below = {child for child, parent in parents.items() if parent in tree} - tree
         tree |= below
         grown = bool(below)
-    for victim in tree:
+    return tree
+
+
+def _rollout_worker_in(pid: int) -> bool:
+    """Whether a rollout worker actor (process title ``ray::_Worker...``) runs below ``pid``."""
+    for child in _tree(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"ray::_Worker"):
+                return True
+    return False
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL to ``pid`` and every process below it (Ray's workers run in process groups of their own)."""
+    for victim in _tree(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
 
@@ -191,7 +205,12 @@ def test_losing_a_node_mid_search_loses_no_episode(head, second_node, trained_re
         )
     try:
         deadline = time.monotonic() + SEARCH_S
-        while f" 3/{episodes} " not in log.read_text() and search.poll() is None and time.monotonic() < deadline:
+        # a few episodes done, and the second node's worker started (killed before it exists, Ray would place it anew)
+        while (
+            search.poll() is None
+            and time.monotonic() < deadline
+            and not (f" 3/{episodes} " in log.read_text() and _rollout_worker_in(second_node.pid))
+        ):
             time.sleep(0.05)
         assert search.poll() is None, f"the search ended before the node was killed:\n{log.read_text()[-3000:]}"
         _kill_tree(second_node.pid)  # the node's raylet and its workers, without warning
