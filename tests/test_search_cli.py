@@ -29,6 +29,19 @@ def _latest_episode(out: Path) -> int | None:
     return int(json.loads((out / "checkpoint" / latest.read_text().strip() / "state.json").read_text())["episode"])
 
 
+def _terminal_signals() -> None:
+    """In the child before exec: SIGINT as a terminal gives it (default action, not blocked), whatever this test
+    process inherited or set (a signal ignored or blocked here would be ignored or blocked in the child too)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _signal_state(pid: int) -> str:
+    """The child's ignored and blocked signal masks, as /proc shows them (for a failure's message)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return ", ".join(line for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def test_ctrl_c_kills_the_run_and_the_search_resumes_with_more_episodes(trained_resnet20: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -53,6 +66,7 @@ def test_ctrl_c_kills_the_run_and_the_search_resumes_with_more_episodes(trained_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_terminal_signals,
     )
     try:
         deadline = time.monotonic() + START_S
@@ -60,13 +74,14 @@ def test_ctrl_c_kills_the_run_and_the_search_resumes_with_more_episodes(trained_
             time.sleep(0.05)
         assert proc.poll() is None, f"amc search ended before the test could interrupt it:\n{proc.communicate()[1]}"
         assert _latest_episode(out) is not None, f"no checkpoint within {START_S} s"
+        signals = _signal_state(proc.pid)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, f"exit code {proc.returncode} after Ctrl-C:\n{stderr[-3000:]}"
+    assert proc.returncode == 130, f"exit code {proc.returncode} after Ctrl-C ({signals}):\n{stderr[-3000:]}"
     assert "interrupted" in stderr
     done = _latest_episode(out)
     assert done is not None and done < EPISODES and not (out / "search.json").exists(), "stopped mid-search"
