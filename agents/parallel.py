@@ -264,7 +264,8 @@ class RolloutPool:
 
     def _release(self) -> None:
         """Drops the object refs of weight versions no pending plan uses (the latest is kept for the next plans)."""
-        used = {self._version(p) for _, p in [*self._pending.values(), *((0, p) for p in self._retry)]}
+        waiting = [plan for _, plan in self._pending.values()] + list(self._retry)  # in flight, or lost and queued
+        used = {self._version(p) for p in waiting if p.actor_state is not None}
         for key in [k for k in self._weights if k not in used and k != self._latest]:
             del self._weights[key]
 
