@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -96,6 +97,14 @@ def kept_channels(channels: int, ratio: float, round_to: int = 1) -> int:
     if round_to > 1:
         keep = max(round_to, int(math.floor(keep / round_to + 0.5)) * round_to)
     return min(keep, channels)
+
+
+def kept_channels_many(channels: int, ratios: np.ndarray, round_to: int = 1) -> np.ndarray:
+    """:func:`kept_channels` of every ratio of ``ratios`` (each already in [0, 1)), int64, with the same arithmetic."""
+    keep = np.maximum(1, np.floor((1.0 - np.asarray(ratios, dtype=np.float64)) * channels + 0.5).astype(np.int64))
+    if round_to > 1:
+        keep = np.maximum(round_to, np.floor(keep / round_to + 0.5).astype(np.int64) * round_to)
+    return np.minimum(keep, channels)
 
 
 def group_round_to(group: PrunableGroup, round_to: int = 1) -> int:

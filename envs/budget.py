@@ -16,9 +16,11 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from amc.errors import BudgetError, ConfigError
 from amc.groups import PrunableGroup
-from amc.pruning import group_round_to, kept_channels
+from amc.pruning import group_round_to, kept_channels, kept_channels_many
 from envs.costs import CostModel
 
 
@@ -35,6 +37,21 @@ class Choice:
     kept: int
     ratio: float
     walled: bool
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The decisions of many episodes for one group: a :class:`Choice` per row, as arrays.
+
+    Attributes:
+        kept: ``(rows,)`` int64 channels kept.
+        ratio: ``(rows,)`` float64 pruning ratios that reproduce them.
+        walled: ``(rows,)`` whether the wall lowered the channels asked for.
+    """
+
+    kept: np.ndarray
+    ratio: np.ndarray
+    walled: np.ndarray
 
 
 def _candidates(channels: int, min_ratio: float, max_ratio: float, round_to: int) -> tuple[list[int], list[float]]:
@@ -102,6 +119,11 @@ class BudgetWall:
         self.max_ratio = max_ratio
         self._options = _all_candidates(self.groups, min_ratio, max_ratio, round_to)
         self.fewest = {g.name: self._options[g.name][0][0] for g in self.groups}
+        self._fewest_row = np.array([self.fewest[g.name] for g in self.groups], dtype=np.int64)
+        self._option_arrays = {
+            name: (np.array(kept, dtype=np.int64), np.array(ratios, dtype=np.float64))
+            for name, (kept, ratios) in self._options.items()
+        }
         self._check_reachable()
 
     def _check_reachable(self) -> None:
@@ -154,6 +176,42 @@ class BudgetWall:
             else:
                 hi = mid - 1
         return Choice(kept[lo], ratios[lo], True)
+
+    def choose_many(self, decided: np.ndarray, index: int, ratios: np.ndarray) -> Choices:
+        """:meth:`choose` for many episodes at once: row ``r`` of the result is ``choose`` of row ``r``.
+
+        The same bisection runs on every walled row side by side, with the cost model's :meth:`CostModel.ratios`.
+
+        Args:
+            decided: ``(rows, index)`` kept channels of the groups before ``index``, one row per episode.
+            index: Position of the group being decided.
+            ratios: ``(rows,)`` requested pruning ratios, already within ``[min_ratio, max_ratio]``.
+        """
+        group = self.groups[index]
+        ratios = np.asarray(ratios, dtype=np.float64)
+        wanted = kept_channels_many(group.channels, ratios, group_round_to(group, self.round_to))
+        widths = np.tile(self._fewest_row, (len(wanted), 1))
+        widths[:, :index] = decided
+        widths[:, index] = wanted
+        feasible = self._meets_many(widths)
+        kept_options, ratio_options = self._option_arrays[group.name]
+        rows = np.flatnonzero(~feasible)
+        lo = np.zeros(len(rows), dtype=np.int64)
+        hi = np.searchsorted(kept_options, wanted[rows], side="left") - 1  # kept[lo] is always feasible (induction)
+        while (active := np.flatnonzero(lo < hi)).size:
+            mid = (lo[active] + hi[active] + 1) // 2
+            trial = widths[rows[active]]
+            trial[:, index] = kept_options[mid]
+            met = self._meets_many(trial)
+            lo[active] = np.where(met, mid, lo[active])
+            hi[active] = np.where(met, hi[active], mid - 1)
+        kept, chosen = wanted.copy(), ratios.copy()
+        kept[rows], chosen[rows] = kept_options[lo], ratio_options[lo]
+        return Choices(kept, chosen, ~feasible)
+
+    def _meets_many(self, widths: np.ndarray) -> np.ndarray:
+        """:meth:`meets` of each row of ``(rows, groups)`` widths (groups in episode order)."""
+        return self.cost.ratios(widths) <= self.target_ratio
 
     def _feasible(self, decided: Mapping[str, int], index: int, kept: int) -> bool:
         widths = dict(self.fewest)

@@ -744,7 +744,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
         The observations and the budget wall depend only on the kept channel counts, so an agent can see where
         a policy would lead (the observations it would meet, the actions the wall would let through) at the
-        cost of the wall's arithmetic; :meth:`step` with the same actions gives the same observations.
+        cost of the wall's arithmetic, done for all episodes side by side on arrays; :meth:`step` with the same actions
+        gives the same observations, bit for bit.
 
         Args:
             policy: ``policy(index, observations)`` gets the ``(count, features)`` observations of group
@@ -759,7 +760,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         n = len(self.group_names)
         observations = np.zeros((count, n + 1, self._embedding.size), dtype=np.float32)
         applied = np.zeros((count, n), dtype=np.float32)
-        kept: list[dict[str, int]] = [{} for _ in range(count)]
+        kept = np.zeros((count, n), dtype=np.int64)
         if target is None:
             target = self.target.ratio
         elif self.config.targets is None or not contains(self.config.targets, target):
@@ -768,10 +769,10 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         observations[:, 0] = self._embedding.observation(0, 0.0, 0.0, None, target)
         for index in range(n):
             actions = np.asarray(policy(index, observations[:, index].copy()), dtype=np.float64).reshape(count)
-            for i in range(count):
-                choice = self._decide(kept[i], index, actions[i], wall)
-                applied[i, index] = self.ratio_to_action(choice.ratio)
-                observations[i, index + 1] = self._observation_after(kept[i], index, choice.ratio, target)
+            choices = wall.choose_many(kept[:, :index], index, self._actions_to_ratios(actions))
+            kept[:, index] = choices.kept
+            applied[:, index] = self._ratios_to_actions(choices.ratio)
+            observations[:, index + 1] = self._observations_after(kept[:, : index + 1], index, choices.ratio, target)
         return observations, applied
 
     def _decide(
@@ -786,6 +787,14 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         """The observation once group ``index`` was decided with ``ratio`` (the last group's at the end)."""
         following = min(index + 1, len(self.group_names) - 1)
         return self._embedding.observation(following, self._reduced(kept), ratio, kept, target)
+
+    def _observations_after(self, decided: np.ndarray, index: int, ratios: np.ndarray, target: float) -> np.ndarray:
+        """:meth:`_observation_after` of many episodes: ``decided`` holds their ``(rows, index + 1)`` kept channels."""
+        following = min(index + 1, len(self.group_names) - 1)
+        widths = np.tile([g.channels for g in self.graph.groups], (len(decided), 1))
+        widths[:, : decided.shape[1]] = decided
+        reduced = 1.0 - self.graph.estimate_many(widths)[0].astype(np.float64) / self.graph.dense_cost.flops
+        return self._embedding.observations(following, reduced, ratios, decided, target)
 
     # ------------------------------------------------------------------ internals
     def _finish(self, info: dict[str, Any]) -> float:
@@ -866,6 +875,21 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         a = float(np.clip(values[0], -1.0, 1.0))
         low, high = self.config.min_ratio, self.config.max_ratio
         return min(max(low + (a + 1.0) / 2.0 * (high - low), low), high)
+
+    def _actions_to_ratios(self, actions: np.ndarray) -> np.ndarray:
+        """:meth:`_action_to_ratio` of each of ``(rows,)`` float64 actions, with the same arithmetic."""
+        finite = np.isfinite(actions)
+        if not finite.all():
+            raise InvalidActionError(f"an action is one finite number in [-1, 1], got {actions[~finite][0]!r}")
+        low, high = self.config.min_ratio, self.config.max_ratio
+        return np.minimum(np.maximum(low + (np.clip(actions, -1.0, 1.0) + 1.0) / 2.0 * (high - low), low), high)
+
+    def _ratios_to_actions(self, ratios: np.ndarray) -> np.ndarray:
+        """:meth:`ratio_to_action` of each of ``(rows,)`` float64 ratios, with the same arithmetic."""
+        low, high = self.config.min_ratio, self.config.max_ratio
+        if high == low:
+            return np.zeros_like(ratios)
+        return np.clip(2.0 * (ratios - low) / (high - low) - 1.0, -1.0, 1.0)
 
     def ratio_to_action(self, ratio: float) -> float:
         """The action in [-1, 1] that maps to ``ratio`` (inverse of the action mapping)."""

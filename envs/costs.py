@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from amc.cost import LatencyConfig
@@ -65,6 +66,16 @@ class CostModel:
         """Cost of ``widths`` as a fraction of the dense model's cost."""
         return self.cost(widths) / self.dense
 
+    def ratios(self, widths: np.ndarray) -> np.ndarray:
+        """:meth:`ratio` of many width configurations: ``widths`` is ``(rows, groups)``, one column per group in
+        the graph's order; returns ``(rows,)`` float64.
+
+        This default calls :meth:`ratio` row by row; a model whose cost has an array form overrides it with one
+        that gives the same numbers.
+        """
+        names = self.graph.names
+        return np.array([self.ratio(dict(zip(names, map(int, row)))) for row in widths], dtype=np.float64)
+
     def _cost(self, widths: Mapping[str, int]) -> float:
         """Hook: the absolute cost of ``widths``."""
         raise NotImplementedError
@@ -81,6 +92,9 @@ class FlopsCost(CostModel):
 
     def _cost(self, widths: Mapping[str, int]) -> float:
         return float(self.graph.estimate(widths).flops)
+
+    def ratios(self, widths: np.ndarray) -> np.ndarray:
+        return self.graph.estimate_many(widths)[0].astype(np.float64) / self.dense
 
 
 @COST_MODELS.register("params")
@@ -106,6 +120,9 @@ class ParamsCost(CostModel):
     def _cost(self, widths: Mapping[str, int]) -> float:
         return float(self.graph.estimate(widths).params)
 
+    def ratios(self, widths: np.ndarray) -> np.ndarray:
+        return self.graph.estimate_many(widths)[1].astype(np.float64) / self.dense
+
 
 class SparseParamsCost(ParamsCost):
     """Non-zero parameters once each group's layers are sparsified (:func:`amc.pruning.sparsify`) at the sparsity
@@ -126,6 +143,10 @@ class SparseParamsCost(ParamsCost):
             ]
             for g in graph
         }
+        layers = [(i, numel, cols) for i, group in enumerate(self._layers.values()) for numel, cols in group]
+        self._column, self._numel, cols = (np.array([layer[k] for layer in layers], dtype=np.int64) for k in range(3))
+        self._nm_zeroed = self._numel - self._numel // cols * (2 * (cols // 4) + np.minimum(cols % 4, 2))
+        self._channels = np.array([g.channels for g in graph], dtype=np.int64)
         super().__init__(graph)
 
     def _cost(self, widths: Mapping[str, int]) -> float:
@@ -136,6 +157,17 @@ class SparseParamsCost(ParamsCost):
             for numel, cols in layers
         )
         return float(self.graph.dense_cost.params - zeroed)
+
+    def ratios(self, widths: np.ndarray) -> np.ndarray:
+        """:meth:`ratio` of many width configurations (``(rows, groups)``, graph order): :func:`zeroed_weights` on
+        arrays, one column per layer."""
+        sparsity = 1.0 - np.asarray(widths, dtype=np.int64)[:, self._column] / self._channels[self._column]
+        if self.granularity == "unstructured":
+            zeroed = np.rint(sparsity * self._numel).astype(np.int64)
+        else:
+            zeroed = np.broadcast_to(self._nm_zeroed, sparsity.shape)
+        kept = self.graph.dense_cost.params - np.where(sparsity > 0, zeroed, 0).sum(axis=1)
+        return kept.astype(np.float64) / self.dense
 
 
 @COST_MODELS.register("latency")

@@ -106,3 +106,30 @@ class LayerEmbedding:
         if self.target:
             parts.append(np.array([min(max(target, 0.0), 1.0)]))
         return np.concatenate(parts).astype(np.float32)
+
+    def observations(
+        self, index: int, reduced: np.ndarray, previous_action: np.ndarray, decided: np.ndarray, target: float = 0.0
+    ) -> np.ndarray:
+        """:meth:`observation` of many episodes at group ``index``: row ``r`` is the observation of row ``r``'s
+        arguments, with the same float32 values.
+
+        Args:
+            index: Position of the group about to be decided (the last one at episode end).
+            reduced: ``(rows,)`` fractions of the dense FLOPs removed by the groups decided so far.
+            previous_action: ``(rows,)`` pruning ratios applied to the previous group.
+            decided: ``(rows, k)`` kept channels of the first ``k`` groups (used with ``history`` only).
+            target: The episodes' target ratio (the last feature, with ``target`` only).
+        """
+        rows = len(reduced)
+        out = np.empty((rows, self.size), dtype=np.float64)
+        out[:, : len(self._static[index])] = self._static[index]
+        dynamic = np.stack([reduced, np.full(rows, self._rest[index]), previous_action], axis=1).astype(np.float64)
+        column = len(self._static[index]) + 3
+        out[:, column - 3 : column] = np.clip(dynamic, 0.0, 1.0)
+        if self.history:
+            kept = np.tile(self._channels, (rows, 1))
+            kept[:, : decided.shape[1]] = decided
+            out[:, column : column + len(self._names)] = np.clip(1.0 - kept / self._channels, 0.0, 1.0)
+        if self.target:
+            out[:, -1] = min(max(target, 0.0), 1.0)
+        return out.astype(np.float32)
