@@ -301,6 +301,7 @@ def test_resume_with_workers_and_more_episodes(
 def test_worker_killed_with_sigkill_is_survived(trained_resnet20: Path, tmp_path: Path) -> None:
     """kill -9 of a rollout worker's process mid-episode: the episode runs again; search.json and MLflow hold
     every episode exactly once."""
+    import ray
     from mlflow.tracking import MlflowClient
 
     from agents.search import start_tracker
@@ -308,8 +309,6 @@ def test_worker_killed_with_sigkill_is_survived(trained_resnet20: Path, tmp_path
     # random plans are handed to a worker as soon as it is idle, so when an episode is consumed the other
     # worker is usually playing one (with learning plans both may be idle, waiting for the learner); on a busy
     # machine it may have finished too, so the hook tries again at every episode until it finds one still playing
-    import ray
-
     episodes = 16
     config = _config(trained_resnet20 / "model.pt", 2, episodes=episodes, agent="random")
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "kill"

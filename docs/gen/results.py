@@ -30,8 +30,7 @@ MACHINE_NOTES = {
     "front_quality.json": "2-core CPU development machine",
     "warm_start.json": "2-core CPU development machine",
     "worker_quality.json": "2-core CPU development machine",
-    "ray_scaling.json": "2-core CPU development machine: the Ray sections idle, the learner section shared with "
-    "another benchmark (its ratios hold)",
+    "ray_scaling.json": "2-core CPU development machine, idle during the Ray and learner sections",
     "scale.json": "2-core CPU development machine, shared with a one-core benchmark during the run (2 workers had "
     "about one core between them)",
     "search_quality_mnist1d_wide.txt": "2-core CPU development machine, shared with other jobs during the run; "
@@ -39,6 +38,8 @@ MACHINE_NOTES = {
     "search_quality_mnist1d.json": "2-core CPU development machine, shared with other jobs during the run (timings "
     "not comparable; results are, every episode is seeded)",
     "learner_quality.json": "2-core CPU development machine, shared with other jobs",
+    "learner_hidden_quality.json": "2-core CPU development machine, two searches side by side (timings not "
+    "comparable; results are, every episode is seeded)",
     "shared_machine.json": "2-core CPU development machine, with 4 competing busy processes the script starts",
     "model_zoo.json": "CPU development machine, one thread",
     "episode_cost.json": "CPU development machine, one thread, CPU time",
@@ -405,31 +406,32 @@ def ray_scaling() -> list[str]:
 def ray_learner() -> list[str]:
     d = load("ray_scaling.json")["learner"]
     labels = {
-        "before": "SB3's step (before)",
-        "after": "the agent's step",
-        "after_u1_x_groups": "`updates_per_episode: 1`, AMC's samples per episode",
+        "sb3": "SB3's step (before)",
+        "default": "the default agent's step",
+        "hidden_128": "`ddpg.hidden: [128, 128]`",
+        "default_u1_x_groups": "`updates_per_episode: 1`, AMC's samples per episode",
     }
     out = [
         "| learner | gradient steps x batch | ms / episode | critics fwd+bwd | critic Adam | actor fwd+bwd "
-        "| actor Adam | Polyak | rest | learner ceiling (workers) | with the planning |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| actor Adam | Polyak | rest | learner ceiling (workers) | plan ms | with the planning |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in d["by_setting"].items():
         ms = r["learner_ms_per_episode"]
-        k = name.removeprefix("after_u")
+        k = name.removeprefix("default_u")
         label = labels.get(name, f"`ddpg.updates_per_episode: {k}`")
         rest = ms["store"] + ms["sample"] + ms["other"]
         out.append(
             f"| {label} | {r['steps_per_episode']} x {r['batch_size']} | {ms['total']:.1f} | "
             f"{ms['critic_forward_backward']:.1f} | {ms['critic_adam']:.1f} | {ms['actor_forward_backward']:.1f} | "
             f"{ms['actor_adam']:.1f} | {ms['polyak']:.1f} | {rest:.1f} | {r['learner_ceiling_workers']:.1f} | "
-            f"{r['search_process_ceiling_workers']:.1f} |"
+            f"{r['plan_ms']:.0f} | {r['search_process_ceiling_workers']:.1f} |"
         )
     out += [
         "",
         f"(One thread, the machine's load average {d['load_average']:.1f} at the start; {d['groups']} groups, so AMC's schedule is {d['groups']} steps per episode; mean over "
         f"{d['learning_episodes']} learning episodes x {d['rounds']} rounds, the settings alternating. One worker's "
-        f"episode: {d['episode_ms']:.0f} ms; the critic-ranked plan of a learning episode: {d['plan_ms']:.0f} ms.)",
+        f"episode: {d['episode_ms']:.0f} ms; plan: the critic-ranked plan of a learning episode.)",
     ]
     return out
 
@@ -672,6 +674,12 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "mnist1d.resnet20_1d_wide": _with_source(
         lambda: printed_quality("search_quality_mnist1d_wide.txt"), "search_quality_mnist1d_wide.txt"
     ),
+    **{
+        f"learner_hidden.{model}": _with_source(
+            lambda m=model: _quality("val", m, "learner_hidden_quality.json"), "learner_hidden_quality.json"
+        )
+        for model in ("resnet20", "mobilenetv2_small")
+    },
     "selection.resnet20": _with_source(
         lambda: _quality("selection", "resnet20", "search_quality_selection.json"), "search_quality_selection.json"
     ),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32")
-SEARCHING = ("random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32")
+SEARCHING = ("random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32", "ddpg_u1", "ddpg_u2", "ddpg_h64", "ddpg_h128")
 
 
 def _pct(values: list[float]) -> str:
@@ -64,16 +64,19 @@ def search_val_table(model: str, table: dict) -> list[str]:
     if not any(cells.values()):
         return []
     runs = table["seeds"] * table.get("search_seeds", 1)
+    at_n = [n for n in ("30", "100", "300") if int(n) <= table.get("episodes", 300)]  # a shorter run has no @300
     lines = [
         f"Best-so-far search-val top-1 on **{model}** (the search's own objective; mean +- sd of {runs} runs: "
         f"{table['seeds']} dense x {table.get('search_seeds', 1)} search seeds):",
         "",
-        "| FLOPs | method | after 30 episodes | after 100 | after 300 | search-val - test gap of the best |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| FLOPs | method | "
+        + " | ".join(f"after {n}" + (" episodes" if i == 0 else "") for i, n in enumerate(at_n))
+        + " | search-val - test gap of the best |",
+        "| --- | --- |" + " --- |" * len(at_n) + " --- |",
     ]
     for key in targets:
         for method, c in cells[key].items():
-            at = [f"{100 * c['val_at'][n]:.1f} ± {100 * c['val_at_sd'][n]:.1f}" for n in ("30", "100", "300")]
+            at = [f"{100 * c['val_at'][n]:.1f} ± {100 * c['val_at_sd'][n]:.1f}" for n in at_n]
             gap = f"{100 * c['selection']['gap']:+.1f}"
             lines.append(f"| {key[6:]} | {method} | " + " | ".join(at) + f" | {gap} |")
     return lines
@@ -133,7 +136,9 @@ def criterion_table(model: str, table: dict) -> list[str]:
     ]
     for name in names:
         cells = [
-            f"{100 * crits[k][name]['uniform_test_top1_mean']:.2f} / {100 * crits[k][name]['global_test_top1_mean']:.2f}"
+            "refused"
+            if "refused" in crits[k][name]
+            else f"{100 * crits[k][name]['uniform_test_top1_mean']:.2f} / {100 * crits[k][name]['global_test_top1_mean']:.2f}"
             for k in targets
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

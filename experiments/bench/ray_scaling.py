@@ -30,22 +30,23 @@ with :func:`agents.parallel.worker_payload` (``slim``), and the worker payload o
 holds besides the data); ``payload_mb`` (pickled) and ``worker_peak_mb`` (each worker's peak resident memory) go
 into the JSON's ``payload_memory``, the other sections left as they are.
 
-``--learner-only`` measures the learner alone, in this process with one torch thread (a worker's): it plays the
-warm-up and ``--learner-episodes`` learning episodes of the default search in-process to fill the replay with real
-transitions, then learns from the learning episodes again from the same saved agent under each setting, the
-settings alternating over ``--learner-rounds`` rounds: ``before`` (the gradient step as SB3's modules compute it,
-:meth:`agents.ddpg.AMCDDPG._sb3_gradient_step`, with torch's default Adam: the agent before the learner was made
-cheaper), ``after`` (the agent's step, AMC's schedule: one step per transition), ``after_uK`` (``ddpg.updates_per_episode``
-K, for each K of ``--learner-steps``) and ``after_u1_x_groups`` (one step per episode of AMC's samples per episode: the
-batch times the groups). Per setting, ``learner_ms_per_episode`` is ``end_episode``'s time per learning
+``--learner-only`` measures the learner alone, in this process with one torch thread (a worker's): for each network
+shape it plays the warm-up and ``--learner-episodes`` learning episodes of the default search in-process to fill the
+replay with real transitions, then learns from the learning episodes again from the same saved agent under each
+setting, the settings alternating over ``--learner-rounds`` rounds: ``sb3`` (the gradient step as SB3's modules
+compute it, :meth:`agents.ddpg.AMCDDPG._sb3_gradient_step`, with torch's default Adam: the learner before it was made
+cheaper), ``default`` (the default agent: AMC's schedule, one step per transition), ``hidden_128`` (the same with
+``ddpg.hidden: [128, 128]`` instead of AMC's 300, 300), ``default_uK`` (``ddpg.updates_per_episode``
+K, for each K of ``--learner-steps``) and ``default_u1_x_groups`` (one step per episode of AMC's samples per
+episode: the batch times the groups). Per setting, ``learner_ms_per_episode`` is ``end_episode``'s time per learning
 episode broken down (``store``: into the replay; ``sample``; ``critic_forward_backward`` / ``critic_adam``;
 ``actor_forward_backward`` / ``actor_adam``; ``polyak``; ``other``) plus ``publish`` (``get_actor_state``, the
 weights an ``actor`` plan ships; not needed by the default's proposals), and ``learner_ceiling_workers`` is
 ``episode_ms`` (one worker's episode, timed between the rounds) over the learner's time: the worker count at which
 the learner becomes the limit. ``plan_ms`` (the critic-ranked proposals of a learning episode, also made in the
-search process) and ``search_process_ceiling_workers`` (episode over learner plus plan) show the other serial cost.
-Goes into the JSON's ``learner`` section and the top-level ``learner_ms_per_episode`` and ``learner_ceiling_workers``
-(per setting) and ``episode_ms``, the other sections left as they are.
+search process, for that network shape) and ``search_process_ceiling_workers`` (episode over learner plus plan) show
+the other serial cost. Goes into the JSON's ``learner`` section and the top-level ``learner_ms_per_episode`` and
+``learner_ceiling_workers`` (per setting) and ``episode_ms``, the other sections left as they are.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -243,13 +243,20 @@ class _StepClock:
         setattr(self._module, self._name, self._original)
 
 
-def _learner_setting(saved: Path, name: str, steps: int, batch: int) -> Any:
-    """The agent saved in ``saved`` under one setting (see the module docstring)."""
+OTHER_SECTIONS = ("payload_memory", "learner", "learner_ms_per_episode", "episode_ms", "learner_ceiling_workers")
+"""The JSON keys that ``--payload-memory`` and ``--learner-only`` write; a run of the Ray phases keeps them."""
+LEARNER_HIDDEN_SMALL = (128, 128)
+"""Smaller hidden widths than the default's (AMC's 300, 300): a cheaper learner, timed beside the default."""
+
+
+def _learner_setting(saved: Path, reference: bool, steps: int, batch: int) -> Any:
+    """The agent saved in ``saved`` with ``steps`` per episode (0: AMC's schedule) of ``batch`` samples; with
+    ``reference`` its gradient step as SB3's modules compute it, with torch's default Adam."""
     from agents.ddpg import AMCDDPG
 
     impl = AMCDDPG.load(saved)
     impl.config = dataclasses.replace(impl.config, updates_per_episode=steps, batch_size=batch)
-    if name == "before":
+    if reference:
         impl._gradient_step = impl._sb3_gradient_step  # type: ignore[method-assign]
         for optimizer in (impl.model.actor.optimizer, impl.model.critic.optimizer):
             for group in optimizer.param_groups:
@@ -257,10 +264,10 @@ def _learner_setting(saved: Path, name: str, steps: int, batch: int) -> Any:
     return impl
 
 
-def _time_learner(saved: Path, name: str, steps: int, batch: int, episodes: list[Any]) -> dict[str, float]:
+def _time_learner(saved: Path, reference: bool, steps: int, batch: int, episodes: list[Any]) -> dict[str, float]:
     """Milliseconds per learning episode of ``end_episode`` (and its parts) and ``get_actor_state`` under a setting."""
-    impl = _learner_setting(saved, name, steps, batch)
-    clock = _StepClock(impl, reference=name == "before")
+    impl = _learner_setting(saved, reference, steps, batch)
+    clock = _StepClock(impl, reference=reference)
     total = publish = 0.0
     try:
         for result in episodes:
@@ -303,56 +310,78 @@ def _fill_replay(config: SearchConfig, episodes: int) -> tuple[Any, Any, list[An
     return agent, runner, learning, episode_s, plan_s
 
 
+def learner_settings(config: SearchConfig, steps: list[int]) -> dict[str, tuple[tuple[int, ...], bool, int, int]]:
+    """The learner settings timed: name -> (hidden widths, SB3's reference step, steps per episode, batch)."""
+    default, batch = tuple(config.ddpg.hidden), config.ddpg.batch_size
+    settings = {
+        "sb3": (default, True, 0, batch),
+        "default": (default, False, 0, batch),
+        "hidden_128": (LEARNER_HIDDEN_SMALL, False, 0, batch),
+        **{f"default_u{k}": (default, False, k, batch) for k in steps},
+    }
+    return settings
+
+
 def learner_phase(config: SearchConfig, episodes: int, rounds: int, steps: list[int]) -> dict[str, Any]:
     """The learner's time per episode under each setting, and the ceilings (see the module docstring)."""
     torch.set_num_threads(1)
     load = os.getloadavg()[0]  # other processes on the machine slow every setting alike (they alternate)
-    agent, runner, learning, episode_s, plan_s = _fill_replay(config, episodes)
+    settings = learner_settings(config, steps)
+    filled: dict[tuple[int, ...], tuple[Any, list[Any], list[float]]] = {}
+    episode_s: list[float] = []
+    runner = None
+    for hidden in dict.fromkeys(h for h, *_ in settings.values()):  # one replay of real transitions per network shape
+        ddpg = dataclasses.replace(config.ddpg, hidden=hidden)
+        agent, runner, learning, played_s, plan_s = _fill_replay(config.replace(ddpg=ddpg), episodes)
+        filled[hidden] = (agent, learning, plan_s)
+        episode_s += played_s
     groups = len(agent.env.group_names)
-    batch = config.ddpg.batch_size
-    settings = {"before": (0, batch), "after": (0, batch), **{f"after_u{k}": (k, batch) for k in steps}}
-    settings["after_u1_x_groups"] = (1, groups * batch)  # fewer, larger steps: AMC's samples per episode
+    settings["default_u1_x_groups"] = (tuple(config.ddpg.hidden), False, 1, groups * config.ddpg.batch_size)
     timed: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as tmp:
-        saved = Path(tmp) / "agent"
-        agent.impl.save(saved)  # the state before learning from ``learning`` a second time
+        saved = {}
+        for i, (hidden, (agent, _, _)) in enumerate(filled.items()):
+            saved[hidden] = Path(tmp) / f"agent{i}"
+            agent.impl.save(saved[hidden])  # the state before learning from its learning episodes a second time
         for _ in range(rounds):
-            for name, (k, b) in settings.items():
-                timed[name].append(_time_learner(saved, name, k, b, learning))
-            for result in learning[:3]:  # episodes timed between the learner's rounds, under the same load
+            for name, (hidden, reference, k, b) in settings.items():
+                timed[name].append(_time_learner(saved[hidden], reference, k, b, filled[hidden][1]))
+            for result in filled[tuple(config.ddpg.hidden)][1][:3]:  # episodes timed between the rounds, same load
                 started = time.perf_counter()
                 runner.run(result.plan)
                 episode_s.append(time.perf_counter() - started)
-        shutil.rmtree(saved)
-    episode_ms, plan_ms = 1000 * statistics.median(episode_s), 1000 * statistics.median(plan_s)
+    episode_ms = 1000 * statistics.median(episode_s)
     by_setting = {}
-    for name, (k, b) in settings.items():
+    for name, (hidden, reference, k, b) in settings.items():
         parts = {part: statistics.fmean(t[part] for t in timed[name]) for part in timed[name][0]}
-        learner_ms = parts["total"]
+        learner_ms, plan_ms = parts["total"], 1000 * statistics.median(filled[hidden][2])
         by_setting[name] = {
+            "hidden": list(hidden),
+            "sb3_step": reference,
             "steps_per_episode": k or groups * config.ddpg.updates_per_transition,
             "batch_size": b,
             "learner_ms_per_episode": parts,
             "learner_ms_per_round": [t["total"] for t in timed[name]],
+            "plan_ms": plan_ms,
             "learner_ceiling_workers": episode_ms / learner_ms,
             "search_process_ceiling_workers": episode_ms / (learner_ms + plan_ms),
         }
         print(
             f"learner {name}: {learner_ms:.1f} ms/episode ({by_setting[name]['steps_per_episode']} steps; "
             + ", ".join(f"{part} {parts[part]:.1f}" for part in (*LEARNER_PARTS, "other", "publish"))
-            + f"), ceiling {episode_ms / learner_ms:.1f} workers",
+            + f"), ceiling {episode_ms / learner_ms:.1f} workers; plan {plan_ms:.0f} ms",
             flush=True,
         )
-    print(f"episode {episode_ms:.0f} ms, plan {plan_ms:.0f} ms (one thread)", flush=True)
+    print(f"episode {episode_ms:.0f} ms (one thread)", flush=True)
     return {
         "measured": time.strftime("%Y-%m-%d"),
         "threads": 1,
         "load_average": load,
         "groups": groups,
-        "learning_episodes": len(learning),
+        "learning_episodes": episodes,
         "rounds": rounds,
         "episode_ms": episode_ms,
-        "plan_ms": plan_ms,
+        "plan_ms": by_setting["default"]["plan_ms"],
         "by_setting": by_setting,
     }
 
@@ -448,7 +477,9 @@ def main() -> int:
     if ddpg_base and "ddpg_stale" in results:
         results["ddpg_stale"]["speedup_vs_1"] = results["ddpg_stale"]["eps_per_s"] / ddpg_base["eps_per_s"]
     print(json.dumps({k: v for k, v in results.items() if "speedup" in k}))
-    write_json_atomic(out, results)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    kept = {k: previous[k] for k in OTHER_SECTIONS if k in previous}  # --payload-memory's and --learner-only's
+    write_json_atomic(out, {**results, **kept})
     print(f"wrote {out}")
     return 0
 

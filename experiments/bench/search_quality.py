@@ -40,6 +40,7 @@ import torch
 from agents.ddpg import AMC_STYLE
 from agents.search import SearchConfig, resolve_checkpoint, run_search
 from amc.engine import FinetuneSchedule, build_workspace, prune_and_finetune
+from amc.errors import ConfigError
 from amc.policy import load_policy
 from amc.train import TrainConfig, evaluate
 from envs import ChannelPruningEnv
@@ -59,7 +60,20 @@ DATA_MODELS = {
 """The models of each data set (``--data``) and their preset configs."""
 DATA_TARGETS = {"digits": [0.2, 0.5], "mnist1d": [0.05, 0.1]}
 """Default FLOPs targets per data set: budgets where the methods differ (MNIST-1D's models saturate at 20%)."""
-METHODS = ("uniform", "global", "sensitivity", "random", "tpe", "ddpg", "ddpg_amc", "ddpg_p32", "ddpg_u1", "ddpg_u2")
+METHODS = (
+    "uniform",
+    "global",
+    "sensitivity",
+    "random",
+    "tpe",
+    "ddpg",
+    "ddpg_amc",
+    "ddpg_p32",
+    "ddpg_u1",
+    "ddpg_u2",
+    "ddpg_h64",
+    "ddpg_h128",
+)
 SINGLE_EPISODE = ("uniform", "global", "sensitivity")
 # DDPG as AMC configures it (the defaults before critic-ranked proposals): warm-up of 50 uniform episodes, one
 # critic, the actor's noisy action played as is, AMC's observation (no history). A reference for what the
@@ -71,6 +85,9 @@ DDPG_VARIANTS = {
     # with many workers: experiments/bench/ray_scaling.py --learner-only)
     "ddpg_u1": ({"updates_per_episode": 1}, {}),
     "ddpg_u2": ({"updates_per_episode": 2}, {}),
+    # the default agent with smaller networks (a learner cheap enough for many workers on one CPU thread)
+    "ddpg_h64": ({"hidden": (64, 64)}, {}),
+    "ddpg_h128": ({"hidden": (128, 128)}, {}),
 }
 VAL_AT = (30, 100, 300)
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "apoz")
@@ -225,6 +242,9 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
             )
         for (_, _seed, target, criterion), crit in zip(criteria_jobs, crit_rows):
             cell = table.setdefault("criteria", {}).setdefault(f"flops_{target:g}", {}).setdefault(criterion, {})
+            if "refused" in crit:
+                cell["refused"] = crit["refused"]
+                continue
             for name, value in crit.items():
                 cell.setdefault(name, []).append(value)
     table["dense_test_top1"] = statistics.fmean(table["dense_test_top1_per_seed"])
@@ -280,7 +300,10 @@ def _criterion_job(job: tuple) -> dict:
     config, _seed, target, criterion, args = job
     config = config.replace(env=config.env.replace(target_ratio=target))
     with tempfile.TemporaryDirectory() as tmp:
-        return _criterion_row(config, criterion, Path(tmp), args)
+        try:
+            return _criterion_row(config, criterion, Path(tmp), args)
+        except ConfigError as e:  # e.g. apoz on a model whose groups reach no ReLU: a row, not the run's end
+            return {"refused": str(e).splitlines()[0]}
 
 
 def _search(config: SearchConfig, out: Path, ws, args: argparse.Namespace) -> dict:
@@ -370,7 +393,7 @@ def _summarise(table: dict, curves: dict) -> None:
                 }
     for crits in table.get("criteria", {}).values():
         for cell in crits.values():
-            for name in list(cell):
+            for name in [n for n in cell if n != "refused"]:
                 cell[f"{name}_mean"] = statistics.fmean(cell[name])
 
 
@@ -404,6 +427,9 @@ def _report(model: str, table: dict, args: argparse.Namespace) -> None:
                 f"  val {c['val_top1_mean']:.2%}  best-so-far val {at}  to-99% {c['episodes_to_99pct']:.0f} ep{ft}"
             )
         for criterion, c in table.get("criteria", {}).get(key, {}).items():
+            if "refused" in c:
+                print(f"    criterion {criterion:>8}: refused ({c['refused']})")
+                continue
             print(
                 f"    criterion {criterion:>8}: uniform {c['uniform_test_top1_mean']:.2%}  "
                 f"global {c['global_test_top1_mean']:.2%}"
