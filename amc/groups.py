@@ -132,25 +132,28 @@ class _CostVectors:
     def _scaled(
         self, total: np.ndarray, parts: tuple[np.ndarray, np.ndarray, np.ndarray], keep: np.ndarray
     ) -> np.ndarray:
-        """``total`` (per module) scaled by the kept channels: one row per row of ``keep``, ``(rows, modules)``."""
+        """``total`` (per module) scaled by the kept channels: ``(modules,)`` for a ``(groups,)`` ``keep``, one row
+        per row of a ``(rows, groups)`` one."""
         modules, groups, n = parts
-        rows = len(keep)
         if not len(modules):
-            return np.broadcast_to(total, (rows, len(total)))
-        delta = n * keep[:, groups] // self.dense[groups] - n  # (rows, parts)
+            return np.broadcast_to(total, (*keep.shape[:-1], len(total)))
+        delta = n * keep[..., groups] // self.dense[groups] - n
+        if keep.ndim == 1:  # an episode's step (twice per step): no cell indices to build
+            return total + np.bincount(modules, weights=delta, minlength=len(total)).astype(np.int64)  # exact ints
+        rows = len(keep)
         cells = (np.arange(rows)[:, None] * len(total) + modules).ravel()
-        added = np.bincount(cells, weights=delta.ravel(), minlength=rows * len(total))  # exact: small ints
+        added = np.bincount(cells, weights=delta.ravel(), minlength=rows * len(total))
         return total + added.astype(np.int64).reshape(rows, len(total))
 
     def estimate(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """FLOPs and params of the modelled modules, ``(rows,)`` int64 each, with ``keep[r, i]`` channels in group
-        ``i`` in row ``r`` of the ``(rows, groups)`` ``keep``."""
+        """FLOPs and params of the modelled modules with ``keep[..., i]`` channels in group ``i``: int64 scalars for a
+        ``(groups,)`` ``keep``, ``(rows,)`` arrays for a ``(rows, groups)`` one."""
         out_f = self._scaled(self.out_features, self.out_parts, keep)
         in_f = self._scaled(self.in_features, self.in_parts, keep)
         in_per_group = np.where(self.depthwise, self.in_features, in_f) // self.conv_groups
         flops = np.where(self.norm, 0, self.flops_unit * in_per_group * out_f)
         params = np.where(self.norm, self.norm_params * out_f, (self.weight_unit * in_per_group + self.bias) * out_f)
-        return flops.sum(axis=1), params.sum(axis=1)
+        return flops.sum(axis=-1), params.sum(axis=-1)
 
 
 def _module_flops_params(mc: _ModuleCost, keep: Mapping[int, int], dense: Mapping[int, int]) -> tuple[int, int]:
@@ -349,8 +352,8 @@ class ModelGraph:
         return table
 
     def _estimate_raw(self, keep: Mapping[int, int]) -> Cost:
-        flops, params = self._vectors.estimate(np.array([[keep[g.index] for g in self.groups]], dtype=np.int64))
-        return Cost(int(flops[0]), int(params[0]))
+        flops, params = self._vectors.estimate(np.array([keep[g.index] for g in self.groups], dtype=np.int64))
+        return Cost(int(flops), int(params))
 
     def _fill_group_flops(self) -> None:
         full = {g.index: g.channels for g in self.groups}
