@@ -84,8 +84,9 @@ class DDPGConfig:
     Attributes:
         hidden: Hidden layer widths of both the actor and the critic (AMC ``--hidden1/--hidden2``
             300, 300). (128, 128) learns at about half the cost per episode, which matters with many workers on a
-            model whose episodes are short; best-so-far search-val top-1 after 100 episodes stayed within the seed
-            spread, (64, 64) lost ~5 points (``experiments/bench/results/learner_hidden_quality.json``).
+            model whose episodes are short; its best-so-far search-val top-1 tied on ResNet-20 and was ~3 points
+            lower on MobileNetV2 at 20% FLOPs (300 episodes, lower in 5 of 6 searches), and (64, 64) lost ~5 points
+            (``experiments/bench/results/learner_hidden_quality*.json``).
         actor_lr: Adam learning rate of the actor (AMC ``--lr_a``: 1e-4).
         critic_lr: Adam learning rate of the critic (AMC ``--lr_c``: 1e-3).
         warmup_episodes: Episodes of random actions (see ``warmup_design``) before the actor acts and learns

@@ -40,6 +40,8 @@ MACHINE_NOTES = {
     "learner_quality.json": "2-core CPU development machine, shared with other jobs",
     "learner_hidden_quality.json": "2-core CPU development machine, two searches side by side (timings not "
     "comparable; results are, every episode is seeded)",
+    "learner_hidden_quality_300.json": "2-core CPU development machine, two searches side by side (timings not "
+    "comparable; results are, every episode is seeded)",
     "shared_machine.json": "2-core CPU development machine, with 4 competing busy processes the script starts",
     "model_zoo.json": "CPU development machine, one thread",
     "episode_cost.json": "CPU development machine, one thread, CPU time",
@@ -675,8 +677,10 @@ TABLES: dict[str, Callable[[], list[str]]] = {
         lambda: printed_quality("search_quality_mnist1d_wide.txt"), "search_quality_mnist1d_wide.txt"
     ),
     **{
-        f"learner_hidden.{model}": _with_source(
-            lambda m=model: _quality("val", m, "learner_hidden_quality.json"), "learner_hidden_quality.json"
+        f"{prefix}.{model}": _with_source(lambda m=model, n=name: _quality("val", m, n), name)
+        for prefix, name in (
+            ("learner_hidden", "learner_hidden_quality.json"),
+            ("learner_hidden300", "learner_hidden_quality_300.json"),
         )
         for model in ("resnet20", "mobilenetv2_small")
     },
