@@ -760,7 +760,8 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         n = len(self.group_names)
         observations = np.zeros((count, n + 1, self._embedding.size), dtype=np.float32)
         applied = np.zeros((count, n), dtype=np.float32)
-        kept = np.zeros((count, n), dtype=np.int64)
+        # each episode's kept channels: dense until decided (the widths the observations describe)
+        kept = np.tile(np.array([g.channels for g in self.graph.groups], dtype=np.int64), (count, 1))
         if target is None:
             target = self.target.ratio
         elif self.config.targets is None or not contains(self.config.targets, target):
@@ -772,7 +773,7 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             choices = wall.choose_many(kept[:, :index], index, self._actions_to_ratios(actions))
             kept[:, index] = choices.kept
             applied[:, index] = self._ratios_to_actions(choices.ratio)
-            observations[:, index + 1] = self._observations_after(kept[:, : index + 1], index, choices.ratio, target)
+            observations[:, index + 1] = self._observations_after(kept, index, choices.ratio, target)
         return observations, applied
 
     def _decide(
@@ -788,13 +789,12 @@ class ChannelPruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         following = min(index + 1, len(self.group_names) - 1)
         return self._embedding.observation(following, self._reduced(kept), ratio, kept, target)
 
-    def _observations_after(self, decided: np.ndarray, index: int, ratios: np.ndarray, target: float) -> np.ndarray:
-        """:meth:`_observation_after` of many episodes: ``decided`` holds their ``(rows, index + 1)`` kept channels."""
+    def _observations_after(self, widths: np.ndarray, index: int, ratios: np.ndarray, target: float) -> np.ndarray:
+        """:meth:`_observation_after` of many episodes: ``widths`` holds their ``(rows, groups)`` kept channels, the
+        groups after ``index`` dense."""
         following = min(index + 1, len(self.group_names) - 1)
-        widths = np.tile([g.channels for g in self.graph.groups], (len(decided), 1))
-        widths[:, : decided.shape[1]] = decided
         reduced = 1.0 - self.graph.estimate_many(widths)[0].astype(np.float64) / self.graph.dense_cost.flops
-        return self._embedding.observations(following, reduced, ratios, decided, target)
+        return self._embedding.observations(following, reduced, ratios, widths, target)
 
     # ------------------------------------------------------------------ internals
     def _finish(self, info: dict[str, Any]) -> float:

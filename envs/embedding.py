@@ -108,7 +108,7 @@ class LayerEmbedding:
         return np.concatenate(parts).astype(np.float32)
 
     def observations(
-        self, index: int, reduced: np.ndarray, previous_action: np.ndarray, decided: np.ndarray, target: float = 0.0
+        self, index: int, reduced: np.ndarray, previous_action: np.ndarray, widths: np.ndarray, target: float = 0.0
     ) -> np.ndarray:
         """:meth:`observation` of many episodes at group ``index``: row ``r`` is the observation of row ``r``'s
         arguments, with the same float32 values.
@@ -117,7 +117,8 @@ class LayerEmbedding:
             index: Position of the group about to be decided (the last one at episode end).
             reduced: ``(rows,)`` fractions of the dense FLOPs removed by the groups decided so far.
             previous_action: ``(rows,)`` pruning ratios applied to the previous group.
-            decided: ``(rows, k)`` kept channels of the first ``k`` groups (used with ``history`` only).
+            widths: ``(rows, groups)`` kept channels, the groups not decided yet at their dense count (used with
+                ``history`` only).
             target: The episodes' target ratio (the last feature, with ``target`` only).
         """
         rows = len(reduced)
@@ -127,9 +128,7 @@ class LayerEmbedding:
         column = len(self._static[index]) + 3
         out[:, column - 3 : column] = np.clip(dynamic, 0.0, 1.0)
         if self.history:
-            kept = np.tile(self._channels, (rows, 1))
-            kept[:, : decided.shape[1]] = decided
-            out[:, column : column + len(self._names)] = np.clip(1.0 - kept / self._channels, 0.0, 1.0)
+            out[:, column : column + len(self._names)] = np.clip(1.0 - widths / self._channels, 0.0, 1.0)
         if self.target:
             out[:, -1] = min(max(target, 0.0), 1.0)
         return out.astype(np.float32)
